@@ -1,0 +1,392 @@
+//! The event bus: publish, subscribe, queue groups, backpressure, dead letters.
+//!
+//! Publishing resolves the topic's subscriptions through the [`trie`], picks
+//! one member per queue group, waits until every target has buffer space (up
+//! to the publisher's deadline), then buffers the event in all of them. An
+//! event is therefore either accepted by every target or refused with
+//! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
+
+pub mod subscription;
+pub mod trie;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::config::BrokerConfig;
+use crate::context::{headers, ChildSpec, Contexts, Parent};
+use crate::error::Error;
+use crate::names;
+use crate::provider::Headers;
+use crate::stats::Stats;
+use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
+use trie::Trie;
+
+/// An event to publish, as the kernel sees it.
+#[derive(Debug, Default)]
+pub struct Publication {
+    /// Topic (no wildcards).
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Content type.
+    pub content_type: String,
+    /// Headers to pass to subscribers.
+    pub headers: Headers,
+    /// The publisher's context, if any.
+    pub parent: Parent,
+    /// How long to wait for buffer space, at most.
+    pub deadline: Option<Instant>,
+    /// The publishing plugin.
+    pub caller: Option<Arc<str>>,
+}
+
+/// What a publish returns.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The event id.
+    pub event_id: String,
+    /// Matched subscriptions (a queue group counts once).
+    pub matched: u32,
+}
+
+/// What a subscriber asks for.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    /// Display name.
+    pub name: String,
+    /// Patterns.
+    pub patterns: Vec<String>,
+    /// Queue group (empty = none).
+    pub group: String,
+    /// Explicit acks.
+    pub explicit_ack: bool,
+    /// 0 = default.
+    pub window: u32,
+    /// 0 = default.
+    pub ack_wait_ms: u64,
+    /// 0 = default.
+    pub max_deliver: u32,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    trie: Trie<u64>,
+    subs: HashMap<u64, Arc<Subscription>>,
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<Arc<Subscription>>,
+    next: AtomicUsize,
+}
+
+/// The event bus.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    max_payload: usize,
+    contexts: Arc<Contexts>,
+    stats: Arc<Stats>,
+    index: RwLock<Index>,
+    next_sub: AtomicU64,
+    event_base: u64,
+    next_event: AtomicU64,
+}
+
+impl Broker {
+    /// An empty bus.
+    pub fn new(
+        config: BrokerConfig,
+        max_payload: usize,
+        contexts: Arc<Contexts>,
+        stats: Arc<Stats>,
+    ) -> Broker {
+        Broker {
+            config,
+            max_payload,
+            contexts,
+            stats,
+            index: RwLock::new(Index::default()),
+            next_sub: AtomicU64::new(1),
+            event_base: rand::random::<u64>() & 0xffff_ffff_0000_0000,
+            next_event: AtomicU64::new(1),
+        }
+    }
+
+    /// Publishes one event; waits for buffer space up to the deadline (or
+    /// `broker.publish_timeout_ms`).
+    pub async fn publish(&self, p: Publication) -> Result<Accepted, Error> {
+        names::validate_topic(&p.topic, self.config.max_topic_bytes, self.config.max_topic_tokens)?;
+        if p.payload.len() > self.max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: p.payload.len(),
+                limit: self.max_payload,
+            });
+        }
+        let deadline = p.deadline.unwrap_or_else(|| {
+            Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
+        });
+        let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
+        let event_id = format!("{:016x}", self.event_base.wrapping_add(seq));
+        if let Parent::Node(n) = &p.parent {
+            n.tree.budget.charge_event().map_err(|e| Error::BudgetExhausted {
+                budget: e.budget,
+                context: n.path.clone(),
+                limit: e.limit,
+            })?;
+        }
+        let targets = self.targets(&p.topic);
+        // Wait until every target has room, so the event is accepted by all
+        // or by none.
+        loop {
+            let full = targets.iter().find(|s| matches!(s.has_space(), Ok(false)));
+            let Some(slow) = full else { break };
+            let wait = tokio::time::timeout_at(deadline.into(), slow.wait_space()).await;
+            if wait.is_err() && matches!(slow.has_space(), Ok(false)) {
+                return Err(Error::Backpressure {
+                    subscription: slow.label(),
+                    buffered: slow.buffered(),
+                    topic: p.topic,
+                });
+            }
+        }
+        let mut headers = p.headers;
+        headers.retain(|k, _| k != headers::CONTEXT && k != headers::CALLER);
+        if let Some(c) = &p.caller {
+            headers.insert(headers::CALLER.to_owned(), c.to_string());
+        }
+        let event = Arc::new(EventData {
+            id: event_id.clone(),
+            topic: p.topic,
+            payload: p.payload,
+            content_type: p.content_type,
+            headers,
+            publish_time_unix_ns: now_unix_ns(),
+        });
+        let mut matched = 0;
+        for (i, sub) in targets.iter().enumerate() {
+            let context = self.delivery_context(&p.parent, &event, i, &p.caller);
+            if sub.push(Queued::new(event.clone(), context)).is_ok() {
+                matched += 1;
+            }
+        }
+        Stats::inc(&self.stats.events_published);
+        Ok(Accepted { event_id, matched })
+    }
+
+    /// The context path of one delivery: a child of the publisher's context,
+    /// or `<event id>.<n>` for an event published without one.
+    fn delivery_context(
+        &self,
+        parent: &Parent,
+        event: &EventData,
+        i: usize,
+        caller: &Option<Arc<str>>,
+    ) -> String {
+        if matches!(parent, Parent::None) {
+            return format!("{}.{}", event.id, i + 1);
+        }
+        let spec = ChildSpec {
+            service: "",
+            caller: caller.as_deref(),
+            deadline: None,
+            budget_header: None,
+            traceparent: event.headers.get(headers::TRACEPARENT).map(String::as_str),
+            is_call: false,
+        };
+        match self.contexts.child(parent.clone(), spec) {
+            Ok(n) => n.path.clone(),
+            Err(_) => format!("{}.{}", event.id, i + 1),
+        }
+    }
+
+    fn targets(&self, topic: &str) -> Vec<Arc<Subscription>> {
+        let index = self.index.read();
+        let ids = index.trie.matches(topic);
+        let mut out = Vec::with_capacity(ids.len());
+        let mut groups_seen: Vec<&str> = Vec::new();
+        for id in ids {
+            let Some(sub) = index.subs.get(&id) else { continue };
+            match &sub.opts.group {
+                None => out.push(sub.clone()),
+                Some(g) => {
+                    if groups_seen.contains(&g.as_str()) {
+                        continue;
+                    }
+                    groups_seen.push(g.as_str());
+                    if let Some(group) = index.groups.get(g) {
+                        if let Some(m) = pick_member(group) {
+                            out.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Opens a subscription.
+    pub fn subscribe(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
+        if req.patterns.is_empty() {
+            return Err(Error::InvalidName {
+                what: "pattern",
+                name: String::new(),
+                reason: "a subscription needs at least one pattern".into(),
+            });
+        }
+        let mut patterns = req.patterns;
+        for p in &patterns {
+            names::validate_pattern(p, self.config.max_topic_bytes, self.config.max_topic_tokens)?;
+        }
+        patterns.sort();
+        patterns.dedup();
+        let group = (!req.group.is_empty()).then(|| {
+            // Members must agree on patterns to compete for the same events.
+            format!("{}|{}", req.group, patterns.join(","))
+        });
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        let opts = SubOptions {
+            name: req.name,
+            patterns: patterns.clone(),
+            group: group.clone(),
+            explicit_ack: req.explicit_ack,
+            window: nonzero(req.window, self.config.window),
+            ack_wait: Duration::from_millis(if req.ack_wait_ms == 0 {
+                self.config.ack_wait_ms
+            } else {
+                req.ack_wait_ms
+            }),
+            max_deliver: nonzero(req.max_deliver, self.config.max_deliver),
+            capacity: self.config.buffer,
+        };
+        let sub = Arc::new(Subscription::new(id, opts));
+        let mut index = self.index.write();
+        for p in &patterns {
+            index.trie.insert(p, id);
+        }
+        index.subs.insert(id, sub.clone());
+        if let Some(g) = group {
+            index.groups.entry(g).or_default().members.push(sub.clone());
+        }
+        Ok(sub)
+    }
+
+    /// Closes a subscription. A queue-group member's buffered and unacked
+    /// events go to the remaining members; without a group they end with it.
+    pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
+        let leftovers = {
+            let mut index = self.index.write();
+            if index.subs.remove(&sub.id).is_none() {
+                return;
+            }
+            for p in &sub.opts.patterns {
+                index.trie.remove(p, sub.id);
+            }
+            let leftovers = sub.close();
+            let mut heirs = Vec::new();
+            if let Some(g) = &sub.opts.group {
+                if let Some(group) = index.groups.get_mut(g) {
+                    group.members.retain(|m| m.id != sub.id);
+                    heirs = group.members.clone();
+                    if group.members.is_empty() {
+                        index.groups.remove(g);
+                    }
+                }
+            }
+            (leftovers, heirs)
+        };
+        let (events, heirs) = leftovers;
+        if events.is_empty() {
+            return;
+        }
+        if heirs.is_empty() {
+            if sub.opts.group.is_some() {
+                tracing::warn!(subscription = %sub.label(), events = events.len(), "last queue-group member left with events in flight");
+            }
+            return;
+        }
+        for (i, q) in events.into_iter().enumerate() {
+            let heir = &heirs[i % heirs.len()];
+            let _ = heir.push(q);
+        }
+    }
+
+    /// Sends an exhausted event to `$dlq.<topic>` with the reason and attempt
+    /// count in headers. Dead letters never wait for buffer space.
+    pub fn dead_letter(&self, dl: DeadLetter) {
+        Stats::inc(&self.stats.events_dead_lettered);
+        let topic = format!("$dlq.{}", dl.event.topic);
+        let mut headers = dl.event.headers.clone();
+        headers.insert(headers::DLQ_REASON.to_owned(), dl.reason.clone());
+        headers.insert(headers::DLQ_ATTEMPTS.to_owned(), dl.attempts.to_string());
+        let event = Arc::new(EventData {
+            id: dl.event.id.clone(),
+            topic: topic.clone(),
+            payload: dl.event.payload.clone(),
+            content_type: dl.event.content_type.clone(),
+            headers,
+            publish_time_unix_ns: now_unix_ns(),
+        });
+        let targets = self.targets(&topic);
+        if targets.is_empty() {
+            tracing::warn!(event = %event.id, topic = %dl.event.topic, reason = %dl.reason, "dead letter has no subscriber on {topic}");
+        }
+        for (i, sub) in targets.iter().enumerate() {
+            let _ = sub.push(Queued::new(event.clone(), format!("{}.{}", event.id, i + 1)));
+        }
+    }
+
+    /// Counts a delivery batch in the stats.
+    pub fn count_delivered(&self, events: &[kernel_proto::v1::Event]) {
+        for e in events {
+            Stats::inc(&self.stats.events_delivered);
+            if e.attempt > 1 {
+                Stats::inc(&self.stats.events_redelivered);
+            }
+        }
+    }
+
+    /// Live subscriptions.
+    pub fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        let mut v: Vec<_> = self.index.read().subs.values().cloned().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}
+
+fn pick_member(group: &Group) -> Option<Arc<Subscription>> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    // Round robin, skipping members that are full when another has room.
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..n {
+        let m = &group.members[(start + i) % n];
+        if matches!(m.has_space(), Ok(true)) {
+            return Some(m.clone());
+        }
+    }
+    Some(group.members[start % n].clone())
+}
+
+fn nonzero<T: PartialEq + Default>(v: T, default: T) -> T {
+    if v == T::default() {
+        default
+    } else {
+        v
+    }
+}
+
+fn now_unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,368 @@
+//! One subscription: its bounded buffer, its window of unacked deliveries,
+//! redelivery on nack or ack timeout, and dead-lettering after max deliver.
+//!
+//! The subscription is transport-agnostic: the gRPC Subscribe stream and the
+//! in-process SDK subscriber both pull batches with [`Subscription::next_batch`]
+//! and report acks and nacks back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kernel_proto::v1 as pb;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::provider::Headers;
+
+/// An accepted event, shared by all its deliveries.
+#[derive(Debug)]
+pub struct EventData {
+    /// Kernel-assigned id.
+    pub id: String,
+    /// The topic it was published on.
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Content type.
+    pub content_type: String,
+    /// Publisher headers (trace, baggage, ...).
+    pub headers: Headers,
+    /// Publish time, Unix ns.
+    pub publish_time_unix_ns: i64,
+}
+
+/// An event waiting in (or travelling through) one subscription.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The event.
+    pub event: Arc<EventData>,
+    /// Deliveries made so far.
+    pub attempts: u32,
+    /// The delivery's context path.
+    pub context: String,
+    ready_at: Option<Instant>,
+}
+
+impl Queued {
+    /// A first-time entry.
+    pub fn new(event: Arc<EventData>, context: String) -> Queued {
+        Queued {
+            event,
+            attempts: 0,
+            context,
+            ready_at: None,
+        }
+    }
+}
+
+/// An event that ran out of delivery attempts.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The event.
+    pub event: Arc<EventData>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// `max_deliver exceeded after nack` or `... after ack timeout`.
+    pub reason: String,
+}
+
+/// What one pull returns.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Events to deliver now, as wire events with delivery ids.
+    pub events: Vec<pb::Event>,
+    /// Events to send to the dead-letter topic.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Settings fixed at open.
+#[derive(Debug, Clone)]
+pub struct SubOptions {
+    /// A display name.
+    pub name: String,
+    /// Patterns (validated).
+    pub patterns: Vec<String>,
+    /// Queue group.
+    pub group: Option<String>,
+    /// Explicit acks?
+    pub explicit_ack: bool,
+    /// Max unacked.
+    pub window: u32,
+    /// Redelivery timeout.
+    pub ack_wait: Duration,
+    /// Attempts before dead-lettering.
+    pub max_deliver: u32,
+    /// Buffer capacity.
+    pub capacity: usize,
+}
+
+/// A live subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Kernel id.
+    pub id: u64,
+    /// Options from open.
+    pub opts: SubOptions,
+    credit: AtomicU32,
+    state: Mutex<State>,
+    wake: Notify,
+    space: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    delayed: Vec<Queued>,
+    unacked: HashMap<u64, (Queued, Instant)>,
+    next_delivery: u64,
+    closed: bool,
+}
+
+/// Why an event could not be buffered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The buffer is at capacity.
+    Full,
+    /// The subscription is gone.
+    Closed,
+}
+
+impl Subscription {
+    /// A new, empty subscription.
+    pub fn new(id: u64, opts: SubOptions) -> Subscription {
+        Subscription {
+            id,
+            opts,
+            credit: AtomicU32::new(0),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            space: Notify::new(),
+        }
+    }
+
+    /// The name used in messages: the given name, or the id.
+    pub fn label(&self) -> String {
+        if self.opts.name.is_empty() {
+            format!("sub-{}", self.id)
+        } else {
+            self.opts.name.clone()
+        }
+    }
+
+    /// Events buffered and not yet sent.
+    pub fn buffered(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Events sent and not yet acked.
+    pub fn unacked(&self) -> usize {
+        self.state.lock().unacked.len()
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Whether there is room for one more event now.
+    pub fn has_space(&self) -> Result<bool, PushError> {
+        let s = self.state.lock();
+        if s.closed {
+            return Err(PushError::Closed);
+        }
+        Ok(s.queue.len() < self.opts.capacity)
+    }
+
+    /// Buffers an event regardless of capacity (used after space was checked,
+    /// and for redistribution and dead letters, which must not be lost).
+    pub fn push(&self, q: Queued) -> Result<(), PushError> {
+        {
+            let mut s = self.state.lock();
+            if s.closed {
+                return Err(PushError::Closed);
+            }
+            s.queue.push_back(q);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the buffer has room (or the subscription closes).
+    pub async fn wait_space(&self) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !matches!(self.has_space(), Ok(false)) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Grants extra window.
+    pub fn add_credit(&self, n: u32) {
+        self.credit.fetch_add(n, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Acknowledges a delivery. Unknown ids are ignored.
+    pub fn ack(&self, delivery_id: u64) {
+        let removed = self.state.lock().unacked.remove(&delivery_id).is_some();
+        if removed {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Negative ack: redeliver (after `delay`), or dead-letter when out of attempts.
+    pub fn nack(&self, delivery_id: u64, delay: Duration) -> Option<DeadLetter> {
+        let mut s = self.state.lock();
+        let (mut q, _) = s.unacked.remove(&delivery_id)?;
+        if q.attempts >= self.opts.max_deliver {
+            return Some(DeadLetter {
+                event: q.event,
+                attempts: q.attempts,
+                reason: "max_deliver reached after nack".into(),
+            });
+        }
+        if delay.is_zero() {
+            s.queue.push_front(q);
+        } else {
+            q.ready_at = Some(Instant::now() + delay);
+            s.delayed.push(q);
+        }
+        drop(s);
+        self.wake.notify_one();
+        None
+    }
+
+    /// Waits for events that may be sent now, up to `max`. None once closed.
+    pub async fn next_batch(&self, max: usize) -> Option<Batch> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut s = self.state.lock();
+                if s.closed {
+                    return None;
+                }
+                let now = Instant::now();
+                let mut batch = Batch::default();
+                self.requeue_due(&mut s, now, &mut batch.dead);
+                let window = if self.opts.explicit_ack {
+                    (self.opts.window as usize + self.credit.load(Ordering::Relaxed) as usize)
+                        .saturating_sub(s.unacked.len())
+                } else {
+                    usize::MAX
+                };
+                let n = max.min(window).min(s.queue.len());
+                for _ in 0..n {
+                    let Some(mut q) = s.queue.pop_front() else { break };
+                    q.attempts += 1;
+                    s.next_delivery += 1;
+                    let id = s.next_delivery;
+                    batch.events.push(to_wire(&q, id));
+                    if self.opts.explicit_ack {
+                        s.unacked.insert(id, (q, now + self.opts.ack_wait));
+                    }
+                }
+                if !batch.events.is_empty() || !batch.dead.is_empty() {
+                    drop(s);
+                    if !batch.events.is_empty() {
+                        self.space.notify_waiters();
+                    }
+                    return Some(batch);
+                }
+                let next_due = s
+                    .unacked
+                    .values()
+                    .map(|(_, d)| *d)
+                    .chain(s.delayed.iter().filter_map(|q| q.ready_at))
+                    .min();
+                next_due
+            };
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Moves expired unacked and ready delayed events back to the queue (or
+    /// to the dead-letter list when out of attempts).
+    fn requeue_due(&self, s: &mut State, now: Instant, dead: &mut Vec<DeadLetter>) {
+        let expired: Vec<u64> = s
+            .unacked
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut back = Vec::new();
+        for id in expired {
+            if let Some((q, _)) = s.unacked.remove(&id) {
+                if q.attempts >= self.opts.max_deliver {
+                    dead.push(DeadLetter {
+                        event: q.event,
+                        attempts: q.attempts,
+                        reason: "max_deliver reached after ack timeout".into(),
+                    });
+                } else {
+                    back.push(q);
+                }
+            }
+        }
+        let mut i = 0;
+        while i < s.delayed.len() {
+            if s.delayed[i].ready_at.is_some_and(|r| r <= now) {
+                let mut q = s.delayed.swap_remove(i);
+                q.ready_at = None;
+                back.push(q);
+            } else {
+                i += 1;
+            }
+        }
+        // Redeliveries go first, oldest event first.
+        back.sort_by(|a, b| a.event.publish_time_unix_ns.cmp(&b.event.publish_time_unix_ns));
+        for q in back.into_iter().rev() {
+            s.queue.push_front(q);
+        }
+    }
+
+    /// Closes the subscription and returns everything it still held
+    /// (buffered, unacked, delayed), for a queue-group peer.
+    pub fn close(&self) -> Vec<Queued> {
+        let mut s = self.state.lock();
+        s.closed = true;
+        let mut out: Vec<Queued> = s.unacked.drain().map(|(_, (q, _))| q).collect();
+        out.sort_by(|a, b| a.event.publish_time_unix_ns.cmp(&b.event.publish_time_unix_ns));
+        out.extend(s.delayed.drain(..));
+        out.extend(s.queue.drain(..));
+        drop(s);
+        self.wake.notify_waiters();
+        self.space.notify_waiters();
+        out
+    }
+}
+
+fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
+    let e = &q.event;
+    let mut headers = e.headers.clone();
+    headers.insert(crate::context::headers::CONTEXT.to_owned(), q.context.clone());
+    pb::Event {
+        id: e.id.clone(),
+        topic: e.topic.clone(),
+        payload: e.payload.clone(),
+        content_type: e.content_type.clone(),
+        headers,
+        publish_time_unix_ns: e.publish_time_unix_ns,
+        attempt: q.attempts,
+        delivery_id,
+    }
+}

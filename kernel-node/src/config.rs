@@ -1,0 +1,309 @@
+//! Node configuration: a TOML file plus `KERNEL_*` environment overrides.
+//!
+//! Every key has a default next to its name, so an empty file (or none) is a
+//! working embedded node. An environment variable `KERNEL_SECTION__KEY`
+//! overrides `[section] key` (double underscore between levels, case
+//! insensitive), e.g. `KERNEL_ROUTER__MAX_PAYLOAD_BYTES=1048576`,
+//! `KERNEL_LISTEN=0.0.0.0:50051`. Bad config is an error naming the key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The node's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Call routing.
+    pub router: RouterConfig,
+    /// Event bus.
+    pub broker: BrokerConfig,
+    /// Context-tree budgets.
+    pub budget: BudgetConfig,
+    /// Server lifecycle.
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            router: RouterConfig::default(),
+            broker: BrokerConfig::default(),
+            budget: BudgetConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// `[router]`: how calls reach providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Largest payload accepted for calls and events (and gRPC messages, plus
+    /// a small envelope allowance).
+    pub max_payload_bytes: usize,
+    /// Concurrency an instance gets when its hello says 0.
+    pub default_max_concurrency: u32,
+    /// Calls that may wait per service when every instance is at its limit.
+    pub queue_limit: usize,
+    /// How long a queued call waits for a slot before `RESOURCE_EXHAUSTED`.
+    pub queue_timeout_ms: u64,
+    /// How often providers are asked to send a frame when idle.
+    pub heartbeat_interval_ms: u64,
+    /// A provider silent for this long is deregistered.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_payload_bytes: 4 * 1024 * 1024,
+            default_max_concurrency: 1024,
+            queue_limit: 1024,
+            queue_timeout_ms: 5_000,
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// `[broker]`: the event bus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Events a subscription may hold before publishers wait.
+    pub buffer: usize,
+    /// Default max unacked events in flight per subscriber.
+    pub window: u32,
+    /// Default redelivery timeout.
+    pub ack_wait_ms: u64,
+    /// Default delivery attempts before dead-lettering.
+    pub max_deliver: u32,
+    /// How long a publish waits for buffer space when the caller gives no deadline.
+    pub publish_timeout_ms: u64,
+    /// Longest topic or pattern, in bytes.
+    pub max_topic_bytes: usize,
+    /// Most tokens in a topic or pattern.
+    pub max_topic_tokens: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            buffer: 4096,
+            window: 256,
+            ack_wait_ms: 30_000,
+            max_deliver: 5,
+            publish_timeout_ms: 5_000,
+            max_topic_bytes: 256,
+            max_topic_tokens: 16,
+        }
+    }
+}
+
+/// `[budget]`: what one context tree may spend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Total calls in a tree.
+    pub calls: u64,
+    /// Deepest nesting of calls.
+    pub depth: u64,
+    /// Total events emitted in a tree.
+    pub events: u64,
+    /// Custom counters plugins charge, e.g. `sql = 1000`. Unlisted counters
+    /// are unlimited.
+    pub custom: HashMap<String, u64>,
+    /// Per-plugin overrides, applied to trees that plugin starts.
+    pub plugins: HashMap<String, BudgetOverride>,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            calls: 100_000,
+            depth: 64,
+            events: 100_000,
+            custom: HashMap::new(),
+            plugins: HashMap::new(),
+        }
+    }
+}
+
+/// `[budget.plugins.NAME]`: overrides for trees started by one plugin.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetOverride {
+    /// Total calls.
+    pub calls: Option<u64>,
+    /// Deepest nesting.
+    pub depth: Option<u64>,
+    /// Total events.
+    pub events: Option<u64>,
+    /// Custom counters.
+    pub custom: HashMap<String, u64>,
+}
+
+/// `[server]`: lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// On SIGINT/SIGTERM, how long in-flight calls get to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML (after environment overrides) is wrong; the message names the key.
+    #[error("bad config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file (when given), applies `KERNEL_*` variables from the
+    /// process environment, and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Config::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text, then applies overrides from `vars` (only names
+    /// starting with `KERNEL_` are read).
+    pub fn from_toml_and_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("KERNEL_") else {
+                continue;
+            };
+            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            set_path(&mut root, &keys, parse_scalar(&value)).map_err(|e| {
+                ConfigError::Invalid(format!("environment variable {name}: {e}"))
+            })?;
+        }
+        let merged = toml::to_string(&root).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = toml::from_str(&merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("`{key}` {why}")));
+        if self.router.max_payload_bytes == 0 {
+            return bad("router.max_payload_bytes", "must be greater than 0");
+        }
+        if self.router.heartbeat_timeout_ms <= self.router.heartbeat_interval_ms {
+            return bad(
+                "router.heartbeat_timeout_ms",
+                "must be greater than router.heartbeat_interval_ms",
+            );
+        }
+        if self.broker.buffer == 0 {
+            return bad("broker.buffer", "must be greater than 0");
+        }
+        if self.broker.max_deliver == 0 {
+            return bad("broker.max_deliver", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// An environment value as TOML: integers, floats and booleans keep their
+/// type, anything else is a string.
+fn parse_scalar(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return toml::Value::Float(f);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = keys.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_input() {
+        let c = Config::from_toml_and_env("", Vec::new()).expect("defaults load");
+        assert_eq!(c.router.max_payload_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::from_toml_and_env(
+            "[router]\nqueue_limit = 7\n",
+            vec![
+                ("KERNEL_ROUTER__QUEUE_LIMIT".into(), "9".into()),
+                ("KERNEL_LISTEN".into(), "127.0.0.1:7000".into()),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.router.queue_limit, 9);
+        assert_eq!(c.listen.port(), 7000);
+    }
+
+    #[test]
+    fn bad_key_is_named() {
+        let err = Config::from_toml_and_env("[router]\nqueue_limitt = 7\n", Vec::new())
+            .expect_err("unknown key rejected");
+        assert!(err.to_string().contains("queue_limitt"), "{err}");
+        let err = Config::from_toml_and_env(
+            "",
+            vec![("KERNEL_ROUTER__QUEUE_LIMIT".into(), "lots".into())],
+        )
+        .expect_err("bad type rejected");
+        assert!(err.to_string().contains("queue_limit"), "{err}");
+    }
+}

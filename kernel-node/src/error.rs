@@ -1,0 +1,198 @@
+//! The kernel's error type and its one mapping to `tonic::Status`.
+//!
+//! Every failure a caller can see is an [`Error`]. It converts into a
+//! [`Failure`] (the wire form, carried in stream frames and in the details of
+//! unary statuses) and from there into a `tonic::Status`, in exactly one place.
+
+use kernel_proto::v1::{Failure, Hop};
+use prost::Message;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong inside the kernel, with the context a reader
+/// needs to find the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nobody provides the service.
+    #[error("no provider for service `{service}`")]
+    NoProvider {
+        /// The service that was called.
+        service: String,
+    },
+    /// A name (service, topic, pattern, plugin) is malformed.
+    #[error("invalid {what} `{name}`: {reason}")]
+    InvalidName {
+        /// What kind of name: `service`, `topic`, `pattern`, ...
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// What is wrong, naming the offending token where there is one.
+        reason: String,
+    },
+    /// A payload is larger than the configured limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Its size.
+        size: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// The deadline passed before the call could complete.
+    #[error("deadline exceeded calling `{service}` at context {context}")]
+    DeadlineExceeded {
+        /// The service being called.
+        service: String,
+        /// The context path of the call.
+        context: String,
+    },
+    /// Every provider instance is at its concurrency limit and the wait queue
+    /// is full (or the wait timed out).
+    #[error("service `{service}` is saturated: {detail}")]
+    Saturated {
+        /// The service being called.
+        service: String,
+        /// Queue full or waited too long.
+        detail: String,
+    },
+    /// A budget of the context tree is spent.
+    #[error("budget `{budget}` exhausted at context {context} (limit {limit})")]
+    BudgetExhausted {
+        /// `calls`, `depth`, `events` or a custom counter.
+        budget: String,
+        /// The context path whose operation exceeded it.
+        context: String,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The call was cancelled (caller went away, branch killed by an operator
+    /// or by a budget).
+    #[error("cancelled at context {context}")]
+    Cancelled {
+        /// The context path of the cancelled call.
+        context: String,
+    },
+    /// The provider went away while the call was in flight.
+    #[error("provider {plugin}/{instance} of `{service}` disconnected")]
+    ProviderGone {
+        /// The plugin name.
+        plugin: String,
+        /// Its instance id.
+        instance: String,
+        /// The service being called.
+        service: String,
+    },
+    /// A subscriber's buffer stayed full past the publisher's deadline.
+    #[error("subscription `{subscription}` is full ({buffered} events buffered); publish timed out on `{topic}`")]
+    Backpressure {
+        /// The slow subscription's name or id.
+        subscription: String,
+        /// How many events it holds.
+        buffered: usize,
+        /// The topic being published.
+        topic: String,
+    },
+    /// The payload fails the service's schema or is not what its content type says.
+    #[error("invalid argument for `{service}`: {detail}")]
+    InvalidArgument {
+        /// The service being called.
+        service: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A stream frame broke the protocol (missing hello, duplicate id, ...).
+    #[error("protocol error: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// A plugin tried to take a name it may not have.
+    #[error("plugin `{plugin}` may not {action} `{name}`")]
+    PermissionDenied {
+        /// The plugin.
+        plugin: String,
+        /// `provide`, `call`, `publish`, `subscribe`.
+        action: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A failure that came back from a provider or a deeper hop, passed through.
+    #[error("{}", .0.message)]
+    Remote(Failure),
+}
+
+impl Error {
+    /// The gRPC code a caller sees for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NoProvider { .. } => Code::NotFound,
+            Error::InvalidName { .. }
+            | Error::InvalidArgument { .. }
+            | Error::Protocol { .. } => Code::InvalidArgument,
+            Error::PayloadTooLarge { .. } => Code::OutOfRange,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::Saturated { .. } | Error::BudgetExhausted { .. } | Error::Backpressure { .. } => {
+                Code::ResourceExhausted
+            }
+            Error::Cancelled { .. } => Code::Cancelled,
+            Error::ProviderGone { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Remote(f) => Code::from_i32(f.code),
+        }
+    }
+
+    /// The wire form of this error, without a causality hop yet.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            Error::Remote(f) => f,
+            other => Failure {
+                code: other.code() as i32,
+                message: other.to_string(),
+                causality: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Adds the hop a failure just crossed to its causality chain.
+pub fn push_hop(failure: &mut Failure, context: &str, service: &str, plugin: &str) {
+    failure.causality.push(Hop {
+        context: context.to_owned(),
+        service: service.to_owned(),
+        plugin: plugin.to_owned(),
+    });
+}
+
+/// Renders a failure as a gRPC status: code and message as-is, the whole
+/// `Failure` (with its causality chain) protobuf-encoded in the details.
+pub fn failure_to_status(failure: &Failure) -> Status {
+    let mut message = failure.message.clone();
+    if let Some(origin) = failure.causality.first() {
+        message.push_str(&format!(
+            " (origin: {} at {})",
+            origin.service, origin.context
+        ));
+    }
+    Status::with_details(
+        Code::from_i32(failure.code),
+        message,
+        failure.encode_to_vec().into(),
+    )
+}
+
+/// Reads the `Failure` back out of a status made by [`failure_to_status`],
+/// or builds a chain-less one from the code and message.
+pub fn status_to_failure(status: &Status) -> Failure {
+    Failure::decode(status.details()).unwrap_or_else(|_| Failure {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        causality: Vec::new(),
+    })
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        failure_to_status(&err.into_failure())
+    }
+}

@@ -1,0 +1,150 @@
+//! The [`Kernel`]: owns the registry, router, broker and context trees, and
+//! is the in-process API (what the gRPC services and in-process plugins call).
+
+use std::sync::Arc;
+
+use kernel_proto::v1::{self as pb, Failure, RegisterMode};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::subscription::Subscription;
+use crate::broker::{Accepted, Broker, Publication, SubscribeRequest};
+use crate::config::Config;
+use crate::context::{Contexts, Node};
+use crate::error::Error;
+use crate::provider::{Instance, Link, LocalHandler, Reply};
+use crate::registry::Registry;
+use crate::router::{Request, Router};
+use crate::stats::Stats;
+
+/// A running kernel. Cheap to share (`Arc<Kernel>`).
+#[derive(Debug)]
+pub struct Kernel {
+    /// The configuration it was built with.
+    pub config: Config,
+    /// Live context trees.
+    pub contexts: Arc<Contexts>,
+    /// Who provides what.
+    pub registry: Arc<Registry>,
+    /// Calls.
+    pub router: Router,
+    /// Events.
+    pub broker: Broker,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Cancelled when the grace period is over: long-lived streams end.
+    pub shutdown: CancellationToken,
+    /// Notified when shutdown begins (the grace period starts).
+    pub shutdown_started: tokio::sync::Notify,
+}
+
+/// An in-process registration; dropping it deregisters the instance.
+#[derive(Debug)]
+pub struct LocalRegistration {
+    kernel: Arc<Kernel>,
+    instance: Arc<Instance>,
+}
+
+impl LocalRegistration {
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance.id
+    }
+}
+
+impl Drop for LocalRegistration {
+    fn drop(&mut self) {
+        self.kernel.registry.deregister(&self.instance);
+    }
+}
+
+impl Kernel {
+    /// A kernel with the given configuration.
+    pub fn new(config: Config) -> Arc<Kernel> {
+        let stats = Arc::new(Stats::default());
+        let contexts = Arc::new(Contexts::new(config.budget.clone()));
+        let registry = Arc::new(Registry::new());
+        let router = Router::new(
+            registry.clone(),
+            contexts.clone(),
+            config.router.clone(),
+            stats.clone(),
+        );
+        let broker = Broker::new(
+            config.broker.clone(),
+            config.router.max_payload_bytes,
+            contexts.clone(),
+            stats.clone(),
+        );
+        Arc::new(Kernel {
+            config,
+            contexts,
+            registry,
+            router,
+            broker,
+            stats,
+            shutdown: CancellationToken::new(),
+            shutdown_started: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Routes one call.
+    pub async fn call(&self, req: Request) -> Result<Reply, Failure> {
+        self.router.call(req).await
+    }
+
+    /// Publishes one event.
+    pub async fn publish(&self, p: Publication) -> Result<Accepted, Error> {
+        self.broker.publish(p).await
+    }
+
+    /// Opens a subscription.
+    pub fn subscribe(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
+        self.broker.subscribe(req)
+    }
+
+    /// Registers an in-process provider.
+    pub fn register_local(
+        self: &Arc<Self>,
+        plugin: &str,
+        services: Vec<pb::ServiceDecl>,
+        handler: Arc<dyn LocalHandler>,
+        mode: RegisterMode,
+        max_concurrency: u32,
+    ) -> Result<LocalRegistration, Error> {
+        let id: Arc<str> = format!("{plugin}-local-{:08x}", rand::random::<u32>()).into();
+        let max = if max_concurrency == 0 {
+            self.config.router.default_max_concurrency
+        } else {
+            max_concurrency
+        };
+        let instance = Arc::new(Instance::new(
+            plugin.into(),
+            id,
+            services,
+            Link::Local(handler),
+            max as usize,
+        ));
+        self.registry.register(instance.clone(), mode)?;
+        Ok(LocalRegistration {
+            kernel: self.clone(),
+            instance,
+        })
+    }
+
+    /// Charges a custom budget counter of `node`'s tree. On exhaustion the
+    /// node's branch is cancelled and the error names the counter and path.
+    pub fn charge(&self, node: &Node, counter: &str, amount: u64) -> Result<u64, Error> {
+        node.tree
+            .budget
+            .charge_custom(counter, amount)
+            .map_err(|e| {
+                let err = || Error::BudgetExhausted {
+                    budget: e.budget.clone(),
+                    context: node.path.clone(),
+                    limit: e.limit,
+                };
+                node.kill(err());
+                err()
+            })
+    }
+}

@@ -1,0 +1,74 @@
+//! The `kernel-node` binary: flags, config, telemetry, bind, serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kernel_node::{server, telemetry, Config, Kernel};
+
+/// A microkernel runtime delivered as a gRPC node.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Flags {
+    /// Address to listen on (overrides `listen` in the config).
+    #[arg(long, env = "KERNEL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let flags = Flags::parse();
+    let mut config = match Config::load(flags.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kernel-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(l) = flags.listen {
+        config.listen = l;
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kernel-node: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
+    println!("kernel-node listening on {addr}");
+    let kernel = Kernel::new(config);
+    match server::run(listener, kernel, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kernel-node: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,98 @@
+//! Name grammar shared by services, topics and subscription patterns (as
+//! NATS): tokens separated by `.`, each token non-empty, no whitespace or
+//! control characters. Patterns may use `*` (exactly one token) and `>` (one
+//! or more trailing tokens, last position only).
+
+use crate::error::Error;
+
+/// Longest name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most tokens in a name.
+pub const MAX_TOKENS: usize = 16;
+
+/// Checks a service name: tokens, no wildcards.
+pub fn validate_service(name: &str) -> Result<(), Error> {
+    check(name, "service", false, MAX_NAME_BYTES, MAX_TOKENS)
+}
+
+/// Checks a publish topic: tokens, no wildcards.
+pub fn validate_topic(name: &str, max_bytes: usize, max_tokens: usize) -> Result<(), Error> {
+    check(name, "topic", false, max_bytes, max_tokens)
+}
+
+/// Checks a subscription pattern: tokens, `*` anywhere, `>` last only.
+pub fn validate_pattern(name: &str, max_bytes: usize, max_tokens: usize) -> Result<(), Error> {
+    check(name, "pattern", true, max_bytes, max_tokens)
+}
+
+fn check(
+    name: &str,
+    what: &'static str,
+    wildcards: bool,
+    max_bytes: usize,
+    max_tokens: usize,
+) -> Result<(), Error> {
+    let bad = |reason: String| {
+        Err(Error::InvalidName {
+            what,
+            name: name.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("must not be empty".into());
+    }
+    if name.len() > max_bytes {
+        return bad(format!("longer than {max_bytes} bytes"));
+    }
+    let count = name.split('.').count();
+    if count > max_tokens {
+        return bad(format!("more than {max_tokens} tokens"));
+    }
+    for (i, token) in name.split('.').enumerate() {
+        if token.is_empty() {
+            return bad(format!("token {} is empty", i + 1));
+        }
+        if let Some(c) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return bad(format!("token `{}` contains {:?}", token.escape_debug(), c));
+        }
+        let has_wild = token.contains('*') || token.contains('>');
+        if has_wild {
+            if !wildcards {
+                return bad(format!("token `{token}` is a wildcard; wildcards are only allowed in subscription patterns"));
+            }
+            if token != "*" && token != ">" {
+                return bad(format!("token `{token}` mixes a wildcard with other characters"));
+            }
+            if token == ">" && i + 1 != count {
+                return bad(format!("token `>` at position {} must be the last token", i + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grammar() {
+        assert!(validate_service("inventory.check_stock").is_ok());
+        assert!(validate_pattern("order.*.>", 256, 16).is_ok());
+        for (bad, needle) in [
+            ("", "empty"),
+            ("a..b", "token 2 is empty"),
+            ("a.b c", "`b c`"),
+            ("order.*", "wildcard"),
+        ] {
+            let e = validate_topic(bad, 256, 16).expect_err(bad).to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let e = validate_pattern("a.>.b", 256, 16).expect_err("> not last").to_string();
+        assert!(e.contains("last"), "{e}");
+        let e = validate_pattern("a.b*", 256, 16).expect_err("mixed").to_string();
+        assert!(e.contains("`b*`"), "{e}");
+        assert!(validate_topic(&"a.".repeat(20).trim_end_matches('.').to_owned(), 256, 16).is_err());
+    }
+}

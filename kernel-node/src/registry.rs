@@ -1,0 +1,169 @@
+//! The service registry: which instances provide which names.
+//!
+//! Reads (provider selection, on every call) are lock-free: the name → pool
+//! map is an immutable snapshot swapped atomically by the rare writers
+//! (register, replace, deregister), which serialize on one mutex. A replace
+//! therefore takes effect for every new call at once: there is no moment in
+//! which a caller sees neither the old nor the new instance.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kernel_proto::v1::RegisterMode;
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::names;
+use crate::provider::{Instance, Link};
+
+/// Instances providing one name.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Active instances (draining ones are removed).
+    pub instances: Vec<Arc<Instance>>,
+    rr: AtomicUsize,
+}
+
+impl Pool {
+    fn with(instances: Vec<Arc<Instance>>) -> Pool {
+        Pool {
+            instances,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Least in-flight, ties broken round robin so equal instances share load.
+    pub fn pick(&self) -> Option<&Arc<Instance>> {
+        match self.instances.len() {
+            0 => None,
+            1 => self.instances.first(),
+            n => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+                let mut best: Option<&Arc<Instance>> = None;
+                let mut best_load = usize::MAX;
+                for i in 0..n {
+                    let inst = &self.instances[(start + i) % n];
+                    let load = inst.in_flight.load(Ordering::Relaxed);
+                    if load < best_load {
+                        best_load = load;
+                        best = Some(inst);
+                    }
+                }
+                best
+            }
+        }
+    }
+}
+
+type Snapshot = HashMap<String, Arc<Pool>>;
+
+/// Names to pools, plus every connected instance.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: ArcSwap<Snapshot>,
+    instances: Mutex<Vec<Arc<Instance>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The pool for a name, if anyone provides it.
+    #[inline]
+    pub fn pool(&self, service: &str) -> Option<Arc<Pool>> {
+        self.services.load().get(service).cloned()
+    }
+
+    /// Adds an instance. In replace mode the previous providers of each of its
+    /// names leave those pools at once; an instance left in no pool gets a
+    /// drain notice and its queued callers go back to selection.
+    pub fn register(&self, inst: Arc<Instance>, mode: RegisterMode) -> Result<(), Error> {
+        for s in &inst.services {
+            names::validate_service(&s.name)?;
+        }
+        let mut all = self.instances.lock();
+        if all.iter().any(|i| i.id == inst.id) {
+            return Err(Error::Protocol {
+                detail: format!("instance id `{}` is already registered", inst.id),
+            });
+        }
+        let current = self.services.load_full();
+        let mut next: Snapshot = (*current).clone();
+        let mut displaced: Vec<Arc<Instance>> = Vec::new();
+        for s in &inst.services {
+            let mut members = next
+                .get(&s.name)
+                .map(|p| p.instances.clone())
+                .unwrap_or_default();
+            if mode == RegisterMode::Replace {
+                displaced.append(&mut members);
+            }
+            members.push(inst.clone());
+            next.insert(s.name.clone(), Arc::new(Pool::with(members)));
+        }
+        self.services.store(Arc::new(next));
+        all.push(inst.clone());
+        let still_listed = |i: &Arc<Instance>| {
+            self.services
+                .load()
+                .values()
+                .any(|p| p.instances.iter().any(|x| Arc::ptr_eq(x, i)))
+        };
+        for old in displaced {
+            if !still_listed(&old) && !old.draining.swap(true, Ordering::SeqCst) {
+                tracing::info!(plugin = %old.plugin, instance = %old.id, by = %inst.id, "instance replaced; draining");
+                old.permits.close();
+                if let Link::Remote(r) = &old.link {
+                    r.drain(format!("replaced by instance {}", inst.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an instance from every pool (session closed or heartbeat lost).
+    pub fn deregister(&self, inst: &Arc<Instance>) {
+        let mut all = self.instances.lock();
+        all.retain(|i| !Arc::ptr_eq(i, inst));
+        let current = self.services.load_full();
+        let mut next: Snapshot = HashMap::with_capacity(current.len());
+        for (name, pool) in current.iter() {
+            if pool.instances.iter().any(|i| Arc::ptr_eq(i, inst)) {
+                let members: Vec<_> = pool
+                    .instances
+                    .iter()
+                    .filter(|i| !Arc::ptr_eq(i, inst))
+                    .cloned()
+                    .collect();
+                if !members.is_empty() {
+                    next.insert(name.clone(), Arc::new(Pool::with(members)));
+                }
+            } else {
+                next.insert(name.clone(), pool.clone());
+            }
+        }
+        self.services.store(Arc::new(next));
+        inst.permits.close();
+    }
+
+    /// Every connected instance, draining ones included.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.instances.lock().clone()
+    }
+
+    /// Names with their pools, sorted by name.
+    pub fn services(&self) -> Vec<(String, Arc<Pool>)> {
+        let mut v: Vec<_> = self
+            .services
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

@@ -1,0 +1,186 @@
+//! The gRPC server: the Kernel and Admin services, `grpc.health.v1`, server
+//! reflection, and [`run`].
+//!
+//! # Layout
+//! - `register`: provider sessions.
+//! - `call`: unary Call and the multiplexed CallStream.
+//! - `events`: Publish, PublishStream, Subscribe.
+//! - `admin`: the Admin service.
+//! - `metadata`: context headers and deadlines out of gRPC metadata.
+//! - `batch`: channel → batched stream frames.
+
+mod admin;
+mod batch;
+mod call;
+mod events;
+mod metadata;
+mod register;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use kernel_proto::v1::{self as pb, admin_server::AdminServer, kernel_server::KernelServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use admin::AdminService;
+
+use crate::context::headers;
+use crate::kernel::Kernel;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Envelope allowance on top of `router.max_payload_bytes` for gRPC messages
+/// (ids, names, headers), so an at-limit payload still fits its frame.
+const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
+
+/// The Kernel RPCs over a [`Kernel`].
+#[derive(Debug, Clone)]
+pub struct KernelService {
+    kernel: Arc<Kernel>,
+}
+
+impl KernelService {
+    /// The service over `kernel`.
+    pub fn new(kernel: Arc<Kernel>) -> Self {
+        KernelService { kernel }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kernel_server::Kernel for KernelService {
+    type RegisterStream = BoxStream<pb::ProviderDown>;
+    type CallStreamStream = BoxStream<pb::CallStreamDown>;
+    type PublishStreamStream = BoxStream<pb::PublishStreamDown>;
+    type SubscribeStream = BoxStream<pb::SubscribeDown>;
+
+    async fn register(&self, req: Request<Streaming<pb::ProviderUp>>) -> Result<Response<Self::RegisterStream>, Status> {
+        let s = register::session(self.kernel.clone(), req.into_inner()).await?;
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+        call::unary(&self.kernel, req).await.map(Response::new)
+    }
+
+    async fn call_stream(&self, req: Request<Streaming<pb::CallStreamUp>>) -> Result<Response<Self::CallStreamStream>, Status> {
+        Ok(Response::new(Box::pin(call::stream(self.kernel.clone(), req))))
+    }
+
+    async fn publish(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        events::publish(&self.kernel, req).await.map(Response::new)
+    }
+
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<pb::PublishStreamUp>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        Ok(Response::new(Box::pin(events::publish_stream(self.kernel.clone(), req))))
+    }
+
+    async fn subscribe(&self, req: Request<Streaming<pb::SubscribeUp>>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let s = events::subscribe(self.kernel.clone(), req).await?;
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn charge(&self, req: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+        let path = req
+            .metadata()
+            .get(headers::CONTEXT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| Status::invalid_argument("Charge needs the `x-kernel-context` metadata"))?;
+        let body = req.into_inner();
+        let node = self
+            .kernel
+            .contexts
+            .find(&path)
+            .ok_or_else(|| Status::not_found(format!("no live context at `{path}`")))?;
+        let remaining = self.kernel.charge(&node, &body.counter, body.amount)?;
+        Ok(Response::new(pb::ChargeResponse { remaining }))
+    }
+}
+
+/// Why the server stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not load the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Serves the node on `listener` until `shutdown` resolves; then stops
+/// accepting, tells providers to drain, and gives in-flight work up to
+/// `server.shutdown_grace_ms` to finish.
+pub async fn run(
+    listener: TcpListener,
+    kernel: Arc<Kernel>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let max_msg = kernel.config.router.max_payload_bytes + ENVELOPE_ALLOWANCE;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KernelServer<KernelService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kernel_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let kernel_svc = KernelServer::new(KernelService::new(kernel.clone()))
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let admin_svc = AdminServer::new(AdminService::new(kernel.clone()));
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let grace = Duration::from_millis(kernel.config.server.shutdown_grace_ms);
+    let stop = kernel.shutdown.clone();
+    let signal_kernel = kernel.clone();
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(kernel_svc)
+        .add_service(admin_svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining providers");
+            drain_all(&signal_kernel);
+        });
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r?,
+        _ = async { stop_after_grace(&kernel, grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining streams");
+            stop.cancel();
+            // Streams now end on their own; give them a moment to say so.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
+        }
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// Resolves `grace` after shutdown began (never, if it does not begin).
+async fn stop_after_grace(kernel: &Kernel, grace: Duration) {
+    kernel.shutdown_started.notified().await;
+    tokio::time::sleep(grace).await;
+}
+
+fn drain_all(kernel: &Kernel) {
+    kernel.shutdown_started.notify_waiters();
+    kernel.shutdown_started.notify_one();
+    for inst in kernel.registry.instances() {
+        if let crate::provider::Link::Remote(r) = &inst.link {
+            r.drain("node shutting down".into());
+        }
+    }
+}

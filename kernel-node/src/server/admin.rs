@@ -1,0 +1,133 @@
+//! The Admin service: what is connected, what is live, and branch kill.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kernel_proto::v1::{self as pb, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use crate::kernel::Kernel;
+use crate::stats::Stats;
+
+/// Admin RPCs over a kernel.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    kernel: Arc<Kernel>,
+}
+
+impl AdminService {
+    /// Admin over `kernel`.
+    pub fn new(kernel: Arc<Kernel>) -> Self {
+        AdminService { kernel }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_plugins(&self, _: Request<pb::ListPluginsRequest>) -> Result<Response<pb::ListPluginsResponse>, Status> {
+        let plugins = self
+            .kernel
+            .registry
+            .instances()
+            .iter()
+            .map(|i| pb::PluginInfo {
+                plugin: i.plugin.to_string(),
+                instance_id: i.id.to_string(),
+                services: i.services.iter().map(|s| s.name.clone()).collect(),
+                in_flight: i.in_flight.load(Ordering::Relaxed) as u32,
+                state: if i.draining.load(Ordering::Relaxed) {
+                    "draining".into()
+                } else {
+                    "active".into()
+                },
+                transport: i.transport().into(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListPluginsResponse { plugins }))
+    }
+
+    async fn list_services(&self, _: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self
+            .kernel
+            .registry
+            .services()
+            .into_iter()
+            .map(|(name, pool)| pb::ServiceInfo {
+                name,
+                instances: pool.instances.iter().map(|i| i.id.to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let subscriptions = self
+            .kernel
+            .broker
+            .subscriptions()
+            .iter()
+            .map(|s| pb::SubscriptionInfo {
+                id: s.id.to_string(),
+                name: s.label(),
+                patterns: s.opts.patterns.clone(),
+                queue_group: s
+                    .opts
+                    .group
+                    .as_deref()
+                    .and_then(|g| g.split('|').next())
+                    .unwrap_or_default()
+                    .to_owned(),
+                buffered: s.buffered() as u32,
+                unacked: s.unacked() as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+    }
+
+    async fn get_context(&self, req: Request<pb::GetContextRequest>) -> Result<Response<pb::GetContextResponse>, Status> {
+        let nodes = self
+            .kernel
+            .contexts
+            .tree(&req.into_inner().root)
+            .into_iter()
+            .map(|n| pb::ContextNode {
+                path: n.path,
+                service: n.service,
+                plugin: n.plugin,
+                state: n.state.into(),
+                elapsed_us: n.elapsed_us,
+            })
+            .collect();
+        Ok(Response::new(pb::GetContextResponse { nodes }))
+    }
+
+    async fn cancel_context(
+        &self,
+        req: Request<pb::CancelContextRequest>,
+    ) -> Result<Response<pb::CancelContextResponse>, Status> {
+        let path = req.into_inner().path;
+        let cancelled = self.kernel.contexts.cancel(&path);
+        if cancelled == 0 {
+            return Err(Status::not_found(format!("no live context at `{path}`")));
+        }
+        tracing::info!(context = %path, cancelled, "context branch cancelled by operator");
+        Ok(Response::new(pb::CancelContextResponse { cancelled }))
+    }
+
+    async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let s = &self.kernel.stats;
+        Ok(Response::new(pb::StatsResponse {
+            calls: Stats::get(&s.calls),
+            call_errors: Stats::get(&s.call_errors),
+            events_published: Stats::get(&s.events_published),
+            events_delivered: Stats::get(&s.events_delivered),
+            events_redelivered: Stats::get(&s.events_redelivered),
+            events_dead_lettered: Stats::get(&s.events_dead_lettered),
+            plugins: self.kernel.registry.instances().len() as u32,
+            subscriptions: self.kernel.broker.subscriptions().len() as u32,
+        }))
+    }
+}

@@ -1,0 +1,131 @@
+//! The Call and CallStream RPCs: both enter the same router.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::Stream;
+use kernel_proto::v1::{self as pb, CallStreamDown, CallStreamUp};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tonic::{Request, Status, Streaming};
+
+use crate::error::failure_to_status;
+use crate::kernel::Kernel;
+use crate::router;
+use crate::server::batch::batched;
+use crate::server::metadata;
+
+/// A unary call: context from metadata.
+pub(crate) async fn unary(kernel: &Kernel, req: Request<pb::CallRequest>) -> Result<pb::CallResponse, Status> {
+    let meta = req.metadata();
+    let headers = metadata::headers_from(meta);
+    let parent = metadata::parent_from(&headers);
+    let deadline = metadata::deadline_from(meta);
+    let caller = metadata::caller_from(meta);
+    let body = req.into_inner();
+    let reply = kernel
+        .call(router::Request {
+            service: body.service,
+            method: body.method,
+            payload: body.payload,
+            content_type: body.content_type,
+            headers,
+            parent,
+            deadline,
+            caller,
+        })
+        .await
+        .map_err(|f| failure_to_status(&f))?;
+    Ok(pb::CallResponse {
+        payload: reply.payload,
+        content_type: reply.content_type,
+    })
+}
+
+type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
+/// A multiplexed call stream: each call runs as its own task; a cancel frame
+/// or the stream's end aborts it, which cancels it downstream.
+pub(crate) fn stream(
+    kernel: Arc<Kernel>,
+    req: Request<Streaming<CallStreamUp>>,
+) -> impl Stream<Item = Result<CallStreamDown, Status>> + Send + 'static {
+    let caller = metadata::caller_from(req.metadata());
+    let mut inbound = req.into_inner();
+    let (tx, rx) = mpsc::unbounded_channel::<pb::CallReply>();
+    tokio::spawn(async move {
+        let in_flight: InFlight = Arc::default();
+        loop {
+            let frame = tokio::select! {
+                f = inbound.message() => f,
+                _ = kernel.shutdown.cancelled() => break,
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(cause = %status.message(), "call stream broke");
+                    break;
+                }
+            };
+            for id in frame.cancels {
+                if let Some(h) = in_flight.lock().remove(&id) {
+                    h.abort();
+                }
+            }
+            for call in frame.calls {
+                start(&kernel, &in_flight, &tx, call, caller.clone());
+            }
+        }
+        // The caller is gone: abandon its calls (providers get cancel frames).
+        for (_, h) in in_flight.lock().drain() {
+            h.abort();
+        }
+    });
+    batched(rx, None, |replies| CallStreamDown { replies })
+}
+
+fn start(
+    kernel: &Arc<Kernel>,
+    in_flight: &InFlight,
+    tx: &mpsc::UnboundedSender<pb::CallReply>,
+    call: pb::CallFrame,
+    caller: Option<Arc<str>>,
+) {
+    let id = call.id;
+    let headers = call.headers;
+    let req = router::Request {
+        parent: metadata::parent_from(&headers),
+        service: call.service,
+        method: call.method,
+        payload: call.payload,
+        content_type: call.content_type,
+        headers,
+        deadline: metadata::deadline_from_us(call.timeout_us),
+        caller,
+    };
+    let kernel = kernel.clone();
+    let tx = tx.clone();
+    let map = in_flight.clone();
+    // Held across spawn so the task cannot remove its entry before it exists.
+    let mut guard = in_flight.lock();
+    let handle = tokio::spawn(async move {
+        let reply = match kernel.call(req).await {
+            Ok(r) => pb::CallReply {
+                id,
+                payload: r.payload,
+                content_type: r.content_type,
+                error: None,
+            },
+            Err(f) => pb::CallReply {
+                id,
+                error: Some(f),
+                ..Default::default()
+            },
+        };
+        map.lock().remove(&id);
+        let _ = tx.send(reply);
+    });
+    guard.insert(id, handle.abort_handle());
+}

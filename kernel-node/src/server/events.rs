@@ -1,0 +1,214 @@
+//! The Publish, PublishStream and Subscribe RPCs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use kernel_proto::v1::{self as pb, AckMode, PublishStreamDown, PublishStreamUp, SubscribeDown, SubscribeUp};
+use tokio::sync::mpsc;
+use tonic::{Request, Status, Streaming};
+
+use crate::broker::subscription::Subscription;
+use crate::broker::{Publication, SubscribeRequest};
+use crate::error::Error;
+use crate::kernel::Kernel;
+use crate::server::batch::batched;
+use crate::server::metadata;
+
+/// Largest batch of events sent in one Subscribe frame.
+const DELIVERY_BATCH: usize = 256;
+
+/// A unary publish: context from metadata.
+pub(crate) async fn publish(kernel: &Kernel, req: Request<pb::PublishRequest>) -> Result<pb::PublishResponse, Status> {
+    let meta = req.metadata();
+    let ctx = metadata::headers_from(meta);
+    let parent = metadata::parent_from(&ctx);
+    let deadline = metadata::deadline_from(meta);
+    let caller = metadata::caller_from(meta);
+    let body = req.into_inner();
+    let mut headers = body.headers;
+    headers.extend(ctx);
+    let accepted = kernel
+        .publish(Publication {
+            topic: body.topic,
+            payload: body.payload,
+            content_type: body.content_type,
+            headers,
+            parent: resolve(kernel, parent),
+            deadline,
+            caller,
+        })
+        .await?;
+    Ok(pb::PublishResponse {
+        event_id: accepted.event_id,
+        matched: accepted.matched,
+    })
+}
+
+/// Publishes carry their parent as a live node when the kernel knows it, so
+/// the events budget is charged to the right tree.
+fn resolve(kernel: &Kernel, parent: crate::context::Parent) -> crate::context::Parent {
+    match parent {
+        crate::context::Parent::Path(p) => kernel
+            .contexts
+            .find(&p)
+            .map_or(crate::context::Parent::Path(p), crate::context::Parent::Node),
+        other => other,
+    }
+}
+
+/// Pipelined publishing. Events of one stream are accepted in order; the
+/// acks come back in that order.
+pub(crate) fn publish_stream(
+    kernel: Arc<Kernel>,
+    req: Request<Streaming<PublishStreamUp>>,
+) -> impl Stream<Item = Result<PublishStreamDown, Status>> + Send + 'static {
+    let caller = metadata::caller_from(req.metadata());
+    let mut inbound = req.into_inner();
+    let (tx, rx) = mpsc::unbounded_channel::<pb::PublishAck>();
+    tokio::spawn(async move {
+        while let Ok(Some(frame)) = inbound.message().await {
+            for item in frame.items {
+                let seq = item.seq;
+                let ev = item.event.unwrap_or_default();
+                let headers = ev.headers;
+                let parent = resolve(&kernel, metadata::parent_from(&headers));
+                let deadline = (item.timeout_ms > 0).then(|| {
+                    std::time::Instant::now() + Duration::from_millis(item.timeout_ms)
+                });
+                let out = kernel
+                    .publish(Publication {
+                        topic: ev.topic,
+                        payload: ev.payload,
+                        content_type: ev.content_type,
+                        headers,
+                        parent,
+                        deadline,
+                        caller: caller.clone(),
+                    })
+                    .await;
+                let ack = match out {
+                    Ok(a) => pb::PublishAck {
+                        seq,
+                        event_id: a.event_id,
+                        matched: a.matched,
+                        error: None,
+                    },
+                    Err(e) => pb::PublishAck {
+                        seq,
+                        error: Some(e.into_failure()),
+                        ..Default::default()
+                    },
+                };
+                if tx.send(ack).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    batched(rx, None, |acks| PublishStreamDown { acks })
+}
+
+/// Unsubscribes when dropped: whichever side of the stream ends first.
+struct Leave {
+    kernel: Arc<Kernel>,
+    sub: Arc<Subscription>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.kernel.broker.unsubscribe(&self.sub);
+    }
+}
+
+/// A subscription stream: `open` first, then acks, nacks and credit up;
+/// batches of events down.
+pub(crate) async fn subscribe(
+    kernel: Arc<Kernel>,
+    req: Request<Streaming<SubscribeUp>>,
+) -> Result<impl Stream<Item = Result<SubscribeDown, Status>> + Send + 'static, Status> {
+    let mut inbound = req.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no open within 10 s"))??;
+    let open = first.and_then(|f| f.open).ok_or_else(|| {
+        Status::from(Error::Protocol {
+            detail: "the first Subscribe frame must carry `open`".into(),
+        })
+    })?;
+    let sub = kernel.subscribe(SubscribeRequest {
+        name: open.name,
+        patterns: open.patterns,
+        group: open.queue_group,
+        explicit_ack: open.ack_mode == AckMode::Explicit as i32,
+        window: open.window,
+        ack_wait_ms: open.ack_wait_ms,
+        max_deliver: open.max_deliver,
+    })?;
+    tracing::debug!(subscription = %sub.label(), patterns = ?sub.opts.patterns, "subscribed");
+
+    // Upstream: acks, nacks, credit. Its end (client gone) closes the subscription.
+    let reader_leave = Arc::new(Leave {
+        kernel: kernel.clone(),
+        sub: sub.clone(),
+    });
+    {
+        let kernel = kernel.clone();
+        let sub = sub.clone();
+        let leave = reader_leave.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = match inbound.message().await {
+                    Ok(Some(f)) => f,
+                    // Half-close: keep delivering until the downstream ends too.
+                    Ok(None) => break,
+                    // The subscriber is gone (killed, connection lost): hand
+                    // its events to queue-group peers now.
+                    Err(_) => {
+                        kernel.broker.unsubscribe(&sub);
+                        break;
+                    }
+                };
+                for id in frame.acks {
+                    sub.ack(id);
+                }
+                for n in frame.nacks {
+                    if let Some(dl) = sub.nack(n.delivery_id, Duration::from_millis(n.delay_ms)) {
+                        kernel.broker.dead_letter(dl);
+                    }
+                }
+                if frame.credit > 0 {
+                    sub.add_credit(frame.credit);
+                }
+            }
+            drop(leave);
+        });
+    }
+
+    let ready = SubscribeDown {
+        ready: Some(pb::SubscribeReady {
+            subscription_id: sub.id.to_string(),
+        }),
+        events: Vec::new(),
+    };
+    let state = (kernel, sub, Some(ready), reader_leave);
+    Ok(futures::stream::unfold(state, |(kernel, sub, ready, leave)| async move {
+        if let Some(r) = ready {
+            return Some((Ok(r), (kernel, sub, None, leave)));
+        }
+        loop {
+            let batch = sub.next_batch(DELIVERY_BATCH).await?;
+            for dl in batch.dead {
+                kernel.broker.dead_letter(dl);
+            }
+            if !batch.events.is_empty() {
+                kernel.broker.count_delivered(&batch.events);
+                let frame = SubscribeDown {
+                    ready: None,
+                    events: batch.events,
+                };
+                return Some((Ok(frame), (kernel, sub, None, leave)));
+            }
+        }
+    }))
+}

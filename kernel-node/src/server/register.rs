@@ -1,0 +1,134 @@
+//! The Register RPC: one provider session per stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use kernel_proto::v1::{self as pb, ProviderDown, ProviderUp, RegisterMode};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::error::Error;
+use crate::kernel::Kernel;
+use crate::provider::{Down, Instance, Link, RemoteLink, Reply};
+use crate::server::batch::batched;
+
+/// How long a new stream may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the handshake, registers the instance and returns the downstream
+/// half; a background task reads results until the session ends.
+pub(crate) async fn session(
+    kernel: Arc<Kernel>,
+    mut inbound: Streaming<ProviderUp>,
+) -> Result<impl Stream<Item = Result<ProviderDown, Status>> + Send + 'static, Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+    let hello = first.and_then(|f| f.hello).ok_or_else(|| {
+        Status::from(Error::Protocol {
+            detail: "the first Register frame must carry `hello`".into(),
+        })
+    })?;
+    if hello.plugin.is_empty() || hello.plugin.len() > 128 {
+        return Err(Error::InvalidName {
+            what: "plugin",
+            name: hello.plugin.chars().take(80).collect(),
+            reason: "must be 1 to 128 bytes".into(),
+        }
+        .into());
+    }
+    if hello.services.is_empty() {
+        return Err(Error::Protocol {
+            detail: format!("plugin `{}` registered no services", hello.plugin),
+        }
+        .into());
+    }
+    let mode = RegisterMode::try_from(hello.mode).unwrap_or(RegisterMode::Pool);
+    let id: Arc<str> = if hello.instance_id.is_empty() {
+        format!("{}-{:08x}", hello.plugin, rand::random::<u32>()).into()
+    } else {
+        hello.instance_id.into()
+    };
+    let max = match hello.max_concurrency {
+        0 => kernel.config.router.default_max_concurrency,
+        n => n,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let inst = Arc::new(Instance::new(
+        hello.plugin.into(),
+        id.clone(),
+        hello.services,
+        Link::Remote(RemoteLink::new(tx)),
+        max as usize,
+    ));
+    kernel.registry.register(inst.clone(), mode)?;
+    tracing::info!(plugin = %inst.plugin, instance = %inst.id, services = ?inst.services.iter().map(|s| &s.name).collect::<Vec<_>>(), ?mode, "provider registered");
+
+    let welcome = ProviderDown {
+        welcome: Some(pb::Welcome {
+            instance_id: id.to_string(),
+            heartbeat_interval_ms: kernel.config.router.heartbeat_interval_ms,
+        }),
+        ..Default::default()
+    };
+    tokio::spawn(read_results(kernel, inst, inbound));
+    Ok(batched(rx, Some(welcome), fold_down))
+}
+
+fn fold_down(items: Vec<Down>) -> ProviderDown {
+    let mut frame = ProviderDown::default();
+    for item in items {
+        match item {
+            Down::Invoke(inv) => frame.invocations.push(inv),
+            Down::Cancel(id) => frame.cancels.push(id),
+            Down::Drain(reason) => frame.drain = Some(pb::Drain { reason }),
+        }
+    }
+    frame
+}
+
+/// Reads results until the stream ends, breaks, or goes silent past the
+/// heartbeat timeout; then deregisters the instance and fails its in-flight
+/// calls with `UNAVAILABLE` at once.
+async fn read_results(kernel: Arc<Kernel>, inst: Arc<Instance>, mut inbound: Streaming<ProviderUp>) {
+    let Link::Remote(link) = &inst.link else {
+        return;
+    };
+    let silence = Duration::from_millis(kernel.config.router.heartbeat_timeout_ms);
+    let why = loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(silence, inbound.message()) => n,
+            _ = kernel.shutdown.cancelled() => break "node shutting down".to_owned(),
+        };
+        match next {
+            Ok(Ok(Some(frame))) => {
+                for r in frame.results {
+                    let result = match r.error {
+                        Some(f) => Err(f),
+                        None => Ok(Reply {
+                            payload: r.payload,
+                            content_type: r.content_type,
+                        }),
+                    };
+                    link.complete(r.call_id, result);
+                }
+            }
+            Ok(Ok(None)) => break "stream closed".to_owned(),
+            Ok(Err(status)) => break format!("stream error: {}", status.message()),
+            Err(_) => break format!("no frame for {} ms", silence.as_millis()),
+        }
+    };
+    kernel.registry.deregister(&inst);
+    let service = inst
+        .services
+        .first()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    link.close(|| Error::ProviderGone {
+        plugin: inst.plugin.to_string(),
+        instance: inst.id.to_string(),
+        service: service.clone(),
+    });
+    tracing::info!(plugin = %inst.plugin, instance = %inst.id, reason = %why, "provider deregistered");
+}
