@@ -1,1 +1,45 @@
-//! placeholder
+//! The Rust SDK for kernel plugins.
+//!
+//! A plugin provides string-named services and calls others through the
+//! kernel; it never imports another plugin. The same [`Plugin`] runs
+//! out-of-process ([`Plugin::serve`], over gRPC) or in-process
+//! ([`Plugin::attach`], straight into the kernel pipeline).
+//!
+//! ```no_run
+//! use kernel_sdk::{Plugin, Client};
+//! # async fn demo() -> Result<(), kernel_sdk::Error> {
+//! let plugin = Plugin::new("greeter").provide("greet.hello", |_ctx, name| async move {
+//!     Ok(format!("hello, {}", String::from_utf8_lossy(&name)).into())
+//! });
+//! tokio::spawn(plugin.serve("http://127.0.0.1:50051", Default::default()));
+//! let client = Client::connect("http://127.0.0.1:50051")?;
+//! let reply = client.call("greet.hello", "world").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`client`]: [`Client`]: calls and publishes, remote (multiplexed
+//!   CallStream) or in-process.
+//! - [`plugin`]: [`Plugin`]: providing services; sessions, drain, reconnect.
+//! - [`context`]: [`Context`]: a handler's place in the context tree, deadline,
+//!   cancellation, nested calls, emits, budget charges.
+//! - [`events`]: [`Subscriber`], [`Publisher`], [`SubscribeOptions`].
+//! - [`transaction`]: [`Transaction`]: emits buffered until commit.
+//! - [`error`]: [`Error`].
+
+pub mod client;
+pub mod context;
+pub mod error;
+pub mod events;
+mod mux;
+pub mod plugin;
+pub mod transaction;
+
+pub use client::{CallOptions, Client, Published, Reply};
+pub use context::Context;
+pub use error::Error;
+pub use events::{Event, Publisher, SubscribeOptions, Subscriber};
+pub use plugin::{Plugin, SessionEnd};
+pub use tokio_util::sync::CancellationToken;
+pub use transaction::Transaction;
+pub use bytes::Bytes;

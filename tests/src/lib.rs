@@ -1,1 +1,180 @@
-//! placeholder
+//! Shared harness for the end-to-end tests: a real node on `127.0.0.1:0`,
+//! real plugin processes (the `test-plugin` binary), bounded polling.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kernel_node::{server, Config, Kernel};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// A node serving on an ephemeral loopback port, stopped on drop.
+pub struct Node {
+    /// The listen address.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub url: String,
+    /// The kernel behind it (for in-process plugins and white-box checks).
+    pub kernel: Arc<Kernel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node with the default config.
+    pub async fn start() -> Node {
+        Node::start_with(Config::default()).await
+    }
+
+    /// Starts a node with `config` (its `listen` is ignored).
+    pub async fn start_with(mut config: Config) -> Node {
+        init_logs();
+        config.server.shutdown_grace_ms = config.server.shutdown_grace_ms.min(2_000);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let kernel = Kernel::new(config);
+        let (stop, rx) = oneshot::channel::<()>();
+        let k = kernel.clone();
+        let task = tokio::spawn(async move {
+            let _ = server::run(listener, k, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Node {
+            addr,
+            url: format!("http://{addr}"),
+            kernel,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// Waits until `n` instances provide `service`.
+    pub async fn wait_providers(&self, service: &str, n: usize) {
+        let k = self.kernel.clone();
+        let s = service.to_owned();
+        wait_until(Duration::from_secs(20), &format!("{n} providers of {service}"), move || {
+            k.registry.pool(&s).map_or(0, |p| p.instances.len()) == n
+        })
+        .await;
+    }
+
+    /// A raw generated gRPC client.
+    pub async fn raw(&self) -> kernel_proto::v1::kernel_client::KernelClient<tonic::transport::Channel> {
+        kernel_proto::v1::kernel_client::KernelClient::connect(self.url.clone())
+            .await
+            .expect("connect raw client")
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// An SDK client over the network.
+    pub fn client(&self) -> kernel_sdk::Client {
+        kernel_sdk::Client::connect(&self.url).expect("client")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `test-plugin` child process; killed on drop.
+pub struct PluginProcess {
+    /// The child.
+    pub child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl PluginProcess {
+    /// Spawns `test-plugin` with `args` against `node`.
+    pub fn spawn(node: &Node, args: &[&str]) -> PluginProcess {
+        let mut child = Command::new(plugin_binary())
+            .arg("--url")
+            .arg(&node.url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn test-plugin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        PluginProcess { child, lines }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns it.
+    pub async fn expect_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.starts_with(prefix) => return l,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("plugin exited before printing `{prefix}`"),
+                Err(_) => panic!("no `{prefix}` line from the plugin within {limit:?}"),
+            }
+        }
+    }
+
+    /// SIGKILLs the process.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The `test-plugin` binary: cargo builds it next to the test binaries'
+/// `deps/` folder for every integration test of this package.
+fn plugin_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir");
+    dir.join("test-plugin")
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,474 @@
+//! The client: calls and publishes, over a CallStream to a remote node or
+//! straight into an in-process kernel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kernel_node::broker::Publication;
+use kernel_node::context::{headers as h, Parent};
+use kernel_node::router;
+use kernel_node::Kernel;
+use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::error::Error;
+use crate::mux::{upstream, Mux};
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// The method within the service.
+    pub method: String,
+    /// Content type of the payload (JSON when empty).
+    pub content_type: String,
+    /// How long the call may take.
+    pub timeout: Option<Duration>,
+    /// Extra headers: `traceparent`, `baggage`, `x-kernel-context`,
+    /// `x-kernel-budget` are honoured by the kernel.
+    pub headers: HashMap<String, String>,
+}
+
+/// A reply: payload and content type.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The body.
+    pub payload: Bytes,
+    /// Its content type.
+    pub content_type: String,
+}
+
+/// What a publish returns.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Kernel-assigned event id.
+    pub event_id: String,
+    /// Subscriptions that got it.
+    pub matched: u32,
+}
+
+/// Where a call or event comes from in the context tree (set by [`crate::Context`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Origin {
+    /// A top-level request.
+    #[default]
+    Root,
+    /// A remote handler's context: its path, deadline and inherited headers.
+    Remote {
+        path: String,
+        deadline: Option<Instant>,
+        headers: HashMap<String, String>,
+    },
+    /// An in-process handler's context node.
+    Local(Arc<kernel_node::context::Node>, HashMap<String, String>),
+}
+
+type CallMux = Mux<CallUp, Result<Reply, Failure>>;
+
+pub(crate) enum CallUp {
+    Call(pb::CallFrame),
+    Cancel(u64),
+}
+
+fn fold_calls(items: Vec<CallUp>) -> pb::CallStreamUp {
+    let mut f = pb::CallStreamUp::default();
+    for i in items {
+        match i {
+            CallUp::Call(c) => f.calls.push(c),
+            CallUp::Cancel(id) => f.cancels.push(id),
+        }
+    }
+    f
+}
+
+pub(crate) struct Remote {
+    url: String,
+    pub(crate) channel: Channel,
+    calls: Mutex<Option<Arc<CallMux>>>,
+    opening: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Remote(Arc<Remote>),
+    Local(Arc<Kernel>),
+}
+
+/// A handle for calling services and publishing events. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    transport: Transport,
+    plugin: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("plugin", &self.plugin).finish()
+    }
+}
+
+/// A channel to `url` with the settings the SDK wants (no Nagle, keepalive).
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Endpoint::from_shared(url.to_owned())
+        .map(|e| {
+            e.tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .connect_timeout(Duration::from_secs(5))
+        })
+        .map_err(|source| Error::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+impl Client {
+    /// A client of the node at `url` (e.g. `http://127.0.0.1:50051`). The
+    /// connection is made on first use and re-made after the node restarts.
+    pub fn connect(url: &str) -> Result<Client, Error> {
+        let channel = endpoint(url)?.connect_lazy();
+        Ok(Client::from_channel(url, channel))
+    }
+
+    pub(crate) fn from_channel(url: &str, channel: Channel) -> Client {
+        Client {
+            transport: Transport::Remote(Arc::new(Remote {
+                url: url.to_owned(),
+                channel,
+                calls: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+            })),
+            plugin: None,
+        }
+    }
+
+    /// A client inside the node's process: calls go through the same kernel
+    /// pipeline with no HTTP/2 and no envelope encoding.
+    pub fn in_process(kernel: Arc<Kernel>) -> Client {
+        Client {
+            transport: Transport::Local(kernel),
+            plugin: None,
+        }
+    }
+
+    /// The same client, identifying itself as `plugin` (the kernel sets
+    /// `x-kernel-caller` from this; it is not a credential).
+    pub fn with_plugin(mut self, plugin: &str) -> Client {
+        self.plugin = Some(plugin.into());
+        self
+    }
+
+    /// The plugin identity this client claims.
+    pub fn plugin_name(&self) -> Option<String> {
+        self.plugin.as_deref().map(str::to_owned)
+    }
+
+    /// The in-process kernel, if this client is in-process.
+    pub fn kernel(&self) -> Option<&Arc<Kernel>> {
+        match &self.transport {
+            Transport::Local(k) => Some(k),
+            Transport::Remote(_) => None,
+        }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
+        match &self.transport {
+            Transport::Remote(r) => Some(r),
+            Transport::Local(_) => None,
+        }
+    }
+
+    /// Calls `service` with `payload`; returns the reply payload.
+    pub async fn call(&self, service: &str, payload: impl Into<Bytes>) -> Result<Bytes, Error> {
+        self.call_in(&Origin::Root, service, payload.into(), CallOptions::default())
+            .await
+            .map(|r| r.payload)
+    }
+
+    /// Calls with options.
+    pub async fn call_with(&self, service: &str, payload: impl Into<Bytes>, opts: CallOptions) -> Result<Reply, Error> {
+        self.call_in(&Origin::Root, service, payload.into(), opts).await
+    }
+
+    /// Calls with JSON in and out.
+    pub async fn call_json<T: Serialize, R: DeserializeOwned>(&self, service: &str, args: &T) -> Result<R, Error> {
+        let bytes = self.call(service, serde_json::to_vec(args)?).await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Publishes an event (unary; see [`crate::Publisher`] for pipelining).
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Published, Error> {
+        self.publish_in(&Origin::Root, topic, payload.into(), None).await
+    }
+
+    /// Publishes, waiting at most `timeout` for subscriber buffer space.
+    pub async fn publish_with_timeout(&self, topic: &str, payload: impl Into<Bytes>, timeout: Duration) -> Result<Published, Error> {
+        self.publish_in(&Origin::Root, topic, payload.into(), Some(timeout)).await
+    }
+
+    pub(crate) async fn call_in(
+        &self,
+        origin: &Origin,
+        service: &str,
+        payload: Bytes,
+        opts: CallOptions,
+    ) -> Result<Reply, Error> {
+        match &self.transport {
+            Transport::Local(kernel) => {
+                let (parent, mut headers) = match origin {
+                    Origin::Root => (Parent::None, HashMap::new()),
+                    Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
+                    Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
+                };
+                headers.extend(opts.headers);
+                let parent = match headers.remove(h::CONTEXT) {
+                    Some(p) if matches!(parent, Parent::None) => Parent::Path(p),
+                    _ => parent,
+                };
+                let r = kernel
+                    .call(router::Request {
+                        service: service.to_owned(),
+                        method: opts.method,
+                        payload,
+                        content_type: opts.content_type,
+                        headers,
+                        parent,
+                        deadline: opts.timeout.map(|t| Instant::now() + t),
+                        caller: self.plugin.clone(),
+                    })
+                    .await?;
+                Ok(Reply {
+                    payload: r.payload,
+                    content_type: r.content_type,
+                })
+            }
+            Transport::Remote(remote) => {
+                let mut headers = origin_headers(origin);
+                headers.extend(opts.headers);
+                let deadline = earliest(origin_deadline(origin), opts.timeout.map(|t| Instant::now() + t));
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    return Err(Error::new(Code::DeadlineExceeded, format!("deadline passed before calling `{service}`")));
+                }
+                let timeout_us = deadline.map_or(0, |d| {
+                    d.saturating_duration_since(Instant::now()).as_micros().max(1) as u64
+                });
+                let frame = pb::CallFrame {
+                    id: 0,
+                    service: service.to_owned(),
+                    method: opts.method,
+                    payload,
+                    content_type: opts.content_type,
+                    headers,
+                    timeout_us,
+                };
+                remote.call(self.plugin.as_deref(), frame).await
+            }
+        }
+    }
+
+    pub(crate) async fn publish_in(
+        &self,
+        origin: &Origin,
+        topic: &str,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Published, Error> {
+        match &self.transport {
+            Transport::Local(kernel) => {
+                let (parent, headers) = match origin {
+                    Origin::Root => (Parent::None, HashMap::new()),
+                    Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
+                    Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
+                };
+                let a = kernel
+                    .publish(Publication {
+                        topic: topic.to_owned(),
+                        payload,
+                        content_type: String::new(),
+                        headers,
+                        parent,
+                        deadline: timeout.map(|t| Instant::now() + t),
+                        caller: self.plugin.clone(),
+                    })
+                    .await
+                    .map_err(|e| Error::from(e.into_failure()))?;
+                Ok(Published {
+                    event_id: a.event_id,
+                    matched: a.matched,
+                })
+            }
+            Transport::Remote(remote) => {
+                let mut req = tonic::Request::new(pb::PublishRequest {
+                    topic: topic.to_owned(),
+                    payload,
+                    content_type: String::new(),
+                    headers: HashMap::new(),
+                });
+                for (k, v) in origin_headers(origin) {
+                    insert_meta(&mut req, &k, &v);
+                }
+                if let Some(p) = &self.plugin {
+                    insert_meta(&mut req, h::PLUGIN, p);
+                }
+                if let Some(t) = timeout {
+                    req.set_timeout(t);
+                }
+                let r = KernelClient::new(remote.channel.clone())
+                    .publish(req)
+                    .await?
+                    .into_inner();
+                Ok(Published {
+                    event_id: r.event_id,
+                    matched: r.matched,
+                })
+            }
+        }
+    }
+
+    /// Charges a custom budget counter of the context at `path` (remote).
+    pub(crate) async fn charge_remote(&self, path: &str, counter: &str, amount: u64) -> Result<u64, Error> {
+        let Some(remote) = self.remote() else {
+            return Err(Error::internal("charge_remote on an in-process client"));
+        };
+        let mut req = tonic::Request::new(pb::ChargeRequest {
+            counter: counter.to_owned(),
+            amount,
+        });
+        insert_meta(&mut req, h::CONTEXT, path);
+        let r = KernelClient::new(remote.channel.clone()).charge(req).await?;
+        Ok(r.into_inner().remaining)
+    }
+}
+
+pub(crate) fn insert_meta<T>(req: &mut tonic::Request<T>, k: &str, v: &str) {
+    if let (Ok(k), Ok(v)) = (
+        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+        tonic::metadata::MetadataValue::try_from(v),
+    ) {
+        req.metadata_mut().insert(k, v);
+    }
+}
+
+fn origin_headers(origin: &Origin) -> HashMap<String, String> {
+    match origin {
+        Origin::Root => HashMap::new(),
+        Origin::Remote { path, headers, .. } => {
+            let mut hs = headers.clone();
+            hs.insert(h::CONTEXT.to_owned(), path.clone());
+            hs
+        }
+        Origin::Local(node, headers) => {
+            let mut hs = headers.clone();
+            hs.insert(h::CONTEXT.to_owned(), node.path.clone());
+            hs
+        }
+    }
+}
+
+fn origin_deadline(origin: &Origin) -> Option<Instant> {
+    match origin {
+        Origin::Root => None,
+        Origin::Remote { deadline, .. } => *deadline,
+        Origin::Local(node, _) => node.deadline,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Remote {
+    async fn mux(&self, plugin: Option<&str>) -> Result<Arc<CallMux>, Error> {
+        if let Some(m) = self.calls.lock().as_ref().filter(|m| !m.is_dead()) {
+            return Ok(m.clone());
+        }
+        let _one = self.opening.lock().await;
+        if let Some(m) = self.calls.lock().as_ref().filter(|m| !m.is_dead()) {
+            return Ok(m.clone());
+        }
+        let (mux, rx) = CallMux::new();
+        let mut req = tonic::Request::new(upstream(rx, None, fold_calls));
+        if let Some(p) = plugin {
+            insert_meta(&mut req, h::PLUGIN, p);
+        }
+        let mut inbound = KernelClient::new(self.channel.clone())
+            .call_stream(req)
+            .await
+            .map_err(|s| Error::new(s.code(), format!("opening a call stream to {}: {}", self.url, s.message())))?
+            .into_inner();
+        let reader = mux.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = inbound.message().await {
+                for r in frame.replies {
+                    let out = match r.error {
+                        Some(f) => Err(f),
+                        None => Ok(Reply {
+                            payload: r.payload,
+                            content_type: r.content_type,
+                        }),
+                    };
+                    reader.complete(r.id, out);
+                }
+            }
+            reader.fail_all(|| {
+                Err(Failure {
+                    code: Code::Unavailable as i32,
+                    message: "the call stream to the kernel closed".into(),
+                    causality: Vec::new(),
+                })
+            });
+        });
+        *self.calls.lock() = Some(mux.clone());
+        Ok(mux)
+    }
+
+    async fn call(&self, plugin: Option<&str>, frame: pb::CallFrame) -> Result<Reply, Error> {
+        let mut frame = Some(frame);
+        for _ in 0..2 {
+            let mux = self.mux(plugin).await?;
+            let Some(f) = frame.take() else { break };
+            let mut f = Some(f);
+            let sent = mux.send(|id| {
+                let mut f = f.take().unwrap_or_default();
+                f.id = id;
+                CallUp::Call(f)
+            });
+            match sent {
+                Some((id, rx)) => {
+                    let guard = CancelOnDrop { mux: &mux, id };
+                    let out = rx.await;
+                    std::mem::forget(guard);
+                    return match out {
+                        Ok(r) => r.map_err(Error::from),
+                        Err(_) => Err(Error::new(Code::Unavailable, "the call stream to the kernel closed")),
+                    };
+                }
+                // The stream died between lookup and send: the frame was not
+                // sent, so it is safe to open a new stream and try once more.
+                None => frame = f,
+            }
+        }
+        Err(Error::new(Code::Unavailable, format!("cannot reach the kernel at {}", self.url)))
+    }
+}
+
+/// Sends a cancel frame when a call future is dropped before its reply.
+struct CancelOnDrop<'a> {
+    mux: &'a CallMux,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.mux.forget(self.id) {
+            self.mux.control(CallUp::Cancel(self.id));
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Events: a pull-style [`Subscriber`] with explicit or automatic acks, a
+//! handler-style `subscribe`, and a pipelined [`Publisher`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kernel_node::broker::subscription::Subscription;
+use kernel_node::broker::SubscribeRequest;
+use kernel_node::Kernel;
+use kernel_proto::v1::{self as pb, kernel_client::KernelClient, AckMode, Failure};
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use crate::client::{insert_meta, Client, Published};
+use crate::error::Error;
+use crate::mux::{upstream, Mux};
+
+pub use kernel_proto::v1::Event;
+
+/// What to subscribe to and how.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Patterns (`order.*`, `audit.>`).
+    pub patterns: Vec<String>,
+    /// Queue group: members compete for events.
+    pub queue_group: String,
+    /// Ack each event explicitly (default: auto).
+    pub explicit_ack: bool,
+    /// Max unacked events (0 = kernel default).
+    pub window: u32,
+    /// Redelivery timeout (None = kernel default).
+    pub ack_wait: Option<Duration>,
+    /// Attempts before dead-lettering (0 = kernel default).
+    pub max_deliver: u32,
+    /// A name for admin listings and backpressure errors.
+    pub name: String,
+}
+
+impl SubscribeOptions {
+    /// Options for one pattern.
+    pub fn new(pattern: &str) -> Self {
+        SubscribeOptions {
+            patterns: vec![pattern.to_owned()],
+            ..Default::default()
+        }
+    }
+
+    /// Adds a pattern.
+    pub fn pattern(mut self, p: &str) -> Self {
+        self.patterns.push(p.to_owned());
+        self
+    }
+
+    /// Joins a queue group.
+    pub fn queue_group(mut self, g: &str) -> Self {
+        self.queue_group = g.to_owned();
+        self
+    }
+
+    /// Explicit acks.
+    pub fn explicit_ack(mut self) -> Self {
+        self.explicit_ack = true;
+        self
+    }
+
+    /// Window size.
+    pub fn window(mut self, n: u32) -> Self {
+        self.window = n;
+        self
+    }
+
+    /// Redelivery timeout.
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = Some(d);
+        self
+    }
+
+    /// Attempts before dead-lettering.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    /// Display name.
+    pub fn name(mut self, n: &str) -> Self {
+        self.name = n.to_owned();
+        self
+    }
+}
+
+enum Source {
+    Remote {
+        inbound: tonic::Streaming<pb::SubscribeDown>,
+        up: mpsc::UnboundedSender<pb::SubscribeUp>,
+    },
+    Local {
+        kernel: Arc<Kernel>,
+        sub: Arc<Subscription>,
+    },
+}
+
+/// A subscription you pull events from.
+pub struct Subscriber {
+    source: Source,
+    ready: VecDeque<Event>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("ready", &self.ready.len()).finish()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Source::Local { kernel, sub } = &self.source {
+            kernel.broker.unsubscribe(sub);
+        }
+    }
+}
+
+impl Subscriber {
+    /// The next event; None when the subscription ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            match &mut self.source {
+                Source::Remote { inbound, .. } => {
+                    let frame = inbound.message().await.ok()??;
+                    self.ready.extend(frame.events);
+                }
+                Source::Local { kernel, sub } => {
+                    let batch = sub.next_batch(256).await?;
+                    for dl in batch.dead {
+                        kernel.broker.dead_letter(dl);
+                    }
+                    kernel.broker.count_delivered(&batch.events);
+                    self.ready.extend(batch.events);
+                }
+            }
+        }
+    }
+
+    /// Acknowledges a delivery (explicit mode).
+    pub fn ack(&self, event: &Event) {
+        match &self.source {
+            Source::Remote { up, .. } => {
+                let _ = up.send(pb::SubscribeUp {
+                    acks: vec![event.delivery_id],
+                    ..Default::default()
+                });
+            }
+            Source::Local { sub, .. } => sub.ack(event.delivery_id),
+        }
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub fn nack(&self, event: &Event, delay: Duration) {
+        match &self.source {
+            Source::Remote { up, .. } => {
+                let _ = up.send(pb::SubscribeUp {
+                    nacks: vec![pb::Nack {
+                        delivery_id: event.delivery_id,
+                        delay_ms: delay.as_millis() as u64,
+                    }],
+                    ..Default::default()
+                });
+            }
+            Source::Local { kernel, sub } => {
+                if let Some(dl) = sub.nack(event.delivery_id, delay) {
+                    kernel.broker.dead_letter(dl);
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Opens a subscription. Returns once the kernel confirmed it, so events
+    /// published after this returns are delivered.
+    pub async fn subscriber(&self, opts: SubscribeOptions) -> Result<Subscriber, Error> {
+        if let Some(kernel) = self.kernel() {
+            let sub = kernel
+                .subscribe(SubscribeRequest {
+                    name: opts.name,
+                    patterns: opts.patterns,
+                    group: opts.queue_group,
+                    explicit_ack: opts.explicit_ack,
+                    window: opts.window,
+                    ack_wait_ms: opts.ack_wait.map_or(0, |d| d.as_millis() as u64),
+                    max_deliver: opts.max_deliver,
+                })
+                .map_err(|e| Error::from(e.into_failure()))?;
+            return Ok(Subscriber {
+                source: Source::Local {
+                    kernel: kernel.clone(),
+                    sub,
+                },
+                ready: VecDeque::new(),
+            });
+        }
+        let Some(remote) = self.remote() else {
+            return Err(Error::internal("client has no transport"));
+        };
+        let (up, rx) = mpsc::unbounded_channel();
+        let open = pb::SubscribeUp {
+            open: Some(pb::SubscribeOpen {
+                patterns: opts.patterns,
+                queue_group: opts.queue_group,
+                ack_mode: if opts.explicit_ack {
+                    AckMode::Explicit as i32
+                } else {
+                    AckMode::Auto as i32
+                },
+                window: opts.window,
+                ack_wait_ms: opts.ack_wait.map_or(0, |d| d.as_millis() as u64),
+                max_deliver: opts.max_deliver,
+                name: opts.name,
+            }),
+            ..Default::default()
+        };
+        let frames = upstream(rx, Some(open), fold_sub_up);
+        let mut inbound = KernelClient::new(remote.channel.clone())
+            .subscribe(frames)
+            .await?
+            .into_inner();
+        match inbound.message().await? {
+            Some(f) if f.ready.is_some() => {}
+            _ => return Err(Error::new(Code::Unavailable, "the kernel did not confirm the subscription")),
+        }
+        Ok(Subscriber {
+            source: Source::Remote { inbound, up },
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Subscribes with a handler: each event is passed to `handler`; in
+    /// explicit mode Ok acks and Err nacks (redelivered at once). Runs until
+    /// the subscription ends; spawn it.
+    pub async fn subscribe<F, Fut>(&self, opts: SubscribeOptions, handler: F) -> Result<tokio::task::JoinHandle<()>, Error>
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let explicit = opts.explicit_ack;
+        let mut sub = self.subscriber(opts).await?;
+        Ok(tokio::spawn(async move {
+            while let Some(e) = sub.next().await {
+                let ok = handler(e.clone()).await.is_ok();
+                if explicit {
+                    if ok {
+                        sub.ack(&e);
+                    } else {
+                        sub.nack(&e, Duration::ZERO);
+                    }
+                }
+            }
+        }))
+    }
+
+    /// A pipelined publisher over one PublishStream (remote) or straight
+    /// into the kernel (in-process).
+    pub async fn publisher(&self) -> Result<Publisher, Error> {
+        if self.kernel().is_some() {
+            return Ok(Publisher(PubInner::Local(self.clone())));
+        }
+        let Some(remote) = self.remote() else {
+            return Err(Error::internal("client has no transport"));
+        };
+        let (mux, rx) = Mux::new();
+        let mut req = tonic::Request::new(upstream(rx, None, fold_publish));
+        if let Some(p) = self.plugin_name() {
+            insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
+        }
+        let mut inbound = KernelClient::new(remote.channel.clone())
+            .publish_stream(req)
+            .await?
+            .into_inner();
+        let reader: Arc<PubMux> = mux.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = inbound.message().await {
+                for a in frame.acks {
+                    let r = match a.error {
+                        Some(f) => Err(f),
+                        None => Ok(Published {
+                            event_id: a.event_id,
+                            matched: a.matched,
+                        }),
+                    };
+                    reader.complete(a.seq, r);
+                }
+            }
+            reader.fail_all(|| {
+                Err(Failure {
+                    code: Code::Unavailable as i32,
+                    message: "the publish stream closed".into(),
+                    causality: Vec::new(),
+                })
+            });
+        });
+        Ok(Publisher(PubInner::Remote(mux)))
+    }
+}
+
+type PubMux = Mux<pb::PublishItem, Result<Published, Failure>>;
+
+/// Publishes many events without waiting for each ack in turn. Events of one
+/// publisher are accepted in the order `send` was called.
+pub struct Publisher(PubInner);
+
+enum PubInner {
+    /// Over a PublishStream.
+    Remote(Arc<PubMux>),
+    /// In-process.
+    Local(Client),
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher")
+    }
+}
+
+/// The ack of a pipelined publish.
+pub type PublishAck = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Published, Error>> + Send>>;
+
+impl Publisher {
+    /// Queues an event; the returned future resolves with its ack. `timeout`
+    /// bounds the wait for subscriber buffer space (None = kernel default).
+    pub fn send(&self, topic: &str, payload: impl Into<Bytes>, timeout: Option<Duration>) -> PublishAck {
+        match &self.0 {
+            PubInner::Remote(mux) => {
+                let item = |seq| pb::PublishItem {
+                    seq,
+                    event: Some(pb::PublishRequest {
+                        topic: topic.to_owned(),
+                        payload: payload.into(),
+                        ..Default::default()
+                    }),
+                    timeout_ms: timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+                };
+                match mux.send(item) {
+                    Some((_, rx)) => Box::pin(async move {
+                        match rx.await {
+                            Ok(r) => r.map_err(Error::from),
+                            Err(_) => Err(Error::new(Code::Unavailable, "the publish stream closed")),
+                        }
+                    }),
+                    None => Box::pin(async { Err(Error::new(Code::Unavailable, "the publish stream closed")) }),
+                }
+            }
+            PubInner::Local(client) => {
+                let client = client.clone();
+                let topic = topic.to_owned();
+                let payload = payload.into();
+                Box::pin(async move {
+                    match timeout {
+                        Some(t) => client.publish_with_timeout(&topic, payload, t).await,
+                        None => client.publish(&topic, payload).await,
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn fold_sub_up(items: Vec<pb::SubscribeUp>) -> pb::SubscribeUp {
+    let mut f = pb::SubscribeUp::default();
+    for i in items {
+        if i.open.is_some() {
+            f.open = i.open;
+        }
+        f.acks.extend(i.acks);
+        f.nacks.extend(i.nacks);
+        f.credit += i.credit;
+    }
+    f
+}
+
+fn fold_publish(items: Vec<pb::PublishItem>) -> pb::PublishStreamUp {
+    pb::PublishStreamUp { items }
+}

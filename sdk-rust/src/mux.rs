@@ -1,0 +1,110 @@
+//! Multiplexing many requests over one bidirectional stream: ids, a pending
+//! map, batched upstream frames, and failure of everything pending when the
+//! stream dies. Used by calls (CallStream) and pipelined publishing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most items folded into one upstream frame.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// The sending half of a multiplexed stream.
+pub(crate) struct Mux<Up, R> {
+    tx: mpsc::UnboundedSender<Up>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<R>>>,
+    next: AtomicU64,
+    dead: AtomicBool,
+}
+
+impl<Up, R> Mux<Up, R> {
+    /// A mux and the receiver its stream drains.
+    pub(crate) fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Up>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Mux {
+                tx,
+                pending: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+                dead: AtomicBool::new(false),
+            }),
+            rx,
+        )
+    }
+
+    /// Registers a new request id and sends the frame built for it.
+    pub(crate) fn send(&self, build: impl FnOnce(u64) -> Up) -> Option<(u64, oneshot::Receiver<R>)> {
+        if self.dead.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        if self.tx.send(build(id)).is_err() {
+            self.pending.lock().remove(&id);
+            return None;
+        }
+        Some((id, rx))
+    }
+
+    /// Sends a control frame (e.g. a cancel). False when the stream is gone.
+    pub(crate) fn control(&self, up: Up) -> bool {
+        self.tx.send(up).is_ok()
+    }
+
+    /// Forgets a request; true if it was still pending.
+    pub(crate) fn forget(&self, id: u64) -> bool {
+        self.pending.lock().remove(&id).is_some()
+    }
+
+    /// Delivers a response.
+    pub(crate) fn complete(&self, id: u64, r: R) {
+        if let Some(tx) = self.pending.lock().remove(&id) {
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Whether the stream died.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Marks the stream dead and fails everything pending.
+    pub(crate) fn fail_all(&self, err: impl Fn() -> R) {
+        self.dead.store(true, Ordering::Release);
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (_, tx) in pending {
+            let _ = tx.send(err());
+        }
+    }
+}
+
+/// Upstream frames: everything ready in `rx`, folded into one frame.
+pub(crate) fn upstream<Up, Frame>(
+    rx: mpsc::UnboundedReceiver<Up>,
+    first: Option<Frame>,
+    fold: fn(Vec<Up>) -> Frame,
+) -> impl Stream<Item = Frame> + Send + 'static
+where
+    Up: Send + 'static,
+    Frame: Send + 'static,
+{
+    futures::stream::unfold((rx, first), move |(mut rx, first)| async move {
+        if let Some(f) = first {
+            return Some((f, (rx, None)));
+        }
+        let item = rx.recv().await?;
+        let mut items = vec![item];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(i) => items.push(i),
+                Err(_) => break,
+            }
+        }
+        Some((fold(items), (rx, None)))
+    })
+}

@@ -1,0 +1,383 @@
+//! Providing services: the [`Plugin`] builder, its remote session (Register
+//! stream with heartbeats, cancel and drain handling, reconnect with backoff)
+//! and its in-process attachment.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use kernel_node::kernel::LocalRegistration;
+use kernel_node::provider::{BoxFuture, LocalCall, LocalHandler};
+use kernel_node::Kernel;
+use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure, RegisterMode};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{endpoint, Client};
+use crate::context::Context;
+use crate::error::Error;
+use crate::mux::upstream;
+
+/// How long a cancelled handler may run on before its task is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// What a handler returns.
+pub type HandlerResult = Result<Bytes, Error>;
+
+type Handler = Arc<dyn Fn(Context, Bytes) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync>;
+
+/// A plugin: a name and the services it provides.
+#[derive(Clone)]
+pub struct Plugin {
+    name: String,
+    instance_id: String,
+    services: Vec<pb::ServiceDecl>,
+    handlers: HashMap<String, Handler>,
+    max_concurrency: u32,
+    mode: RegisterMode,
+    max_reply_bytes: usize,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("services", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How a remote session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The kernel told this instance to drain, and it did.
+    Drained(String),
+    /// The caller's shutdown token fired.
+    Shutdown,
+}
+
+impl Plugin {
+    /// A plugin named `name` providing nothing yet.
+    pub fn new(name: &str) -> Plugin {
+        Plugin {
+            name: name.to_owned(),
+            instance_id: String::new(),
+            services: Vec::new(),
+            handlers: HashMap::new(),
+            max_concurrency: 0,
+            mode: RegisterMode::Pool,
+            max_reply_bytes: 4 * 1024 * 1024,
+        }
+    }
+
+    /// Provides `service` with an async handler over raw bytes.
+    pub fn provide<F, Fut>(mut self, service: &str, handler: F) -> Plugin
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let h: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        self.handlers.insert(service.to_owned(), h);
+        self.services.push(pb::ServiceDecl {
+            name: service.to_owned(),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Provides `service` with a typed JSON handler.
+    pub fn provide_json<T, R, F, Fut>(self, service: &str, handler: F) -> Plugin
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Context, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.provide(service, move |ctx, payload| {
+            let handler = handler.clone();
+            async move {
+                let args: T = serde_json::from_slice(&payload)
+                    .map_err(|e| Error::invalid_argument(format!("arguments are not the expected JSON: {e}")))?;
+                let out = handler(ctx, args).await?;
+                Ok(Bytes::from(serde_json::to_vec(&out)?))
+            }
+        })
+    }
+
+    /// Attaches a JSON Schema to a method of a service already provided
+    /// (`""` for calls without a method).
+    pub fn schema(mut self, service: &str, method: &str, schema: &str) -> Plugin {
+        if let Some(s) = self.services.iter_mut().find(|s| s.name == service) {
+            s.method_schemas.insert(method.to_owned(), schema.to_owned());
+        }
+        self
+    }
+
+    /// How many invocations this instance runs at once (0 = kernel default).
+    pub fn max_concurrency(mut self, n: u32) -> Plugin {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// Replace existing providers of these names (hot swap) instead of
+    /// joining their pool.
+    pub fn replace(mut self) -> Plugin {
+        self.mode = RegisterMode::Replace;
+        self
+    }
+
+    /// A fixed instance id (default: made up by the kernel).
+    pub fn instance_id(mut self, id: &str) -> Plugin {
+        self.instance_id = id.to_owned();
+        self
+    }
+
+    /// Registers in-process: calls reach the handlers directly through the
+    /// kernel pipeline. Dropping the returned value deregisters.
+    pub fn attach(self, kernel: &Arc<Kernel>) -> Result<LocalRegistration, Error> {
+        let client = Client::in_process(kernel.clone()).with_plugin(&self.name);
+        let adapter = Arc::new(LocalAdapter {
+            handlers: self.handlers,
+            client,
+        });
+        kernel
+            .register_local(&self.name, self.services, adapter, self.mode, self.max_concurrency)
+            .map_err(|e| Error::from(e.into_failure()))
+    }
+
+    /// Serves out-of-process until drained or `shutdown` fires; reconnects
+    /// with backoff (100 ms doubling to 5 s) when the node goes away.
+    pub async fn serve(self, url: &str, shutdown: CancellationToken) -> Result<SessionEnd, Error> {
+        let channel = endpoint(url)?.connect_lazy();
+        let client = Client::from_channel(url, channel.clone()).with_plugin(&self.name);
+        let plugin = Arc::new(self);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match plugin.session(&channel, &client, &shutdown).await {
+                Ok(end) => return Ok(end),
+                Err(e) => {
+                    if shutdown.is_cancelled() {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(plugin = %plugin.name, cause = %e, retry_ms = backoff.as_millis() as u64, "kernel session lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        channel: &tonic::transport::Channel,
+        client: &Client,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, Error> {
+        let (tx, rx) = mpsc::unbounded_channel::<Up>();
+        let hello = pb::ProviderUp {
+            hello: Some(pb::Hello {
+                plugin: self.name.clone(),
+                instance_id: self.instance_id.clone(),
+                services: self.services.clone(),
+                max_concurrency: self.max_concurrency,
+                mode: self.mode as i32,
+            }),
+            ..Default::default()
+        };
+        let mut inbound = KernelClient::new(channel.clone())
+            .max_decoding_message_size(self.max_reply_bytes + 64 * 1024)
+            .max_encoding_message_size(self.max_reply_bytes + 64 * 1024)
+            .register(upstream(rx, Some(hello), fold_up))
+            .await?
+            .into_inner();
+        let welcome = inbound
+            .message()
+            .await?
+            .and_then(|f| f.welcome)
+            .ok_or_else(|| Error::internal("the kernel did not answer hello"))?;
+        tracing::info!(plugin = %self.name, instance = %welcome.instance_id, "registered with the kernel");
+        let heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+        let running: Arc<Mutex<HashMap<u64, Running>>> = Arc::default();
+        let mut draining: Option<String> = None;
+        let mut beat = tokio::time::interval(heartbeat);
+        let idle = Arc::new(tokio::sync::Notify::new());
+        loop {
+            if let Some(reason) = &draining {
+                if running.lock().is_empty() {
+                    return Ok(SessionEnd::Drained(reason.clone()));
+                }
+            }
+            let frame = tokio::select! {
+                f = inbound.message() => f?,
+                _ = beat.tick() => {
+                    let _ = tx.send(Up::Heartbeat);
+                    continue;
+                }
+                _ = idle.notified(), if draining.is_some() => continue,
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            };
+            let Some(frame) = frame else {
+                return Err(Error::new(tonic::Code::Unavailable, "the kernel closed the session"));
+            };
+            for id in frame.cancels {
+                if let Some(r) = running.lock().remove(&id) {
+                    // The handler sees a cancelled context and may return on
+                    // its own; one that ignores it is stopped after a grace.
+                    r.cancel.cancel();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CANCEL_GRACE).await;
+                        r.abort.abort();
+                    });
+                }
+            }
+            for inv in frame.invocations {
+                self.start(inv, client, &tx, &running, &idle);
+            }
+            if let Some(d) = frame.drain {
+                tracing::info!(plugin = %self.name, reason = %d.reason, "draining");
+                draining = Some(d.reason);
+            }
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        inv: pb::Invocation,
+        client: &Client,
+        tx: &mpsc::UnboundedSender<Up>,
+        running: &Arc<Mutex<HashMap<u64, Running>>>,
+        idle: &Arc<tokio::sync::Notify>,
+    ) {
+        let id = inv.call_id;
+        let cancel = CancellationToken::new();
+        let deadline = (inv.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(inv.timeout_us));
+        let ctx = Context::remote(client.clone(), inv.service.clone(), inv.method, inv.headers, deadline, cancel.clone());
+        let handler = self.handlers.get(&inv.service).cloned();
+        let tx = tx.clone();
+        let map = running.clone();
+        let idle = idle.clone();
+        let max = self.max_reply_bytes;
+        let mut guard = running.lock();
+        let task = tokio::spawn(async move {
+            let result = run_handler(handler, ctx, inv.payload, &inv.service, max).await;
+            let still_wanted = map.lock().remove(&id).is_some();
+            if still_wanted {
+                let _ = tx.send(Up::Result(to_result(id, result)));
+            }
+            idle.notify_one();
+        });
+        guard.insert(
+            id,
+            Running {
+                cancel,
+                abort: task.abort_handle(),
+            },
+        );
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+    abort: tokio::task::AbortHandle,
+}
+
+enum Up {
+    Result(pb::CallResult),
+    Heartbeat,
+}
+
+fn fold_up(items: Vec<Up>) -> pb::ProviderUp {
+    let mut f = pb::ProviderUp::default();
+    for i in items {
+        match i {
+            Up::Result(r) => f.results.push(r),
+            Up::Heartbeat => f.heartbeat = true,
+        }
+    }
+    f
+}
+
+fn to_result(call_id: u64, r: Result<Bytes, Failure>) -> pb::CallResult {
+    match r {
+        Ok(payload) => pb::CallResult {
+            call_id,
+            payload,
+            content_type: String::new(),
+            error: None,
+        },
+        Err(f) => pb::CallResult {
+            call_id,
+            error: Some(f),
+            ..Default::default()
+        },
+    }
+}
+
+/// Runs a handler with panics turned into `INTERNAL` for that call only.
+async fn run_handler(
+    handler: Option<Handler>,
+    ctx: Context,
+    payload: Bytes,
+    service: &str,
+    max_reply: usize,
+) -> Result<Bytes, Failure> {
+    let Some(handler) = handler else {
+        return Err(Error::new(tonic::Code::Unimplemented, format!("this plugin does not provide `{service}`")).into_failure());
+    };
+    match AssertUnwindSafe(handler(ctx, payload)).catch_unwind().await {
+        Ok(Ok(bytes)) if bytes.len() > max_reply => Err(Error::new(
+            tonic::Code::OutOfRange,
+            format!("reply of {} bytes exceeds the limit of {max_reply} bytes", bytes.len()),
+        )
+        .into_failure()),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(e.into_failure()),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(service, cause = %msg, "handler panicked");
+            Err(Error::internal(format!("handler of `{service}` panicked: {msg}")).into_failure())
+        }
+    }
+}
+
+/// In-process handlers behind the kernel's [`LocalHandler`] trait.
+struct LocalAdapter {
+    handlers: HashMap<String, Handler>,
+    client: Client,
+}
+
+impl LocalHandler for LocalAdapter {
+    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<kernel_node::provider::Reply, Failure>> {
+        let handler = self.handlers.get(&call.service).cloned();
+        let service = call.service.clone();
+        let payload = call.payload.clone();
+        let ctx = Context::local(self.client.clone(), call);
+        Box::pin(async move {
+            run_handler(handler, ctx, payload, &service, usize::MAX)
+                .await
+                .map(|payload| kernel_node::provider::Reply {
+                    payload,
+                    content_type: String::new(),
+                })
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! Register + Call: round trips over every path, and the documented status
+//! for each way a call can fail.
+
+use std::time::{Duration, Instant};
+
+use kernel_node::config::Config;
+use kernel_proto::v1 as pb;
+use kernel_sdk::{Bytes, CallOptions, Client, Error, Plugin};
+use kernel_tests::{Node, PluginProcess};
+use tonic::Code;
+
+fn unary(service: &str, payload: &[u8]) -> pb::CallRequest {
+    pb::CallRequest {
+        service: service.into(),
+        payload: payload.to_vec().into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn out_of_process_round_trip_unary_and_stream() {
+    let node = Node::start().await;
+    let _p = PluginProcess::spawn(&node, &["--service", "test.echo", "--mode", "echo"]);
+    node.wait_providers("test.echo", 1).await;
+
+    let r = node.raw().await.call(unary("test.echo", b"hello")).await.expect("unary call");
+    assert_eq!(&r.get_ref().payload[..], b"hello");
+
+    let client = node.client();
+    for i in 0..50 {
+        let body = format!("stream-{i}");
+        let out = client.call("test.echo", body.clone()).await.expect("stream call");
+        assert_eq!(out, Bytes::from(body));
+    }
+}
+
+#[tokio::test]
+async fn in_process_round_trip_local_and_remote_callers() {
+    let node = Node::start().await;
+    let _reg = Plugin::new("local")
+        .provide("local.upper", |_ctx, p: Bytes| async move {
+            Ok(Bytes::from(String::from_utf8_lossy(&p).to_uppercase()))
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    let local = Client::in_process(node.kernel.clone());
+    assert_eq!(local.call("local.upper", "abc").await.expect("in-process call"), "ABC");
+    // A remote caller reaches the in-process provider through the same router.
+    let remote = node.client();
+    assert_eq!(remote.call("local.upper", "xyz").await.expect("remote call"), "XYZ");
+    let r = node.raw().await.call(unary("local.upper", b"q")).await.expect("unary");
+    assert_eq!(&r.get_ref().payload[..], b"Q");
+}
+
+#[tokio::test]
+async fn in_process_caller_reaches_out_of_process_provider() {
+    let node = Node::start().await;
+    let _p = PluginProcess::spawn(&node, &["--service", "test.echo"]);
+    node.wait_providers("test.echo", 1).await;
+    let local = Client::in_process(node.kernel.clone());
+    assert_eq!(local.call("test.echo", "ping").await.expect("call"), "ping");
+}
+
+#[tokio::test]
+async fn unknown_service_is_not_found_naming_it() {
+    let node = Node::start().await;
+    let err = node.raw().await.call(unary("nobody.home", b"")).await.expect_err("no provider");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nobody.home"), "{}", err.message());
+    let err = node.client().call("nobody.home", "").await.expect_err("no provider");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn invalid_service_names_are_invalid_argument() {
+    let node = Node::start().await;
+    let client = node.client();
+    for bad in ["", "a..b", "has space", "wild.*"] {
+        let err = client.call(bad, "").await.expect_err(bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn deadline_exceeded_unary_and_stream() {
+    let node = Node::start().await;
+    let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang"]);
+    node.wait_providers("test.hang", 1).await;
+
+    let mut req = tonic::Request::new(unary("test.hang", b""));
+    req.set_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let err = node.raw().await.call(req).await.expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The provider was told to stop.
+    p.expect_line("CANCELLED", Duration::from_secs(2)).await;
+
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(150)),
+        ..Default::default()
+    };
+    let err = node.client().call_with("test.hang", "", opts).await.expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    p.expect_line("CANCELLED", Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn caller_cancel_reaches_provider() {
+    let node = Node::start().await;
+    let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang"]);
+    node.wait_providers("test.hang", 1).await;
+    let client = node.client();
+    let call = tokio::spawn(async move { client.call("test.hang", "").await });
+    let started = p.expect_line("STARTED", Duration::from_secs(5)).await;
+    call.abort();
+    let cancelled = p.expect_line("CANCELLED", Duration::from_secs(2)).await;
+    assert_eq!(started.replace("STARTED", ""), cancelled.replace("CANCELLED", ""));
+
+    // The same through a unary caller that goes away.
+    let mut raw = node.raw().await;
+    let call = tokio::spawn(async move { raw.call(unary("test.hang", b"")).await });
+    p.expect_line("STARTED", Duration::from_secs(5)).await;
+    call.abort();
+    p.expect_line("CANCELLED", Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn provider_errors_keep_code_and_message() {
+    let node = Node::start().await;
+    let _p = PluginProcess::spawn(&node, &["--service", "test.fail", "--mode", "fail"]);
+    node.wait_providers("test.fail", 1).await;
+    let err = node.client().call("test.fail", "").await.expect_err("fails");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("stock table locked"), "{err}");
+    let err = node.raw().await.call(unary("test.fail", b"")).await.expect_err("fails");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("stock table locked"));
+}
+
+#[tokio::test]
+async fn oversized_payload_gets_out_of_range() {
+    let mut config = Config::default();
+    config.router.max_payload_bytes = 64 * 1024;
+    let node = Node::start_with(config).await;
+    let _p = PluginProcess::spawn(&node, &["--service", "test.echo"]);
+    node.wait_providers("test.echo", 1).await;
+    let client = node.client();
+    // Just over the limit: refused by the router with the sizes named.
+    let err = client.call("test.echo", vec![0u8; 64 * 1024 + 1]).await.expect_err("too big");
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("exceeds the limit"), "{err}");
+    // Far over: refused by the transport limit, same code; the stream is
+    // re-opened for the next call.
+    let err = node
+        .raw()
+        .await
+        .call(unary("test.echo", &vec![0u8; 1024 * 1024]))
+        .await
+        .expect_err("way too big");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(client.call("test.echo", "small").await.expect("still serving"), "small");
+}
+
+#[tokio::test]
+async fn concurrency_queue_full_is_resource_exhausted() {
+    let mut config = Config::default();
+    config.router.queue_limit = 1;
+    config.router.queue_timeout_ms = 300;
+    let node = Node::start_with(config).await;
+    let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang", "--concurrency", "1"]);
+    node.wait_providers("test.hang", 1).await;
+    let client = node.client();
+    let c1 = client.clone();
+    let first = tokio::spawn(async move { c1.call("test.hang", "").await });
+    p.expect_line("STARTED", Duration::from_secs(5)).await;
+    // Second waits in the queue; third finds the queue full at once.
+    let c2 = client.clone();
+    let second = tokio::spawn(async move { c2.call("test.hang", "").await });
+    kernel_tests::wait_until(Duration::from_secs(5), "a queued call", || {
+        node.kernel
+            .registry
+            .pool("test.hang")
+            .is_some_and(|p| p.instances[0].waiting.load(std::sync::atomic::Ordering::Relaxed) == 1)
+    })
+    .await;
+    let err = client.call("test.hang", "").await.expect_err("queue full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("queue_limit"), "{err}");
+    // The queued one gives up after queue_timeout_ms with the same code.
+    let err = second.await.expect("join").expect_err("queue timeout");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    first.abort();
+}
+
+#[tokio::test]
+async fn handler_panic_is_internal_for_that_call_only() {
+    let node = Node::start().await;
+    let _reg = Plugin::new("panicky")
+        .provide("p.maybe", |_ctx, p: Bytes| async move {
+            if &p[..] == b"panic" {
+                panic!("handler blew up");
+            }
+            Ok::<_, Error>(p)
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    let client = node.client();
+    let err = client.call("p.maybe", "panic").await.expect_err("panics");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("blew up"), "{err}");
+    assert_eq!(client.call("p.maybe", "fine").await.expect("next call fine"), "fine");
+}
