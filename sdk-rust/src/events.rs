@@ -266,7 +266,19 @@ impl Client {
     /// into the kernel (in-process).
     pub async fn publisher(&self) -> Result<Publisher, Error> {
         if self.kernel().is_some() {
-            return Ok(Publisher(PubInner::Local(self.clone())));
+            // One task publishes in send order, as the remote stream does.
+            let (tx, mut rx) = mpsc::unbounded_channel::<LocalItem>();
+            let client = self.clone();
+            tokio::spawn(async move {
+                while let Some((topic, payload, timeout, done)) = rx.recv().await {
+                    let r = match timeout {
+                        Some(t) => client.publish_with_timeout(&topic, payload, t).await,
+                        None => client.publish(&topic, payload).await,
+                    };
+                    let _ = done.send(r);
+                }
+            });
+            return Ok(Publisher(PubInner::Local(tx)));
         }
         let Some(remote) = self.remote() else {
             return Err(Error::internal("client has no transport"));
@@ -312,11 +324,13 @@ type PubMux = Mux<pb::PublishItem, Result<Published, Failure>>;
 /// publisher are accepted in the order `send` was called.
 pub struct Publisher(PubInner);
 
+type LocalItem = (String, Bytes, Option<Duration>, tokio::sync::oneshot::Sender<Result<Published, Error>>);
+
 enum PubInner {
     /// Over a PublishStream.
     Remote(Arc<PubMux>),
-    /// In-process.
-    Local(Client),
+    /// In-process, through a task that keeps send order.
+    Local(mpsc::UnboundedSender<LocalItem>),
 }
 
 impl std::fmt::Debug for Publisher {
@@ -353,15 +367,12 @@ impl Publisher {
                     None => Box::pin(async { Err(Error::new(Code::Unavailable, "the publish stream closed")) }),
                 }
             }
-            PubInner::Local(client) => {
-                let client = client.clone();
-                let topic = topic.to_owned();
-                let payload = payload.into();
+            PubInner::Local(tx) => {
+                let (done, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send((topic.to_owned(), payload.into(), timeout, done));
                 Box::pin(async move {
-                    match timeout {
-                        Some(t) => client.publish_with_timeout(&topic, payload, t).await,
-                        None => client.publish(&topic, payload).await,
-                    }
+                    rx.await
+                        .unwrap_or_else(|_| Err(Error::new(Code::Unavailable, "the publisher task ended")))
                 })
             }
         }
