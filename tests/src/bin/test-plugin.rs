@@ -110,6 +110,17 @@ async fn main() -> Result<(), Error> {
                     }
                     "fail" => Err(Error::new(tonic::Code::FailedPrecondition, "boom: stock table locked")),
                     "recurse" => ctx.call(&svc, payload).await,
+                    "charge" => {
+                        for n in 1..=1_000u64 {
+                            if let Err(e) = ctx.charge("sql", 1).await {
+                                // Give the kernel's branch cancel a moment to land.
+                                let cancelled = tokio::time::timeout(Duration::from_secs(2), ctx.cancelled()).await.is_ok();
+                                say(format!("CHARGE_FAILED {n} {} cancelled={cancelled}", ctx.path()));
+                                return Err(e);
+                            }
+                        }
+                        Ok(Bytes::from_static(b"never exhausted"))
+                    }
                     other => Err(Error::invalid_argument(format!("unknown mode {other}"))),
                 }
             }
