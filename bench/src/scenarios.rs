@@ -1,0 +1,375 @@
+//! The measurements and the report.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kernel_node::broker::trie::Trie;
+use kernel_node::context::{ChildSpec, Parent};
+use kernel_node::{Config, Kernel};
+use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::measure::{latency, mean_ns, throughput, Latency};
+
+const CALL_PAYLOAD: usize = 64;
+const EVENT_PAYLOAD: usize = 256;
+
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.with_file_name(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("spawn child")
+}
+
+async fn wait_line(child: &mut Child, prefix: &str) {
+    let Some(out) = child.stdout.take() else { return };
+    let mut lines = BufReader::new(out).lines();
+    let limit = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(limit);
+    loop {
+        tokio::select! {
+            l = lines.next_line() => match l {
+                Ok(Some(l)) if l.starts_with(prefix) => break,
+                Ok(Some(_)) => continue,
+                _ => panic!("child exited before `{prefix}`"),
+            },
+            _ = &mut limit => panic!("no `{prefix}` from child"),
+        }
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+struct Row {
+    what: String,
+    value: String,
+    target: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
+    println!("  {what}: {value}  {target}");
+    rows.push(Row {
+        what: what.into(),
+        value,
+        target,
+    });
+}
+
+pub(crate) async fn all(secs: u64, samples: usize) {
+    let mut rows = Vec::new();
+    let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
+    println!("kernel bench: {} cores, {secs} s per throughput run, {samples} latency samples", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    // --- direct tonic baseline ---------------------------------------------
+    let port = free_port();
+    let mut echo = spawn(Command::new(sibling("kernel-bench")).args(["echo-server", "--listen", &format!("127.0.0.1:{port}")])).await;
+    let direct = Client::connect(&format!("http://127.0.0.1:{port}")).expect("client");
+    wait_ready(&direct, "bench.echo").await;
+    let p = payload.clone();
+    let d = direct.clone();
+    let direct_lat = latency(samples, || {
+        let (d, p) = (d.clone(), p.clone());
+        async move {
+            d.call("bench.echo", p).await.expect("direct call");
+        }
+    })
+    .await;
+    row(&mut rows, "direct tonic bidi ping-pong p50", us(direct_lat), String::new());
+    let _ = echo.kill().await;
+
+    // --- kernel between two out-of-process plugins -------------------------
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = spawn(
+        Command::new(sibling("kernel-node"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn"),
+    )
+    .await;
+    wait_line(&mut node, "kernel-node listening").await;
+    let mut provider = spawn(Command::new(sibling("kernel-bench")).args(["provider", "--url", &url])).await;
+    let caller = Client::connect(&url).expect("client").with_plugin("bench-caller");
+    wait_ready(&caller, "bench.echo").await;
+    let c = caller.clone();
+    let p = payload.clone();
+    let kernel_lat = latency(samples, || {
+        let (c, p) = (c.clone(), p.clone());
+        async move {
+            c.call("bench.echo", p).await.expect("kernel call");
+        }
+    })
+    .await;
+    let c = caller.clone();
+    let p = payload.clone();
+    let kernel_tput = throughput(32, secs, move || {
+        let (c, p) = (c.clone(), p.clone());
+        async move {
+            c.call("bench.echo", p).await.expect("kernel call");
+        }
+    })
+    .await;
+
+    // --- NATS request-reply ------------------------------------------------
+    let nats = async_nats::connect("127.0.0.1:4222").await.ok();
+    let mut nats_lat = None;
+    let mut nats_tput = None;
+    if let Some(nc) = &nats {
+        let mut responder = spawn(Command::new(sibling("kernel-bench")).arg("nats-responder")).await;
+        wait_line(&mut responder, "READY").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let p = payload.clone();
+        let n = nc.clone();
+        nats_lat = Some(
+            latency(samples, || {
+                let (n, p) = (n.clone(), p.clone());
+                async move {
+                    n.request("bench.echo", p).await.expect("nats request");
+                }
+            })
+            .await,
+        );
+        let n = nc.clone();
+        let p = payload.clone();
+        nats_tput = Some(
+            throughput(32, secs, move || {
+                let (n, p) = (n.clone(), p.clone());
+                async move {
+                    let _ = n.request("bench.echo", p).await;
+                }
+            })
+            .await,
+        );
+        let _ = responder.kill().await;
+    }
+    let nats_p50 = nats_lat.map(|l| l.p50_us);
+    row(
+        &mut rows,
+        "kernel call (plugin→kernel→plugin) p50",
+        us(kernel_lat),
+        match nats_p50 {
+            Some(n) => format!("= {:.2} × NATS req-reply p50 {:.1} µs (target ≤ 0.8)", kernel_lat.p50_us / n, n),
+            None => "(NATS not reachable: no ratio)".into(),
+        },
+    );
+    row(
+        &mut rows,
+        "kernel call throughput, 32 callers",
+        format!("{kernel_tput:.0} calls/s"),
+        match nats_tput {
+            Some(n) => format!("= {:.2} × NATS req-reply {n:.0}/s (target ≥ 1.2)", kernel_tput / n),
+            None => String::new(),
+        },
+    );
+    if let Some(l) = nats_lat {
+        row(&mut rows, "NATS request-reply p50", us(l), String::new());
+    }
+    row(
+        &mut rows,
+        "kernel call vs direct tonic p50",
+        format!("{:.2} ×", kernel_lat.p50_us / direct_lat.p50_us),
+        "(two hops vs one)".into(),
+    );
+
+    // --- events over gRPC ----------------------------------------------------
+    let ev = events_grpc(&url, 200_000).await;
+    let nats_ev = match &nats {
+        Some(_) => nats_pubsub(200_000).await,
+        None => None,
+    };
+    row(
+        &mut rows,
+        "events publisher→kernel→wildcard subscriber",
+        format!("{:.0} msg/s, lost {}", ev.0, ev.1),
+        match nats_ev {
+            Some((rate, lost)) => format!("= {:.2} × NATS pub/sub {rate:.0} msg/s (NATS lost {lost}) (target ≥ 1.0, zero loss)", ev.0 / rate),
+            None => String::new(),
+        },
+    );
+    let _ = provider.kill().await;
+    let _ = node.kill().await;
+
+    // --- in-process --------------------------------------------------------------
+    let kernel = Kernel::new(Config::default());
+    let _reg = Plugin::new("inproc")
+        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
+        .attach(&kernel)
+        .expect("attach");
+    let local = Client::in_process(kernel.clone());
+    let p = payload.clone();
+    let inproc = mean_ns(1_000_000, || {
+        let (l, p) = (&local, p.clone());
+        async move {
+            l.call("bench.echo", p).await.expect("in-process call");
+        }
+    })
+    .await;
+    row(&mut rows, "in-process call, full pipeline", format!("{inproc:.0} ns"), "(target ≤ 260 ns)".into());
+    let contexts = kernel.contexts.clone();
+    let ctx_ns = mean_ns(1_000_000, || {
+        let c = contexts.clone();
+        async move {
+            let n = c.child(
+                Parent::None,
+                ChildSpec {
+                    service: "bench.echo",
+                    caller: None,
+                    deadline: None,
+                    budget_header: None,
+                    traceparent: None,
+                    is_call: true,
+                },
+            );
+            drop(n);
+        }
+    })
+    .await;
+    row(
+        &mut rows,
+        "context bookkeeping (new root node + drop)",
+        format!("{ctx_ns:.0} ns"),
+        format!("= {:.0} % of the in-process call (target ≤ 10 %)", ctx_ns / inproc * 100.0),
+    );
+    let mut sub = local.subscriber(SubscribeOptions::new("bench.*")).await.expect("subscribe");
+    let ev_payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let iters = 200_000;
+    for _ in 0..iters / 10 {
+        local.publish("bench.ev", ev_payload.clone()).await.expect("publish");
+        sub.next().await.expect("delivery");
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        local.publish("bench.ev", ev_payload.clone()).await.expect("publish");
+        sub.next().await.expect("delivery");
+    }
+    let emit = t.elapsed().as_nanos() as f64 / iters as f64;
+    row(&mut rows, "in-process emit → wildcard delivery", format!("{emit:.0} ns"), "(target ≤ 500 ns)".into());
+
+    // --- trie ----------------------------------------------------------------
+    let t10 = trie_cost(10);
+    let t1m = trie_cost(1_000_000);
+    row(&mut rows, "trie match, 10 subscriptions", format!("{t10:.0} ns"), String::new());
+    row(
+        &mut rows,
+        "trie match, 1,000,000 subscriptions",
+        format!("{t1m:.0} ns"),
+        format!("= {:.2} × the cost at 10 (target ≤ 2)", t1m / t10),
+    );
+
+    println!("\n| measurement | value | vs target |\n|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} |", r.what, r.value, r.target);
+    }
+}
+
+fn us(l: Latency) -> String {
+    format!("{:.1} µs (p99 {:.1} µs)", l.p50_us, l.p99_us)
+}
+
+async fn wait_ready(client: &Client, service: &str) {
+    let start = Instant::now();
+    while client.call(service, "ping").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{service} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publisher and wildcard subscriber on separate connections through the
+/// kernel process; returns (msg/s, lost).
+async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
+    let sub_client = Client::connect(url).expect("client");
+    let pub_client = Client::connect(url).expect("client");
+    let mut sub = sub_client.subscriber(SubscribeOptions::new("bench.ev.>")).await.expect("subscribe");
+    let publisher = pub_client.publisher().await.expect("publisher");
+    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let start = Instant::now();
+    let pubs = tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(4096);
+        for _ in 0..n {
+            pending.push(publisher.send("bench.ev.x", payload.clone(), Some(Duration::from_secs(30))));
+            if pending.len() == 4096 {
+                for a in futures::future::join_all(pending.drain(..)).await {
+                    a.expect("accepted");
+                }
+            }
+        }
+        for a in futures::future::join_all(pending).await {
+            a.expect("accepted");
+        }
+    });
+    let mut got = 0;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(_)) => got += 1,
+            _ => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = pubs.await;
+    (got as f64 / elapsed.as_secs_f64(), n - got)
+}
+
+/// NATS core pub/sub with the same shape; returns (msg/s, lost).
+async fn nats_pubsub(n: usize) -> Option<(f64, usize)> {
+    use futures::StreamExt;
+    let sub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
+    let pub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
+    let mut sub = sub_c.subscribe("bench.ev.>").await.ok()?;
+    sub_c.flush().await.ok()?;
+    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            let _ = pub_c.publish("bench.ev.x", payload.clone()).await;
+        }
+        let _ = pub_c.flush().await;
+    });
+    let mut got = 0;
+    let mut last = Instant::now();
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            Ok(Some(_)) => {
+                got += 1;
+                last = Instant::now();
+            }
+            _ => break,
+        }
+    }
+    let _ = publisher.await;
+    let elapsed = last.duration_since(start);
+    Some((got as f64 / elapsed.as_secs_f64(), n - got))
+}
+
+/// Mean ns of a match that finds 2 subscriptions, among `total` subscriptions.
+fn trie_cost(total: usize) -> f64 {
+    let mut t: Trie<u64> = Trie::new();
+    t.insert("bench.match.*", 0);
+    t.insert("bench.>", 1);
+    for i in 2..total as u64 {
+        let p = match i % 3 {
+            0 => format!("svc{i}.created"),
+            1 => format!("svc{i}.*"),
+            _ => format!("bench.other{i}.>"),
+        };
+        t.insert(&p, i);
+    }
+    let iters = 1_000_000;
+    let mut found = 0usize;
+    let start = Instant::now();
+    for _ in 0..iters {
+        t.for_each_match(std::hint::black_box("bench.match.x"), |_| found += 1);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    assert_eq!(found, 2 * iters);
+    ns
+}
