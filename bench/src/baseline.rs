@@ -21,16 +21,25 @@ impl pb::kernel_server::Kernel for Echo {
     type PublishStreamStream = BoxStream<pb::PublishStreamDown>;
     type SubscribeStream = BoxStream<pb::SubscribeDown>;
 
-    async fn register(&self, _: Request<Streaming<pb::ProviderUp>>) -> Result<Response<Self::RegisterStream>, Status> {
+    async fn register(
+        &self,
+        _: Request<Streaming<pb::ProviderUp>>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
         Err(Status::unimplemented("echo baseline"))
     }
-    async fn call(&self, r: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn call(
+        &self,
+        r: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         Ok(Response::new(pb::CallResponse {
             payload: r.into_inner().payload,
             content_type: String::new(),
         }))
     }
-    async fn call_stream(&self, r: Request<Streaming<pb::CallStreamUp>>) -> Result<Response<Self::CallStreamStream>, Status> {
+    async fn call_stream(
+        &self,
+        r: Request<Streaming<pb::CallStreamUp>>,
+    ) -> Result<Response<Self::CallStreamStream>, Status> {
         let s = r.into_inner().map(|f| {
             f.map(|f| pb::CallStreamDown {
                 replies: f
@@ -46,16 +55,28 @@ impl pb::kernel_server::Kernel for Echo {
         });
         Ok(Response::new(Box::pin(s)))
     }
-    async fn publish(&self, _: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        _: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
         Err(Status::unimplemented("echo baseline"))
     }
-    async fn publish_stream(&self, _: Request<Streaming<pb::PublishStreamUp>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+    async fn publish_stream(
+        &self,
+        _: Request<Streaming<pb::PublishStreamUp>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
         Err(Status::unimplemented("echo baseline"))
     }
-    async fn subscribe(&self, _: Request<Streaming<pb::SubscribeUp>>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        _: Request<Streaming<pb::SubscribeUp>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         Err(Status::unimplemented("echo baseline"))
     }
-    async fn charge(&self, _: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+    async fn charge(
+        &self,
+        _: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
         Err(Status::unimplemented("echo baseline"))
     }
 }
@@ -71,7 +92,8 @@ pub(crate) async fn echo_server(listen: &str) {
 }
 
 pub(crate) async fn provider(url: &str) {
-    let plugin = Plugin::new("bench-provider").provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) });
+    let plugin =
+        Plugin::new("bench-provider").provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) });
     let _ = plugin.serve(url, CancellationToken::new()).await;
 }
 

@@ -29,11 +29,17 @@ fn free_port() -> u16 {
 }
 
 async fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("spawn child")
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child")
 }
 
 async fn wait_line(child: &mut Child, prefix: &str) {
-    let Some(out) = child.stdout.take() else { return };
+    let Some(out) = child.stdout.take() else {
+        return;
+    };
     let mut lines = BufReader::new(out).lines();
     let limit = tokio::time::sleep(Duration::from_secs(20));
     tokio::pin!(limit);
@@ -69,11 +75,19 @@ fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
 pub(crate) async fn all(secs: u64, samples: usize) {
     let mut rows = Vec::new();
     let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
-    println!("kernel bench: {} cores, {secs} s per throughput run, {samples} latency samples", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "kernel bench: {} cores, {secs} s per throughput run, {samples} latency samples",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     // --- direct tonic baseline ---------------------------------------------
     let port = free_port();
-    let mut echo = spawn(Command::new(sibling("kernel-bench")).args(["echo-server", "--listen", &format!("127.0.0.1:{port}")])).await;
+    let mut echo = spawn(Command::new(sibling("kernel-bench")).args([
+        "echo-server",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]))
+    .await;
     let direct = Client::connect(&format!("http://127.0.0.1:{port}")).expect("client");
     wait_ready(&direct, "bench.echo").await;
     let p = payload.clone();
@@ -85,7 +99,12 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         }
     })
     .await;
-    row(&mut rows, "direct tonic bidi ping-pong p50", us(direct_lat), String::new());
+    row(
+        &mut rows,
+        "direct tonic bidi ping-pong p50",
+        us(direct_lat),
+        String::new(),
+    );
     let _ = echo.kill().await;
 
     // --- kernel between two out-of-process plugins -------------------------
@@ -98,8 +117,11 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     )
     .await;
     wait_line(&mut node, "kernel-node listening").await;
-    let mut provider = spawn(Command::new(sibling("kernel-bench")).args(["provider", "--url", &url])).await;
-    let caller = Client::connect(&url).expect("client").with_plugin("bench-caller");
+    let mut provider =
+        spawn(Command::new(sibling("kernel-bench")).args(["provider", "--url", &url])).await;
+    let caller = Client::connect(&url)
+        .expect("client")
+        .with_plugin("bench-caller");
     wait_ready(&caller, "bench.echo").await;
     let c = caller.clone();
     let p = payload.clone();
@@ -125,7 +147,8 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let mut nats_lat = None;
     let mut nats_tput = None;
     if let Some(nc) = &nats {
-        let mut responder = spawn(Command::new(sibling("kernel-bench")).arg("nats-responder")).await;
+        let mut responder =
+            spawn(Command::new(sibling("kernel-bench")).arg("nats-responder")).await;
         wait_line(&mut responder, "READY").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let p = payload.clone();
@@ -158,7 +181,11 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         "kernel call (plugin→kernel→plugin) p50",
         us(kernel_lat),
         match nats_p50 {
-            Some(n) => format!("= {:.2} × NATS req-reply p50 {:.1} µs (target ≤ 0.8)", kernel_lat.p50_us / n, n),
+            Some(n) => format!(
+                "= {:.2} × NATS req-reply p50 {:.1} µs (target ≤ 0.8)",
+                kernel_lat.p50_us / n,
+                n
+            ),
             None => "(NATS not reachable: no ratio)".into(),
         },
     );
@@ -167,7 +194,10 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         "kernel call throughput, 32 callers",
         format!("{kernel_tput:.0} calls/s"),
         match nats_tput {
-            Some(n) => format!("= {:.2} × NATS req-reply {n:.0}/s (target ≥ 1.2)", kernel_tput / n),
+            Some(n) => format!(
+                "= {:.2} × NATS req-reply {n:.0}/s (target ≥ 1.2)",
+                kernel_tput / n
+            ),
             None => String::new(),
         },
     );
@@ -214,7 +244,12 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         }
     })
     .await;
-    row(&mut rows, "in-process call, full pipeline", format!("{inproc:.0} ns"), "(target ≤ 260 ns)".into());
+    row(
+        &mut rows,
+        "in-process call, full pipeline",
+        format!("{inproc:.0} ns"),
+        "(target ≤ 260 ns)".into(),
+    );
     let contexts = kernel.contexts.clone();
     let ctx_ns = mean_ns(1_000_000, || {
         let c = contexts.clone();
@@ -238,27 +273,49 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         &mut rows,
         "context bookkeeping (new root node + drop)",
         format!("{ctx_ns:.0} ns"),
-        format!("= {:.0} % of the in-process call (target ≤ 10 %)", ctx_ns / inproc * 100.0),
+        format!(
+            "= {:.0} % of the in-process call (target ≤ 10 %)",
+            ctx_ns / inproc * 100.0
+        ),
     );
-    let mut sub = local.subscriber(SubscribeOptions::new("bench.*")).await.expect("subscribe");
+    let mut sub = local
+        .subscriber(SubscribeOptions::new("bench.*"))
+        .await
+        .expect("subscribe");
     let ev_payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
     let iters = 200_000;
     for _ in 0..iters / 10 {
-        local.publish("bench.ev", ev_payload.clone()).await.expect("publish");
+        local
+            .publish("bench.ev", ev_payload.clone())
+            .await
+            .expect("publish");
         sub.next().await.expect("delivery");
     }
     let t = Instant::now();
     for _ in 0..iters {
-        local.publish("bench.ev", ev_payload.clone()).await.expect("publish");
+        local
+            .publish("bench.ev", ev_payload.clone())
+            .await
+            .expect("publish");
         sub.next().await.expect("delivery");
     }
     let emit = t.elapsed().as_nanos() as f64 / iters as f64;
-    row(&mut rows, "in-process emit → wildcard delivery", format!("{emit:.0} ns"), "(target ≤ 500 ns)".into());
+    row(
+        &mut rows,
+        "in-process emit → wildcard delivery",
+        format!("{emit:.0} ns"),
+        "(target ≤ 500 ns)".into(),
+    );
 
     // --- trie ----------------------------------------------------------------
     let t10 = trie_cost(10);
     let t1m = trie_cost(1_000_000);
-    row(&mut rows, "trie match, 10 subscriptions", format!("{t10:.0} ns"), String::new());
+    row(
+        &mut rows,
+        "trie match, 10 subscriptions",
+        format!("{t10:.0} ns"),
+        String::new(),
+    );
     row(
         &mut rows,
         "trie match, 1,000,000 subscriptions",
@@ -279,7 +336,10 @@ fn us(l: Latency) -> String {
 async fn wait_ready(client: &Client, service: &str) {
     let start = Instant::now();
     while client.call(service, "ping").await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{service} never became ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{service} never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -289,14 +349,21 @@ async fn wait_ready(client: &Client, service: &str) {
 async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
     let sub_client = Client::connect(url).expect("client");
     let pub_client = Client::connect(url).expect("client");
-    let mut sub = sub_client.subscriber(SubscribeOptions::new("bench.ev.>")).await.expect("subscribe");
+    let mut sub = sub_client
+        .subscriber(SubscribeOptions::new("bench.ev.>"))
+        .await
+        .expect("subscribe");
     let publisher = pub_client.publisher().await.expect("publisher");
     let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
     let start = Instant::now();
     let pubs = tokio::spawn(async move {
         let mut pending = Vec::with_capacity(4096);
         for _ in 0..n {
-            pending.push(publisher.send("bench.ev.x", payload.clone(), Some(Duration::from_secs(30))));
+            pending.push(publisher.send(
+                "bench.ev.x",
+                payload.clone(),
+                Some(Duration::from_secs(30)),
+            ));
             if pending.len() == 4096 {
                 for a in futures::future::join_all(pending.drain(..)).await {
                     a.expect("accepted");

@@ -122,7 +122,11 @@ impl Broker {
     /// Publishes one event; waits for buffer space up to the deadline (or
     /// `broker.publish_timeout_ms`).
     pub async fn publish(&self, p: Publication) -> Result<Accepted, Error> {
-        names::validate_topic(&p.topic, self.config.max_topic_bytes, self.config.max_topic_tokens)?;
+        names::validate_topic(
+            &p.topic,
+            self.config.max_topic_bytes,
+            self.config.max_topic_tokens,
+        )?;
         if p.payload.len() > self.max_payload {
             return Err(Error::PayloadTooLarge {
                 size: p.payload.len(),
@@ -135,11 +139,14 @@ impl Broker {
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let event_id = format!("{:016x}", self.event_base.wrapping_add(seq));
         if let Parent::Node(n) = &p.parent {
-            n.tree.budget.charge_event().map_err(|e| Error::BudgetExhausted {
-                budget: e.budget,
-                context: n.path.clone(),
-                limit: e.limit,
-            })?;
+            n.tree
+                .budget
+                .charge_event()
+                .map_err(|e| Error::BudgetExhausted {
+                    budget: e.budget,
+                    context: n.path.clone(),
+                    limit: e.limit,
+                })?;
         }
         let targets = self.targets(&p.topic);
         // Wait until every target has room, so the event is accepted by all
@@ -212,7 +219,9 @@ impl Broker {
         let mut out = Vec::with_capacity(ids.len());
         let mut groups_seen: Vec<&str> = Vec::new();
         for id in ids {
-            let Some(sub) = index.subs.get(&id) else { continue };
+            let Some(sub) = index.subs.get(&id) else {
+                continue;
+            };
             match &sub.opts.group {
                 None => out.push(sub.clone()),
                 Some(g) => {
@@ -338,7 +347,10 @@ impl Broker {
             tracing::warn!(event = %event.id, topic = %dl.event.topic, reason = %dl.reason, "dead letter has no subscriber on {topic}");
         }
         for (i, sub) in targets.iter().enumerate() {
-            let _ = sub.push(Queued::new(event.clone(), format!("{}.{}", event.id, i + 1)));
+            let _ = sub.push(Queued::new(
+                event.clone(),
+                format!("{}.{}", event.id, i + 1),
+            ));
         }
     }
 

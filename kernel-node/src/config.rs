@@ -201,18 +201,19 @@ impl Config {
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut root: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix("KERNEL_") else {
                 continue;
             };
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            set_path(&mut root, &keys, parse_scalar(&value)).map_err(|e| {
-                ConfigError::Invalid(format!("environment variable {name}: {e}"))
-            })?;
+            set_path(&mut root, &keys, parse_scalar(&value))
+                .map_err(|e| ConfigError::Invalid(format!("environment variable {name}: {e}")))?;
         }
         let merged = toml::to_string(&root).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let config: Config = toml::from_str(&merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config =
+            toml::from_str(&merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.check()?;
         Ok(config)
     }

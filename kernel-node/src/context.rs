@@ -283,7 +283,9 @@ impl Contexts {
             next_child: AtomicU32::new(0),
             started: Instant::now(),
         });
-        tree.nodes.lock().insert(path.to_owned(), Arc::downgrade(&node));
+        tree.nodes
+            .lock()
+            .insert(path.to_owned(), Arc::downgrade(&node));
         Ok(node)
     }
 
@@ -303,9 +305,14 @@ impl Contexts {
         let Some(tree) = self.roots.lock().get(&id).and_then(Weak::upgrade) else {
             return Vec::new();
         };
-        let nodes: Vec<Arc<Node>> = tree.nodes.lock().values().filter_map(Weak::upgrade).collect();
+        let nodes: Vec<Arc<Node>> = tree
+            .nodes
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         let mut out: Vec<NodeInfo> = nodes.iter().map(|n| n.info()).collect();
-        out.sort_by(|a, b| path_key(&a.path).cmp(&path_key(&b.path)));
+        out.sort_by_key(|n| path_key(&n.path));
         out
     }
 
@@ -331,7 +338,11 @@ impl Contexts {
 
     /// Live trees (for stats).
     pub fn live_trees(&self) -> usize {
-        self.roots.lock().values().filter(|w| w.strong_count() > 0).count()
+        self.roots
+            .lock()
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 }
 
@@ -432,7 +443,9 @@ mod tests {
         let a = c.child(Parent::None, spec("a")).expect("root call");
         assert!(a.path.ends_with(".1"));
         let b1 = c.child(Parent::Node(a.clone()), spec("b")).expect("child");
-        let b2 = c.child(Parent::Path(a.path.clone()), spec("b")).expect("child by path");
+        let b2 = c
+            .child(Parent::Path(a.path.clone()), spec("b"))
+            .expect("child by path");
         assert_eq!(b1.path, format!("{}.1", a.path));
         assert_eq!(b2.path, format!("{}.2", a.path));
         assert_eq!(b2.depth, 2);
@@ -447,7 +460,9 @@ mod tests {
         let a = c.child(Parent::None, spec("a")).expect("root");
         let b = c.child(Parent::Node(a.clone()), spec("b")).expect("b");
         let b1 = c.child(Parent::Node(b.clone()), spec("b1")).expect("b1");
-        let s = c.child(Parent::Node(a.clone()), spec("s")).expect("sibling");
+        let s = c
+            .child(Parent::Node(a.clone()), spec("s"))
+            .expect("sibling");
         assert_eq!(c.cancel(&b.path), 2);
         assert!(b1.cancel.is_cancelled());
         assert!(!s.cancel.is_cancelled());
@@ -463,8 +478,12 @@ mod tests {
         };
         let c = Contexts::new(cfg);
         let a = c.child(Parent::None, spec("a")).expect("depth 1");
-        let b = c.child(Parent::Node(a.clone()), spec("b")).expect("depth 2");
-        let err = c.child(Parent::Node(b.clone()), spec("c")).expect_err("depth 3");
+        let b = c
+            .child(Parent::Node(a.clone()), spec("b"))
+            .expect("depth 2");
+        let err = c
+            .child(Parent::Node(b.clone()), spec("c"))
+            .expect_err("depth 3");
         assert!(err.to_string().contains("depth"), "{err}");
         assert!(b.cancel.is_cancelled());
         assert!(!a.cancel.is_cancelled());

@@ -127,14 +127,14 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::NoProvider { .. } => Code::NotFound,
-            Error::InvalidName { .. }
-            | Error::InvalidArgument { .. }
-            | Error::Protocol { .. } => Code::InvalidArgument,
+            Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::Protocol { .. } => {
+                Code::InvalidArgument
+            }
             Error::PayloadTooLarge { .. } => Code::OutOfRange,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Error::Saturated { .. } | Error::BudgetExhausted { .. } | Error::Backpressure { .. } => {
-                Code::ResourceExhausted
-            }
+            Error::Saturated { .. }
+            | Error::BudgetExhausted { .. }
+            | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
             Error::ProviderGone { .. } | Error::ShuttingDown => Code::Unavailable,
             Error::PermissionDenied { .. } => Code::PermissionDenied,

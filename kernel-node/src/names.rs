@@ -62,10 +62,15 @@ fn check(
                 return bad(format!("token `{token}` is a wildcard; wildcards are only allowed in subscription patterns"));
             }
             if token != "*" && token != ">" {
-                return bad(format!("token `{token}` mixes a wildcard with other characters"));
+                return bad(format!(
+                    "token `{token}` mixes a wildcard with other characters"
+                ));
             }
             if token == ">" && i + 1 != count {
-                return bad(format!("token `>` at position {} must be the last token", i + 1));
+                return bad(format!(
+                    "token `>` at position {} must be the last token",
+                    i + 1
+                ));
             }
         }
     }
@@ -89,10 +94,14 @@ mod tests {
             let e = validate_topic(bad, 256, 16).expect_err(bad).to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
-        let e = validate_pattern("a.>.b", 256, 16).expect_err("> not last").to_string();
+        let e = validate_pattern("a.>.b", 256, 16)
+            .expect_err("> not last")
+            .to_string();
         assert!(e.contains("last"), "{e}");
-        let e = validate_pattern("a.b*", 256, 16).expect_err("mixed").to_string();
+        let e = validate_pattern("a.b*", 256, 16)
+            .expect_err("mixed")
+            .to_string();
         assert!(e.contains("`b*`"), "{e}");
-        assert!(validate_topic(&"a.".repeat(20).trim_end_matches('.').to_owned(), 256, 16).is_err());
+        assert!(validate_topic("a.".repeat(20).trim_end_matches('.'), 256, 16).is_err());
     }
 }

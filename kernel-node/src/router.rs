@@ -124,7 +124,12 @@ impl Router {
         }
     }
 
-    async fn dispatch(&self, node: &Arc<Node>, service: String, req: Request) -> Result<Reply, Failure> {
+    async fn dispatch(
+        &self,
+        node: &Arc<Node>,
+        service: String,
+        req: Request,
+    ) -> Result<Reply, Failure> {
         if node.cancel.is_cancelled() {
             return Err(node.cancel_reason());
         }
@@ -145,7 +150,11 @@ impl Router {
                     context: node.clone(),
                     caller: req.caller,
                 };
-                let mut guard = Abandon { node, remote: None, done: false };
+                let mut guard = Abandon {
+                    node,
+                    remote: None,
+                    done: false,
+                };
                 let out = self.race(node, handler.invoke(call)).await;
                 guard.done = out.is_ok();
                 out.unwrap_or_else(Err)
@@ -165,7 +174,11 @@ impl Router {
                 };
                 // Armed until the provider answered: a deadline, a cancelled
                 // branch or a dropped future all send the provider a cancel.
-                let _guard = Abandon { node, remote: Some((link, id)), done: false };
+                let _guard = Abandon {
+                    node,
+                    remote: Some((link, id)),
+                    done: false,
+                };
                 self.race(node, async {
                     rx.await
                         .unwrap_or_else(|_| Err(gone(&inst, &service).into_failure()))

@@ -58,20 +58,35 @@ impl pb::kernel_server::Kernel for KernelService {
     type PublishStreamStream = BoxStream<pb::PublishStreamDown>;
     type SubscribeStream = BoxStream<pb::SubscribeDown>;
 
-    async fn register(&self, req: Request<Streaming<pb::ProviderUp>>) -> Result<Response<Self::RegisterStream>, Status> {
+    async fn register(
+        &self,
+        req: Request<Streaming<pb::ProviderUp>>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
         let s = register::session(self.kernel.clone(), req.into_inner()).await?;
         Ok(Response::new(Box::pin(s)))
     }
 
-    async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn call(
+        &self,
+        req: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         call::unary(&self.kernel, req).await.map(Response::new)
     }
 
-    async fn call_stream(&self, req: Request<Streaming<pb::CallStreamUp>>) -> Result<Response<Self::CallStreamStream>, Status> {
-        Ok(Response::new(Box::pin(call::stream(self.kernel.clone(), req))))
+    async fn call_stream(
+        &self,
+        req: Request<Streaming<pb::CallStreamUp>>,
+    ) -> Result<Response<Self::CallStreamStream>, Status> {
+        Ok(Response::new(Box::pin(call::stream(
+            self.kernel.clone(),
+            req,
+        ))))
     }
 
-    async fn publish(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
         events::publish(&self.kernel, req).await.map(Response::new)
     }
 
@@ -79,21 +94,32 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<Streaming<pb::PublishStreamUp>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        Ok(Response::new(Box::pin(events::publish_stream(self.kernel.clone(), req))))
+        Ok(Response::new(Box::pin(events::publish_stream(
+            self.kernel.clone(),
+            req,
+        ))))
     }
 
-    async fn subscribe(&self, req: Request<Streaming<pb::SubscribeUp>>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::SubscribeUp>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let s = events::subscribe(self.kernel.clone(), req).await?;
         Ok(Response::new(Box::pin(s)))
     }
 
-    async fn charge(&self, req: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+    async fn charge(
+        &self,
+        req: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
         let path = req
             .metadata()
             .get(headers::CONTEXT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
-            .ok_or_else(|| Status::invalid_argument("Charge needs the `x-kernel-context` metadata"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("Charge needs the `x-kernel-context` metadata")
+            })?;
         let body = req.into_inner();
         let node = self
             .kernel

@@ -107,7 +107,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("plugin", &self.plugin).finish()
+        f.debug_struct("Client")
+            .field("plugin", &self.plugin)
+            .finish()
     }
 }
 
@@ -184,30 +186,56 @@ impl Client {
 
     /// Calls `service` with `payload`; returns the reply payload.
     pub async fn call(&self, service: &str, payload: impl Into<Bytes>) -> Result<Bytes, Error> {
-        self.call_in(&Origin::Root, service, payload.into(), CallOptions::default())
-            .await
-            .map(|r| r.payload)
+        self.call_in(
+            &Origin::Root,
+            service,
+            payload.into(),
+            CallOptions::default(),
+        )
+        .await
+        .map(|r| r.payload)
     }
 
     /// Calls with options.
-    pub async fn call_with(&self, service: &str, payload: impl Into<Bytes>, opts: CallOptions) -> Result<Reply, Error> {
-        self.call_in(&Origin::Root, service, payload.into(), opts).await
+    pub async fn call_with(
+        &self,
+        service: &str,
+        payload: impl Into<Bytes>,
+        opts: CallOptions,
+    ) -> Result<Reply, Error> {
+        self.call_in(&Origin::Root, service, payload.into(), opts)
+            .await
     }
 
     /// Calls with JSON in and out.
-    pub async fn call_json<T: Serialize, R: DeserializeOwned>(&self, service: &str, args: &T) -> Result<R, Error> {
+    pub async fn call_json<T: Serialize, R: DeserializeOwned>(
+        &self,
+        service: &str,
+        args: &T,
+    ) -> Result<R, Error> {
         let bytes = self.call(service, serde_json::to_vec(args)?).await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 
     /// Publishes an event (unary; see [`crate::Publisher`] for pipelining).
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Published, Error> {
-        self.publish_in(&Origin::Root, topic, payload.into(), None).await
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Published, Error> {
+        self.publish_in(&Origin::Root, topic, payload.into(), None)
+            .await
     }
 
     /// Publishes, waiting at most `timeout` for subscriber buffer space.
-    pub async fn publish_with_timeout(&self, topic: &str, payload: impl Into<Bytes>, timeout: Duration) -> Result<Published, Error> {
-        self.publish_in(&Origin::Root, topic, payload.into(), Some(timeout)).await
+    pub async fn publish_with_timeout(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Published, Error> {
+        self.publish_in(&Origin::Root, topic, payload.into(), Some(timeout))
+            .await
     }
 
     pub(crate) async fn call_in(
@@ -222,7 +250,9 @@ impl Client {
                 let (parent, mut headers) = match origin {
                     Origin::Root => (Parent::None, HashMap::new()),
                     Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
-                    Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
+                    Origin::Remote { path, headers, .. } => {
+                        (Parent::Path(path.clone()), headers.clone())
+                    }
                 };
                 headers.extend(opts.headers);
                 let parent = match headers.remove(h::CONTEXT) {
@@ -249,12 +279,20 @@ impl Client {
             Transport::Remote(remote) => {
                 let mut headers = origin_headers(origin);
                 headers.extend(opts.headers);
-                let deadline = earliest(origin_deadline(origin), opts.timeout.map(|t| Instant::now() + t));
+                let deadline = earliest(
+                    origin_deadline(origin),
+                    opts.timeout.map(|t| Instant::now() + t),
+                );
                 if deadline.is_some_and(|d| d <= Instant::now()) {
-                    return Err(Error::new(Code::DeadlineExceeded, format!("deadline passed before calling `{service}`")));
+                    return Err(Error::new(
+                        Code::DeadlineExceeded,
+                        format!("deadline passed before calling `{service}`"),
+                    ));
                 }
                 let timeout_us = deadline.map_or(0, |d| {
-                    d.saturating_duration_since(Instant::now()).as_micros().max(1) as u64
+                    d.saturating_duration_since(Instant::now())
+                        .as_micros()
+                        .max(1) as u64
                 });
                 let frame = pb::CallFrame {
                     id: 0,
@@ -282,7 +320,9 @@ impl Client {
                 let (parent, headers) = match origin {
                     Origin::Root => (Parent::None, HashMap::new()),
                     Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
-                    Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
+                    Origin::Remote { path, headers, .. } => {
+                        (Parent::Path(path.clone()), headers.clone())
+                    }
                 };
                 let a = kernel
                     .publish(Publication {
@@ -330,7 +370,12 @@ impl Client {
     }
 
     /// Charges a custom budget counter of the context at `path` (remote).
-    pub(crate) async fn charge_remote(&self, path: &str, counter: &str, amount: u64) -> Result<u64, Error> {
+    pub(crate) async fn charge_remote(
+        &self,
+        path: &str,
+        counter: &str,
+        amount: u64,
+    ) -> Result<u64, Error> {
         let Some(remote) = self.remote() else {
             return Err(Error::internal("charge_remote on an in-process client"));
         };
@@ -339,7 +384,9 @@ impl Client {
             amount,
         });
         insert_meta(&mut req, h::CONTEXT, path);
-        let r = KernelClient::new(remote.channel.clone()).charge(req).await?;
+        let r = KernelClient::new(remote.channel.clone())
+            .charge(req)
+            .await?;
         Ok(r.into_inner().remaining)
     }
 }
@@ -401,7 +448,12 @@ impl Remote {
         let mut inbound = KernelClient::new(self.channel.clone())
             .call_stream(req)
             .await
-            .map_err(|s| Error::new(s.code(), format!("opening a call stream to {}: {}", self.url, s.message())))?
+            .map_err(|s| {
+                Error::new(
+                    s.code(),
+                    format!("opening a call stream to {}: {}", self.url, s.message()),
+                )
+            })?
             .into_inner();
         let reader = mux.clone();
         tokio::spawn(async move {
@@ -447,7 +499,10 @@ impl Remote {
                     std::mem::forget(guard);
                     return match out {
                         Ok(r) => r.map_err(Error::from),
-                        Err(_) => Err(Error::new(Code::Unavailable, "the call stream to the kernel closed")),
+                        Err(_) => Err(Error::new(
+                            Code::Unavailable,
+                            "the call stream to the kernel closed",
+                        )),
                     };
                 }
                 // The stream died between lookup and send: the frame was not
@@ -455,7 +510,10 @@ impl Remote {
                 None => frame = f,
             }
         }
-        Err(Error::new(Code::Unavailable, format!("cannot reach the kernel at {}", self.url)))
+        Err(Error::new(
+            Code::Unavailable,
+            format!("cannot reach the kernel at {}", self.url),
+        ))
     }
 }
 

@@ -102,7 +102,9 @@ impl Context {
     /// A context header (`traceparent`, `baggage`, `x-kernel-budget`, ...).
     pub fn header(&self, name: &str) -> Option<&str> {
         match &self.inner.origin {
-            Origin::Remote { headers, .. } | Origin::Local(_, headers) => headers.get(name).map(String::as_str),
+            Origin::Remote { headers, .. } | Origin::Local(_, headers) => {
+                headers.get(name).map(String::as_str)
+            }
             Origin::Root => None,
         }
     }
@@ -120,7 +122,9 @@ impl Context {
     /// Time left before the deadline; None when there is no deadline.
     pub fn remaining(&self) -> Option<Duration> {
         match &self.inner.origin {
-            Origin::Remote { deadline, .. } => deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            Origin::Remote { deadline, .. } => {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            }
             Origin::Local(node, _) => node.remaining(),
             Origin::Root => None,
         }
@@ -151,9 +155,17 @@ impl Context {
     }
 
     /// A nested call with options.
-    pub async fn call_with(&self, service: &str, payload: impl Into<Bytes>, opts: CallOptions) -> Result<Reply, Error> {
+    pub async fn call_with(
+        &self,
+        service: &str,
+        payload: impl Into<Bytes>,
+        opts: CallOptions,
+    ) -> Result<Reply, Error> {
         if self.is_cancelled() {
-            return Err(Error::new(tonic::Code::Cancelled, format!("context {} is cancelled", self.path())));
+            return Err(Error::new(
+                tonic::Code::Cancelled,
+                format!("context {} is cancelled", self.path()),
+            ));
         }
         self.inner
             .client
@@ -162,7 +174,11 @@ impl Context {
     }
 
     /// A nested call with JSON in and out.
-    pub async fn call_json<T: Serialize, R: DeserializeOwned>(&self, service: &str, args: &T) -> Result<R, Error> {
+    pub async fn call_json<T: Serialize, R: DeserializeOwned>(
+        &self,
+        service: &str,
+        args: &T,
+    ) -> Result<R, Error> {
         let bytes = self.call(service, serde_json::to_vec(args)?).await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -187,7 +203,9 @@ impl Context {
                     .charge(node, counter, amount)
                     .map_err(|e| Error::from(e.into_failure()))
             }
-            Origin::Remote { path, .. } => self.inner.client.charge_remote(path, counter, amount).await,
+            Origin::Remote { path, .. } => {
+                self.inner.client.charge_remote(path, counter, amount).await
+            }
             Origin::Root => Err(Error::invalid_argument("no context to charge")),
         }
     }

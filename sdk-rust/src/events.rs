@@ -92,7 +92,7 @@ impl SubscribeOptions {
 
 enum Source {
     Remote {
-        inbound: tonic::Streaming<pb::SubscribeDown>,
+        inbound: Box<tonic::Streaming<pb::SubscribeDown>>,
         up: mpsc::UnboundedSender<pb::SubscribeUp>,
     },
     Local {
@@ -109,7 +109,9 @@ pub struct Subscriber {
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber").field("ready", &self.ready.len()).finish()
+        f.debug_struct("Subscriber")
+            .field("ready", &self.ready.len())
+            .finish()
     }
 }
 
@@ -230,10 +232,18 @@ impl Client {
             .into_inner();
         match inbound.message().await? {
             Some(f) if f.ready.is_some() => {}
-            _ => return Err(Error::new(Code::Unavailable, "the kernel did not confirm the subscription")),
+            _ => {
+                return Err(Error::new(
+                    Code::Unavailable,
+                    "the kernel did not confirm the subscription",
+                ))
+            }
         }
         Ok(Subscriber {
-            source: Source::Remote { inbound, up },
+            source: Source::Remote {
+                inbound: Box::new(inbound),
+                up,
+            },
             ready: VecDeque::new(),
         })
     }
@@ -241,7 +251,11 @@ impl Client {
     /// Subscribes with a handler: each event is passed to `handler`; in
     /// explicit mode Ok acks and Err nacks (redelivered at once). Runs until
     /// the subscription ends; spawn it.
-    pub async fn subscribe<F, Fut>(&self, opts: SubscribeOptions, handler: F) -> Result<tokio::task::JoinHandle<()>, Error>
+    pub async fn subscribe<F, Fut>(
+        &self,
+        opts: SubscribeOptions,
+        handler: F,
+    ) -> Result<tokio::task::JoinHandle<()>, Error>
     where
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
@@ -324,7 +338,12 @@ type PubMux = Mux<pb::PublishItem, Result<Published, Failure>>;
 /// publisher are accepted in the order `send` was called.
 pub struct Publisher(PubInner);
 
-type LocalItem = (String, Bytes, Option<Duration>, tokio::sync::oneshot::Sender<Result<Published, Error>>);
+type LocalItem = (
+    String,
+    Bytes,
+    Option<Duration>,
+    tokio::sync::oneshot::Sender<Result<Published, Error>>,
+);
 
 enum PubInner {
     /// Over a PublishStream.
@@ -340,12 +359,18 @@ impl std::fmt::Debug for Publisher {
 }
 
 /// The ack of a pipelined publish.
-pub type PublishAck = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Published, Error>> + Send>>;
+pub type PublishAck =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Published, Error>> + Send>>;
 
 impl Publisher {
     /// Queues an event; the returned future resolves with its ack. `timeout`
     /// bounds the wait for subscriber buffer space (None = kernel default).
-    pub fn send(&self, topic: &str, payload: impl Into<Bytes>, timeout: Option<Duration>) -> PublishAck {
+    pub fn send(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> PublishAck {
         match &self.0 {
             PubInner::Remote(mux) => {
                 let item = |seq| pb::PublishItem {
@@ -361,18 +386,23 @@ impl Publisher {
                     Some((_, rx)) => Box::pin(async move {
                         match rx.await {
                             Ok(r) => r.map_err(Error::from),
-                            Err(_) => Err(Error::new(Code::Unavailable, "the publish stream closed")),
+                            Err(_) => {
+                                Err(Error::new(Code::Unavailable, "the publish stream closed"))
+                            }
                         }
                     }),
-                    None => Box::pin(async { Err(Error::new(Code::Unavailable, "the publish stream closed")) }),
+                    None => Box::pin(async {
+                        Err(Error::new(Code::Unavailable, "the publish stream closed"))
+                    }),
                 }
             }
             PubInner::Local(tx) => {
                 let (done, rx) = tokio::sync::oneshot::channel();
                 let _ = tx.send((topic.to_owned(), payload.into(), timeout, done));
                 Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| Err(Error::new(Code::Unavailable, "the publisher task ended")))
+                    rx.await.unwrap_or_else(|_| {
+                        Err(Error::new(Code::Unavailable, "the publisher task ended"))
+                    })
                 })
             }
         }

@@ -25,7 +25,7 @@
 //!   cancellation, nested calls, emits, budget charges.
 //! - [`events`]: [`Subscriber`], [`Publisher`], [`SubscribeOptions`].
 //! - [`transaction`]: [`Transaction`]: emits buffered until commit.
-//! - [`error`]: [`Error`].
+//! - [`error`]: the SDK error type, [`Error`].
 
 pub mod client;
 pub mod context;
@@ -35,6 +35,7 @@ mod mux;
 pub mod plugin;
 pub mod transaction;
 
+pub use bytes::Bytes;
 pub use client::{CallOptions, Client, Published, Reply};
 pub use context::Context;
 pub use error::Error;
@@ -42,4 +43,3 @@ pub use events::{Event, Publisher, SubscribeOptions, Subscriber};
 pub use plugin::{Plugin, SessionEnd};
 pub use tokio_util::sync::CancellationToken;
 pub use transaction::Transaction;
-pub use bytes::Bytes;

@@ -37,7 +37,10 @@ impl<Up, R> Mux<Up, R> {
     }
 
     /// Registers a new request id and sends the frame built for it.
-    pub(crate) fn send(&self, build: impl FnOnce(u64) -> Up) -> Option<(u64, oneshot::Receiver<R>)> {
+    pub(crate) fn send(
+        &self,
+        build: impl FnOnce(u64) -> Up,
+    ) -> Option<(u64, oneshot::Receiver<R>)> {
         if self.dead.load(Ordering::Acquire) {
             return None;
         }

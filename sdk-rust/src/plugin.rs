@@ -31,7 +31,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// What a handler returns.
 pub type HandlerResult = Result<Bytes, Error>;
 
-type Handler = Arc<dyn Fn(Context, Bytes) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(Context, Bytes) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync,
+>;
 
 /// A plugin: a name and the services it provides.
 #[derive(Clone)]
@@ -104,8 +106,9 @@ impl Plugin {
         self.provide(service, move |ctx, payload| {
             let handler = handler.clone();
             async move {
-                let args: T = serde_json::from_slice(&payload)
-                    .map_err(|e| Error::invalid_argument(format!("arguments are not the expected JSON: {e}")))?;
+                let args: T = serde_json::from_slice(&payload).map_err(|e| {
+                    Error::invalid_argument(format!("arguments are not the expected JSON: {e}"))
+                })?;
                 let out = handler(ctx, args).await?;
                 Ok(Bytes::from(serde_json::to_vec(&out)?))
             }
@@ -116,7 +119,8 @@ impl Plugin {
     /// (`""` for calls without a method).
     pub fn schema(mut self, service: &str, method: &str, schema: &str) -> Plugin {
         if let Some(s) = self.services.iter_mut().find(|s| s.name == service) {
-            s.method_schemas.insert(method.to_owned(), schema.to_owned());
+            s.method_schemas
+                .insert(method.to_owned(), schema.to_owned());
         }
         self
     }
@@ -149,7 +153,13 @@ impl Plugin {
             client,
         });
         kernel
-            .register_local(&self.name, self.services, adapter, self.mode, self.max_concurrency)
+            .register_local(
+                &self.name,
+                self.services,
+                adapter,
+                self.mode,
+                self.max_concurrency,
+            )
             .map_err(|e| Error::from(e.into_failure()))
     }
 
@@ -232,7 +242,10 @@ impl Plugin {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
             };
             let Some(frame) = frame else {
-                return Err(Error::new(tonic::Code::Unavailable, "the kernel closed the session"));
+                return Err(Error::new(
+                    tonic::Code::Unavailable,
+                    "the kernel closed the session",
+                ));
             };
             for id in frame.cancels {
                 if let Some(r) = running.lock().remove(&id) {
@@ -265,8 +278,16 @@ impl Plugin {
     ) {
         let id = inv.call_id;
         let cancel = CancellationToken::new();
-        let deadline = (inv.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(inv.timeout_us));
-        let ctx = Context::remote(client.clone(), inv.service.clone(), inv.method, inv.headers, deadline, cancel.clone());
+        let deadline =
+            (inv.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(inv.timeout_us));
+        let ctx = Context::remote(
+            client.clone(),
+            inv.service.clone(),
+            inv.method,
+            inv.headers,
+            deadline,
+            cancel.clone(),
+        );
         let handler = self.handlers.get(&inv.service).cloned();
         let tx = tx.clone();
         let map = running.clone();
@@ -337,12 +358,19 @@ async fn run_handler(
     max_reply: usize,
 ) -> Result<Bytes, Failure> {
     let Some(handler) = handler else {
-        return Err(Error::new(tonic::Code::Unimplemented, format!("this plugin does not provide `{service}`")).into_failure());
+        return Err(Error::new(
+            tonic::Code::Unimplemented,
+            format!("this plugin does not provide `{service}`"),
+        )
+        .into_failure());
     };
     match AssertUnwindSafe(handler(ctx, payload)).catch_unwind().await {
         Ok(Ok(bytes)) if bytes.len() > max_reply => Err(Error::new(
             tonic::Code::OutOfRange,
-            format!("reply of {} bytes exceeds the limit of {max_reply} bytes", bytes.len()),
+            format!(
+                "reply of {} bytes exceeds the limit of {max_reply} bytes",
+                bytes.len()
+            ),
         )
         .into_failure()),
         Ok(Ok(bytes)) => Ok(bytes),

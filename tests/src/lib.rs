@@ -69,14 +69,18 @@ impl Node {
     pub async fn wait_providers(&self, service: &str, n: usize) {
         let k = self.kernel.clone();
         let s = service.to_owned();
-        wait_until(Duration::from_secs(20), &format!("{n} providers of {service}"), move || {
-            k.registry.pool(&s).map_or(0, |p| p.instances.len()) == n
-        })
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{n} providers of {service}"),
+            move || k.registry.pool(&s).map_or(0, |p| p.instances.len()) == n,
+        )
         .await;
     }
 
     /// A raw generated gRPC client.
-    pub async fn raw(&self) -> kernel_proto::v1::kernel_client::KernelClient<tonic::transport::Channel> {
+    pub async fn raw(
+        &self,
+    ) -> kernel_proto::v1::kernel_client::KernelClient<tonic::transport::Channel> {
         kernel_proto::v1::kernel_client::KernelClient::connect(self.url.clone())
             .await
             .expect("connect raw client")
@@ -102,7 +106,10 @@ impl Drop for Node {
 pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -162,10 +169,7 @@ impl PluginProcess {
 /// `deps/` folder for every integration test of this package.
 fn plugin_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     dir.join("test-plugin")
 }
 

@@ -23,13 +23,21 @@ async fn out_of_process_round_trip_unary_and_stream() {
     let _p = PluginProcess::spawn(&node, &["--service", "test.echo", "--mode", "echo"]);
     node.wait_providers("test.echo", 1).await;
 
-    let r = node.raw().await.call(unary("test.echo", b"hello")).await.expect("unary call");
+    let r = node
+        .raw()
+        .await
+        .call(unary("test.echo", b"hello"))
+        .await
+        .expect("unary call");
     assert_eq!(&r.get_ref().payload[..], b"hello");
 
     let client = node.client();
     for i in 0..50 {
         let body = format!("stream-{i}");
-        let out = client.call("test.echo", body.clone()).await.expect("stream call");
+        let out = client
+            .call("test.echo", body.clone())
+            .await
+            .expect("stream call");
         assert_eq!(out, Bytes::from(body));
     }
 }
@@ -44,11 +52,28 @@ async fn in_process_round_trip_local_and_remote_callers() {
         .attach(&node.kernel)
         .expect("attach");
     let local = Client::in_process(node.kernel.clone());
-    assert_eq!(local.call("local.upper", "abc").await.expect("in-process call"), "ABC");
+    assert_eq!(
+        local
+            .call("local.upper", "abc")
+            .await
+            .expect("in-process call"),
+        "ABC"
+    );
     // A remote caller reaches the in-process provider through the same router.
     let remote = node.client();
-    assert_eq!(remote.call("local.upper", "xyz").await.expect("remote call"), "XYZ");
-    let r = node.raw().await.call(unary("local.upper", b"q")).await.expect("unary");
+    assert_eq!(
+        remote
+            .call("local.upper", "xyz")
+            .await
+            .expect("remote call"),
+        "XYZ"
+    );
+    let r = node
+        .raw()
+        .await
+        .call(unary("local.upper", b"q"))
+        .await
+        .expect("unary");
     assert_eq!(&r.get_ref().payload[..], b"Q");
 }
 
@@ -64,10 +89,19 @@ async fn in_process_caller_reaches_out_of_process_provider() {
 #[tokio::test]
 async fn unknown_service_is_not_found_naming_it() {
     let node = Node::start().await;
-    let err = node.raw().await.call(unary("nobody.home", b"")).await.expect_err("no provider");
+    let err = node
+        .raw()
+        .await
+        .call(unary("nobody.home", b""))
+        .await
+        .expect_err("no provider");
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nobody.home"), "{}", err.message());
-    let err = node.client().call("nobody.home", "").await.expect_err("no provider");
+    let err = node
+        .client()
+        .call("nobody.home", "")
+        .await
+        .expect_err("no provider");
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -100,7 +134,11 @@ async fn deadline_exceeded_unary_and_stream() {
         timeout: Some(Duration::from_millis(150)),
         ..Default::default()
     };
-    let err = node.client().call_with("test.hang", "", opts).await.expect_err("deadline");
+    let err = node
+        .client()
+        .call_with("test.hang", "", opts)
+        .await
+        .expect_err("deadline");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     p.expect_line("CANCELLED", Duration::from_secs(2)).await;
 }
@@ -115,7 +153,10 @@ async fn caller_cancel_reaches_provider() {
     let started = p.expect_line("STARTED", Duration::from_secs(5)).await;
     call.abort();
     let cancelled = p.expect_line("CANCELLED", Duration::from_secs(2)).await;
-    assert_eq!(started.replace("STARTED", ""), cancelled.replace("CANCELLED", ""));
+    assert_eq!(
+        started.replace("STARTED", ""),
+        cancelled.replace("CANCELLED", "")
+    );
 
     // The same through a unary caller that goes away.
     let mut raw = node.raw().await;
@@ -130,10 +171,19 @@ async fn provider_errors_keep_code_and_message() {
     let node = Node::start().await;
     let _p = PluginProcess::spawn(&node, &["--service", "test.fail", "--mode", "fail"]);
     node.wait_providers("test.fail", 1).await;
-    let err = node.client().call("test.fail", "").await.expect_err("fails");
+    let err = node
+        .client()
+        .call("test.fail", "")
+        .await
+        .expect_err("fails");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("stock table locked"), "{err}");
-    let err = node.raw().await.call(unary("test.fail", b"")).await.expect_err("fails");
+    let err = node
+        .raw()
+        .await
+        .call(unary("test.fail", b""))
+        .await
+        .expect_err("fails");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("stock table locked"));
 }
@@ -147,7 +197,10 @@ async fn oversized_payload_gets_out_of_range() {
     node.wait_providers("test.echo", 1).await;
     let client = node.client();
     // Just over the limit: refused by the router with the sizes named.
-    let err = client.call("test.echo", vec![0u8; 64 * 1024 + 1]).await.expect_err("too big");
+    let err = client
+        .call("test.echo", vec![0u8; 64 * 1024 + 1])
+        .await
+        .expect_err("too big");
     assert_eq!(err.code(), Code::OutOfRange, "{err}");
     assert!(err.message().contains("exceeds the limit"), "{err}");
     // Far over: refused by the transport limit, same code; the stream is
@@ -159,7 +212,13 @@ async fn oversized_payload_gets_out_of_range() {
         .await
         .expect_err("way too big");
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert_eq!(client.call("test.echo", "small").await.expect("still serving"), "small");
+    assert_eq!(
+        client
+            .call("test.echo", "small")
+            .await
+            .expect("still serving"),
+        "small"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +227,17 @@ async fn concurrency_queue_full_is_resource_exhausted() {
     config.router.queue_limit = 1;
     config.router.queue_timeout_ms = 300;
     let node = Node::start_with(config).await;
-    let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang", "--concurrency", "1"]);
+    let mut p = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "test.hang",
+            "--mode",
+            "hang",
+            "--concurrency",
+            "1",
+        ],
+    );
     node.wait_providers("test.hang", 1).await;
     let client = node.client();
     let c1 = client.clone();
@@ -178,10 +247,12 @@ async fn concurrency_queue_full_is_resource_exhausted() {
     let c2 = client.clone();
     let second = tokio::spawn(async move { c2.call("test.hang", "").await });
     kernel_tests::wait_until(Duration::from_secs(5), "a queued call", || {
-        node.kernel
-            .registry
-            .pool("test.hang")
-            .is_some_and(|p| p.instances[0].waiting.load(std::sync::atomic::Ordering::Relaxed) == 1)
+        node.kernel.registry.pool("test.hang").is_some_and(|p| {
+            p.instances[0]
+                .waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+        })
     })
     .await;
     let err = client.call("test.hang", "").await.expect_err("queue full");
@@ -209,5 +280,11 @@ async fn handler_panic_is_internal_for_that_call_only() {
     let err = client.call("p.maybe", "panic").await.expect_err("panics");
     assert_eq!(err.code(), Code::Internal);
     assert!(err.message().contains("blew up"), "{err}");
-    assert_eq!(client.call("p.maybe", "fine").await.expect("next call fine"), "fine");
+    assert_eq!(
+        client
+            .call("p.maybe", "fine")
+            .await
+            .expect("next call fine"),
+        "fine"
+    );
 }

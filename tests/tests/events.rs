@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kernel_node::config::Config;
 use kernel_sdk::{Client, Event, SubscribeOptions, Subscriber};
-use kernel_tests::{wait_until, Node, PluginProcess};
+use kernel_tests::{Node, PluginProcess};
 use tonic::Code;
 
 /// Drains whatever arrives within `quiet` of the last event.
@@ -32,10 +32,19 @@ async fn wildcard_semantics_table() {
     let patterns = ["order.*", "order.>", "*.created", "order.created"];
     let mut subs = Vec::new();
     for p in patterns {
-        subs.push(client.subscriber(SubscribeOptions::new(p)).await.expect("subscribe"));
+        subs.push(
+            client
+                .subscriber(SubscribeOptions::new(p))
+                .await
+                .expect("subscribe"),
+        );
     }
     let mut multi = client
-        .subscriber(SubscribeOptions::new("order.*").pattern("*.created").pattern("order.>"))
+        .subscriber(
+            SubscribeOptions::new("order.*")
+                .pattern("*.created")
+                .pattern("order.>"),
+        )
         .await
         .expect("multi-pattern subscribe");
     for t in ["order.created", "order.a.b", "order", "user.created"] {
@@ -48,27 +57,50 @@ async fn wildcard_semantics_table() {
         &["order.created"],
     ];
     for ((p, sub), want) in patterns.iter().zip(subs.iter_mut()).zip(want) {
-        let got: Vec<String> = drain(sub, Duration::from_millis(200)).await.into_iter().map(|e| e.topic).collect();
+        let got: Vec<String> = drain(sub, Duration::from_millis(200))
+            .await
+            .into_iter()
+            .map(|e| e.topic)
+            .collect();
         assert_eq!(got, want, "pattern {p}");
     }
-    let got: Vec<String> = drain(&mut multi, Duration::from_millis(200)).await.into_iter().map(|e| e.topic).collect();
-    assert_eq!(got, ["order.created", "order.a.b", "user.created"], "each event once");
+    let got: Vec<String> = drain(&mut multi, Duration::from_millis(200))
+        .await
+        .into_iter()
+        .map(|e| e.topic)
+        .collect();
+    assert_eq!(
+        got,
+        ["order.created", "order.a.b", "user.created"],
+        "each event once"
+    );
 }
 
 #[tokio::test]
 async fn invalid_topics_and_patterns_name_the_token() {
     let node = Node::start().await;
     let client = node.client();
-    for (topic, needle) in [("order..x", "token 2"), ("order.*", "wildcard"), ("a b", "`a b`"), ("", "empty")] {
+    for (topic, needle) in [
+        ("order..x", "token 2"),
+        ("order.*", "wildcard"),
+        ("a b", "`a b`"),
+        ("", "empty"),
+    ] {
         let err = client.publish(topic, "x").await.expect_err(topic);
         assert_eq!(err.code(), Code::InvalidArgument, "{topic}");
         assert!(err.message().contains(needle), "{topic}: {err}");
     }
-    let err = client.subscriber(SubscribeOptions::new("a.>.b")).await.expect_err("> not last");
+    let err = client
+        .subscriber(SubscribeOptions::new("a.>.b"))
+        .await
+        .expect_err("> not last");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("`>`"), "{err}");
     let long = vec!["t"; 40].join(".");
-    let err = client.publish(&long, "x").await.expect_err("too many tokens");
+    let err = client
+        .publish(&long, "x")
+        .await
+        .expect_err("too many tokens");
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -80,13 +112,19 @@ async fn queue_group_members_share_3000_events_exactly_once() {
     for i in 0..3 {
         members.push(
             client
-                .subscriber(SubscribeOptions::new("jobs.*").queue_group("workers").name(&format!("w{i}")))
+                .subscriber(
+                    SubscribeOptions::new("jobs.*")
+                        .queue_group("workers")
+                        .name(&format!("w{i}")),
+                )
                 .await
                 .expect("join group"),
         );
     }
     let publisher = client.publisher().await.expect("publisher");
-    let acks: Vec<_> = (0..3000).map(|i| publisher.send("jobs.run", i.to_string(), None)).collect();
+    let acks: Vec<_> = (0..3000)
+        .map(|i| publisher.send("jobs.run", i.to_string(), None))
+        .collect();
     for a in futures::future::join_all(acks).await {
         assert_eq!(a.expect("accepted").matched, 1, "a group counts once");
     }
@@ -100,7 +138,10 @@ async fn queue_group_members_share_3000_events_exactly_once() {
         }
     }
     assert_eq!(seen.len(), 3000, "per member: {per_member:?}");
-    assert!(per_member.iter().all(|n| *n > 500), "uneven: {per_member:?}");
+    assert!(
+        per_member.iter().all(|n| *n > 500),
+        "uneven: {per_member:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,24 +171,39 @@ async fn slow_subscriber_loses_nothing_and_publisher_waits_then_fails_on_short_d
     let mut expected = 0usize;
     while expected < N {
         let e = next(&mut sub).await;
-        let n: usize = std::str::from_utf8(&e.payload).expect("utf8").parse().expect("number");
+        let n: usize = std::str::from_utf8(&e.payload)
+            .expect("utf8")
+            .parse()
+            .expect("number");
         assert_eq!(n, expected, "events arrive complete and in order");
         expected += 1;
-        if expected % 2_000 == 0 {
+        if expected.is_multiple_of(2_000) {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let b = kernel.broker.subscriptions().iter().map(|s| s.buffered()).max().unwrap_or(0);
+            let b = kernel
+                .broker
+                .subscriptions()
+                .iter()
+                .map(|s| s.buffered())
+                .max()
+                .unwrap_or(0);
             max_buffered = max_buffered.max(b);
         }
     }
     pub_task.await.expect("publisher finished");
     assert_eq!(expected, N, "zero lost");
-    assert!(max_buffered >= 500, "the buffer filled (publisher had to wait): max {max_buffered}");
+    assert!(
+        max_buffered >= 500,
+        "the buffer filled (publisher had to wait): max {max_buffered}"
+    );
 
     // Stop reading: fill the buffer, then a short deadline fails naming the subscription.
     let mut short_err = None;
     let big = "x".repeat(4096);
     for _ in 0..50_000 {
-        match client.publish_with_timeout("load.y", big.clone(), Duration::from_millis(50)).await {
+        match client
+            .publish_with_timeout("load.y", big.clone(), Duration::from_millis(50))
+            .await
+        {
             Ok(_) => continue,
             Err(e) => {
                 short_err = Some(e);
@@ -176,14 +232,21 @@ async fn nack_and_ack_timeout_redeliver_then_dead_letter() {
         )
         .await
         .expect("subscribe");
-    let mut dlq = client.subscriber(SubscribeOptions::new("$dlq.>")).await.expect("dlq subscribe");
+    let mut dlq = client
+        .subscriber(SubscribeOptions::new("$dlq.>"))
+        .await
+        .expect("dlq subscribe");
 
     client.publish("pay.nack", "n").await.expect("publish");
     let e = next(&mut sub).await;
     assert_eq!(e.attempt, 1);
     sub.nack(&e, Duration::ZERO);
     let e = next(&mut sub).await;
-    assert_eq!((e.topic.as_str(), e.attempt), ("pay.nack", 2), "redelivered on nack");
+    assert_eq!(
+        (e.topic.as_str(), e.attempt),
+        ("pay.nack", 2),
+        "redelivered on nack"
+    );
     sub.ack(&e);
 
     client.publish("pay.timeout", "t").await.expect("publish");
@@ -191,15 +254,26 @@ async fn nack_and_ack_timeout_redeliver_then_dead_letter() {
     assert_eq!(e.attempt, 1);
     // No ack: it comes back after ack_wait, twice more, then goes to the DLQ.
     let e2 = next(&mut sub).await;
-    assert_eq!((e2.id.as_str(), e2.attempt), (e.id.as_str(), 2), "redelivered after ack wait");
+    assert_eq!(
+        (e2.id.as_str(), e2.attempt),
+        (e.id.as_str(), 2),
+        "redelivered after ack wait"
+    );
     let e3 = next(&mut sub).await;
     assert_eq!(e3.attempt, 3);
     let dead = next(&mut dlq).await;
     assert_eq!(dead.topic, "$dlq.pay.timeout");
     assert_eq!(dead.id, e.id);
-    assert_eq!(dead.headers.get("x-kernel-dlq-attempts").map(String::as_str), Some("3"));
+    assert_eq!(
+        dead.headers
+            .get("x-kernel-dlq-attempts")
+            .map(String::as_str),
+        Some("3")
+    );
     assert!(
-        dead.headers.get("x-kernel-dlq-reason").is_some_and(|r| r.contains("ack timeout")),
+        dead.headers
+            .get("x-kernel-dlq-reason")
+            .is_some_and(|r| r.contains("ack timeout")),
         "{:?}",
         dead.headers
     );
@@ -212,7 +286,10 @@ async fn nack_and_ack_timeout_redeliver_then_dead_letter() {
     }
     let dead = next(&mut dlq).await;
     assert_eq!(dead.topic, "$dlq.pay.bad");
-    assert!(dead.headers.get("x-kernel-dlq-reason").is_some_and(|r| r.contains("nack")));
+    assert!(dead
+        .headers
+        .get("x-kernel-dlq-reason")
+        .is_some_and(|r| r.contains("nack")));
 }
 
 #[tokio::test]
@@ -221,15 +298,34 @@ async fn killed_queue_member_hands_unacked_events_to_its_peer() {
     let client = node.client();
     let mut victim = PluginProcess::spawn(
         &node,
-        &["--subscribe", "ship.*", "--group", "shippers", "--explicit", "--no-ack", "--name", "victim"],
+        &[
+            "--subscribe",
+            "ship.*",
+            "--group",
+            "shippers",
+            "--explicit",
+            "--no-ack",
+            "--name",
+            "victim",
+        ],
     );
-    victim.expect_line("SUBSCRIBED", Duration::from_secs(10)).await;
+    victim
+        .expect_line("SUBSCRIBED", Duration::from_secs(10))
+        .await;
     let mut peer = client
-        .subscriber(SubscribeOptions::new("ship.*").queue_group("shippers").explicit_ack().name("peer"))
+        .subscriber(
+            SubscribeOptions::new("ship.*")
+                .queue_group("shippers")
+                .explicit_ack()
+                .name("peer"),
+        )
         .await
         .expect("peer joins");
     for i in 0..100 {
-        client.publish("ship.order", i.to_string()).await.expect("publish");
+        client
+            .publish("ship.order", i.to_string())
+            .await
+            .expect("publish");
     }
     // The victim received its share and acked none of it.
     victim.expect_line("EVENT", Duration::from_secs(5)).await;
@@ -253,10 +349,15 @@ async fn killed_queue_member_hands_unacked_events_to_its_peer() {
 async fn per_subscription_order_for_one_publisher_in_process_and_remote() {
     let node = Node::start().await;
     for client in [node.client(), Client::in_process(node.kernel.clone())] {
-        let mut sub = client.subscriber(SubscribeOptions::new("seq.>")).await.expect("subscribe");
+        let mut sub = client
+            .subscriber(SubscribeOptions::new("seq.>"))
+            .await
+            .expect("subscribe");
         let publisher = client.publisher().await.expect("publisher");
         let publishing = tokio::spawn(async move {
-            let acks: Vec<_> = (0..20_000).map(|i| publisher.send("seq.n", i.to_string(), None)).collect();
+            let acks: Vec<_> = (0..20_000)
+                .map(|i| publisher.send("seq.n", i.to_string(), None))
+                .collect();
             for a in futures::future::join_all(acks).await {
                 a.expect("accepted");
             }
@@ -272,6 +373,10 @@ async fn per_subscription_order_for_one_publisher_in_process_and_remote() {
 #[tokio::test]
 async fn events_without_subscribers_match_zero() {
     let node = Node::start().await;
-    let r = node.client().publish("nobody.listens", "x").await.expect("publish ok");
+    let r = node
+        .client()
+        .publish("nobody.listens", "x")
+        .await
+        .expect("publish ok");
     assert_eq!(r.matched, 0);
 }

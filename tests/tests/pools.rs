@@ -12,15 +12,41 @@ use tonic::Code;
 #[tokio::test]
 async fn two_providers_share_load() {
     let node = Node::start().await;
-    let _a = PluginProcess::spawn(&node, &["--service", "lb.who", "--mode", "whoami", "--instance", "a", "--delay-ms", "5"]);
-    let _b = PluginProcess::spawn(&node, &["--service", "lb.who", "--mode", "whoami", "--instance", "b", "--delay-ms", "5"]);
+    let _a = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "lb.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "a",
+            "--delay-ms",
+            "5",
+        ],
+    );
+    let _b = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "lb.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "b",
+            "--delay-ms",
+            "5",
+        ],
+    );
     node.wait_providers("lb.who", 2).await;
     let client = node.client();
     let answers = join_all((0..400).map(|_| client.call("lb.who", ""))).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for a in answers {
         let who = a.expect("call succeeds");
-        *counts.entry(String::from_utf8_lossy(&who).into_owned()).or_default() += 1;
+        *counts
+            .entry(String::from_utf8_lossy(&who).into_owned())
+            .or_default() += 1;
     }
     let a = counts.get("a").copied().unwrap_or(0);
     let b = counts.get("b").copied().unwrap_or(0);
@@ -33,7 +59,18 @@ async fn replace_during_1000_calls_in_flight_loses_none() {
     let node = Node::start().await;
     let mut old = PluginProcess::spawn(
         &node,
-        &["--service", "swap.who", "--mode", "whoami", "--instance", "old", "--delay-ms", "500", "--concurrency", "2000"],
+        &[
+            "--service",
+            "swap.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "old",
+            "--delay-ms",
+            "500",
+            "--concurrency",
+            "2000",
+        ],
     );
     node.wait_providers("swap.who", 1).await;
     let client = node.client();
@@ -44,26 +81,51 @@ async fn replace_during_1000_calls_in_flight_loses_none() {
         })
         .collect();
     let k = node.kernel.clone();
-    wait_until(Duration::from_secs(10), "1000 calls in flight on the old instance", move || {
-        k.registry
-            .pool("swap.who")
-            .is_some_and(|p| p.instances[0].in_flight.load(std::sync::atomic::Ordering::Relaxed) == 1000)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "1000 calls in flight on the old instance",
+        move || {
+            k.registry.pool("swap.who").is_some_and(|p| {
+                p.instances[0]
+                    .in_flight
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 1000
+            })
+        },
+    )
     .await;
-    let _new = PluginProcess::spawn(&node, &["--service", "swap.who", "--mode", "whoami", "--instance", "new", "--replace"]);
+    let _new = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "swap.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "new",
+            "--replace",
+        ],
+    );
     let k = node.kernel.clone();
-    wait_until(Duration::from_secs(10), "the new instance alone in the pool", move || {
-        k.registry
-            .pool("swap.who")
-            .is_some_and(|p| p.instances.len() == 1 && &*p.instances[0].id == "new")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the new instance alone in the pool",
+        move || {
+            k.registry
+                .pool("swap.who")
+                .is_some_and(|p| p.instances.len() == 1 && &*p.instances[0].id == "new")
+        },
+    )
     .await;
     // New calls go to the new instance at once.
     assert_eq!(client.call("swap.who", "").await.expect("new call"), "new");
     // Every call that was in flight completes on the old one.
     let mut old_answers = 0;
     for h in in_flight {
-        let r = h.await.expect("join").expect("in-flight call survives the swap");
+        let r = h
+            .await
+            .expect("join")
+            .expect("in-flight call survives the swap");
         assert_eq!(r, "old");
         old_answers += 1;
     }
@@ -92,16 +154,45 @@ async fn killed_provider_fails_in_flight_calls_fast_and_node_keeps_serving() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(err.message().contains("disconnected"), "{err}");
     // Gone from the registry; others unaffected.
-    let err = client.call("crash.hang", "").await.expect_err("no provider left");
+    let err = client
+        .call("crash.hang", "")
+        .await
+        .expect_err("no provider left");
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(client.call("crash.echo", "still").await.expect("node serves"), "still");
+    assert_eq!(
+        client
+            .call("crash.echo", "still")
+            .await
+            .expect("node serves"),
+        "still"
+    );
 }
 
 #[tokio::test]
 async fn killed_pool_member_is_never_chosen_again() {
     let node = Node::start().await;
-    let mut a = PluginProcess::spawn(&node, &["--service", "pool.who", "--mode", "whoami", "--instance", "a"]);
-    let _b = PluginProcess::spawn(&node, &["--service", "pool.who", "--mode", "whoami", "--instance", "b"]);
+    let mut a = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "pool.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "a",
+        ],
+    );
+    let _b = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "pool.who",
+            "--mode",
+            "whoami",
+            "--instance",
+            "b",
+        ],
+    );
     node.wait_providers("pool.who", 2).await;
     a.kill().await;
     node.wait_providers("pool.who", 1).await;
@@ -118,12 +209,16 @@ async fn garbage_instead_of_http2_does_not_hurt_the_node() {
     node.wait_providers("g.echo", 1).await;
     let garbage: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
         vec![0u8; 1 << 16],
     ];
     for g in garbage {
-        let mut s = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(node.addr)
+            .await
+            .expect("connect");
         let _ = s.write_all(&g).await;
         let _ = s.flush().await;
         // Leave some half-open, close others.
@@ -137,7 +232,10 @@ async fn garbage_instead_of_http2_does_not_hurt_the_node() {
         .expect("connect");
     for (path, body) in [
         ("/kernel.v1.Kernel/Call", vec![0xff; 32]),
-        ("/kernel.v1.Kernel/Call", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+        (
+            "/kernel.v1.Kernel/Call",
+            vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ),
         ("/kernel.v1.Kernel/Publish", vec![0x12, 0x80]),
         ("/kernel.v1.Kernel/NoSuchMethod", vec![1, 2, 3]),
     ] {
@@ -152,7 +250,10 @@ async fn garbage_instead_of_http2_does_not_hurt_the_node() {
             .await
             .expect_err("garbage is refused");
         assert!(
-            matches!(status.code(), Code::Internal | Code::InvalidArgument | Code::Unimplemented),
+            matches!(
+                status.code(),
+                Code::Internal | Code::InvalidArgument | Code::Unimplemented
+            ),
             "{path}: {status:?}"
         );
     }
@@ -162,8 +263,17 @@ async fn garbage_instead_of_http2_does_not_hurt_the_node() {
         payload: vec![0xff; 16].into(),
         ..Default::default()
     };
-    assert_eq!(&raw.call(req).await.expect("serves").get_ref().payload[..], &[0xff; 16]);
-    assert_eq!(node.client().call("g.echo", "ok").await.expect("still serving"), "ok");
+    assert_eq!(
+        &raw.call(req).await.expect("serves").get_ref().payload[..],
+        &[0xff; 16]
+    );
+    assert_eq!(
+        node.client()
+            .call("g.echo", "ok")
+            .await
+            .expect("still serving"),
+        "ok"
+    );
 }
 
 /// A codec that sends and receives raw bytes, to put arbitrary bodies in

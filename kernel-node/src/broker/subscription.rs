@@ -259,7 +259,9 @@ impl Subscription {
                 };
                 let n = max.min(window).min(s.queue.len());
                 for _ in 0..n {
-                    let Some(mut q) = s.queue.pop_front() else { break };
+                    let Some(mut q) = s.queue.pop_front() else {
+                        break;
+                    };
                     q.attempts += 1;
                     s.next_delivery += 1;
                     let id = s.next_delivery;
@@ -329,7 +331,11 @@ impl Subscription {
             }
         }
         // Redeliveries go first, oldest event first.
-        back.sort_by(|a, b| a.event.publish_time_unix_ns.cmp(&b.event.publish_time_unix_ns));
+        back.sort_by(|a, b| {
+            a.event
+                .publish_time_unix_ns
+                .cmp(&b.event.publish_time_unix_ns)
+        });
         for q in back.into_iter().rev() {
             s.queue.push_front(q);
         }
@@ -341,8 +347,12 @@ impl Subscription {
         let mut s = self.state.lock();
         s.closed = true;
         let mut out: Vec<Queued> = s.unacked.drain().map(|(_, (q, _))| q).collect();
-        out.sort_by(|a, b| a.event.publish_time_unix_ns.cmp(&b.event.publish_time_unix_ns));
-        out.extend(s.delayed.drain(..));
+        out.sort_by(|a, b| {
+            a.event
+                .publish_time_unix_ns
+                .cmp(&b.event.publish_time_unix_ns)
+        });
+        out.append(&mut s.delayed);
         out.extend(s.queue.drain(..));
         drop(s);
         self.wake.notify_waiters();
@@ -354,7 +364,10 @@ impl Subscription {
 fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
     let e = &q.event;
     let mut headers = e.headers.clone();
-    headers.insert(crate::context::headers::CONTEXT.to_owned(), q.context.clone());
+    headers.insert(
+        crate::context::headers::CONTEXT.to_owned(),
+        q.context.clone(),
+    );
     pb::Event {
         id: e.id.clone(),
         topic: e.topic.clone(),

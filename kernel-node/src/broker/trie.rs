@@ -37,7 +37,10 @@ impl<V> Default for Level<V> {
 
 impl<V> Level<V> {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty() && self.star.is_none() && self.here.is_empty() && self.tail.is_empty()
+        self.literal.is_empty()
+            && self.star.is_none()
+            && self.here.is_empty()
+            && self.tail.is_empty()
     }
 }
 
@@ -229,7 +232,11 @@ mod tests {
     }
 
     fn token() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("c".to_string())
+        ]
     }
 
     fn pattern() -> impl Strategy<Value = String> {

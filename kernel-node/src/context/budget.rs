@@ -140,7 +140,9 @@ impl Budget {
         let mut out = format!(
             "calls={},depth={},events={}",
             rem(&self.calls_limit, &self.calls_used),
-            self.depth_limit.load(Ordering::Relaxed).saturating_sub(depth),
+            self.depth_limit
+                .load(Ordering::Relaxed)
+                .saturating_sub(depth),
             rem(&self.events_limit, &self.events_used),
         );
         let custom = self.custom.lock();

@@ -24,7 +24,10 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn list_plugins(&self, _: Request<pb::ListPluginsRequest>) -> Result<Response<pb::ListPluginsResponse>, Status> {
+    async fn list_plugins(
+        &self,
+        _: Request<pb::ListPluginsRequest>,
+    ) -> Result<Response<pb::ListPluginsResponse>, Status> {
         let plugins = self
             .kernel
             .registry
@@ -46,7 +49,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListPluginsResponse { plugins }))
     }
 
-    async fn list_services(&self, _: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let services = self
             .kernel
             .registry
@@ -84,10 +90,15 @@ impl Admin for AdminService {
                 unacked: s.unacked() as u32,
             })
             .collect();
-        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
     }
 
-    async fn get_context(&self, req: Request<pb::GetContextRequest>) -> Result<Response<pb::GetContextResponse>, Status> {
+    async fn get_context(
+        &self,
+        req: Request<pb::GetContextRequest>,
+    ) -> Result<Response<pb::GetContextResponse>, Status> {
         let nodes = self
             .kernel
             .contexts
@@ -117,7 +128,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::CancelContextResponse { cancelled }))
     }
 
-    async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let s = &self.kernel.stats;
         Ok(Response::new(pb::StatsResponse {
             calls: Stats::get(&s.calls),

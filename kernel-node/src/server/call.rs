@@ -17,7 +17,10 @@ use crate::server::batch::batched;
 use crate::server::metadata;
 
 /// A unary call: context from metadata.
-pub(crate) async fn unary(kernel: &Kernel, req: Request<pb::CallRequest>) -> Result<pb::CallResponse, Status> {
+pub(crate) async fn unary(
+    kernel: &Kernel,
+    req: Request<pb::CallRequest>,
+) -> Result<pb::CallResponse, Status> {
     let meta = req.metadata();
     let headers = metadata::headers_from(meta);
     let parent = metadata::parent_from(&headers);

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use kernel_proto::v1::{self as pb, AckMode, PublishStreamDown, PublishStreamUp, SubscribeDown, SubscribeUp};
+use kernel_proto::v1::{
+    self as pb, AckMode, PublishStreamDown, PublishStreamUp, SubscribeDown, SubscribeUp,
+};
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
 
@@ -19,7 +21,10 @@ use crate::server::metadata;
 const DELIVERY_BATCH: usize = 256;
 
 /// A unary publish: context from metadata.
-pub(crate) async fn publish(kernel: &Kernel, req: Request<pb::PublishRequest>) -> Result<pb::PublishResponse, Status> {
+pub(crate) async fn publish(
+    kernel: &Kernel,
+    req: Request<pb::PublishRequest>,
+) -> Result<pb::PublishResponse, Status> {
     let meta = req.metadata();
     let ctx = metadata::headers_from(meta);
     let parent = metadata::parent_from(&ctx);
@@ -49,10 +54,10 @@ pub(crate) async fn publish(kernel: &Kernel, req: Request<pb::PublishRequest>) -
 /// the events budget is charged to the right tree.
 fn resolve(kernel: &Kernel, parent: crate::context::Parent) -> crate::context::Parent {
     match parent {
-        crate::context::Parent::Path(p) => kernel
-            .contexts
-            .find(&p)
-            .map_or(crate::context::Parent::Path(p), crate::context::Parent::Node),
+        crate::context::Parent::Path(p) => kernel.contexts.find(&p).map_or(
+            crate::context::Parent::Path(p),
+            crate::context::Parent::Node,
+        ),
         other => other,
     }
 }
@@ -73,9 +78,8 @@ pub(crate) fn publish_stream(
                 let ev = item.event.unwrap_or_default();
                 let headers = ev.headers;
                 let parent = resolve(&kernel, metadata::parent_from(&headers));
-                let deadline = (item.timeout_ms > 0).then(|| {
-                    std::time::Instant::now() + Duration::from_millis(item.timeout_ms)
-                });
+                let deadline = (item.timeout_ms > 0)
+                    .then(|| std::time::Instant::now() + Duration::from_millis(item.timeout_ms));
                 let out = kernel
                     .publish(Publication {
                         topic: ev.topic,
@@ -192,23 +196,26 @@ pub(crate) async fn subscribe(
         events: Vec::new(),
     };
     let state = (kernel, sub, Some(ready), reader_leave);
-    Ok(futures::stream::unfold(state, |(kernel, sub, ready, leave)| async move {
-        if let Some(r) = ready {
-            return Some((Ok(r), (kernel, sub, None, leave)));
-        }
-        loop {
-            let batch = sub.next_batch(DELIVERY_BATCH).await?;
-            for dl in batch.dead {
-                kernel.broker.dead_letter(dl);
+    Ok(futures::stream::unfold(
+        state,
+        |(kernel, sub, ready, leave)| async move {
+            if let Some(r) = ready {
+                return Some((Ok(r), (kernel, sub, None, leave)));
             }
-            if !batch.events.is_empty() {
-                kernel.broker.count_delivered(&batch.events);
-                let frame = SubscribeDown {
-                    ready: None,
-                    events: batch.events,
-                };
-                return Some((Ok(frame), (kernel, sub, None, leave)));
+            loop {
+                let batch = sub.next_batch(DELIVERY_BATCH).await?;
+                for dl in batch.dead {
+                    kernel.broker.dead_letter(dl);
+                }
+                if !batch.events.is_empty() {
+                    kernel.broker.count_delivered(&batch.events);
+                    let frame = SubscribeDown {
+                        ready: None,
+                        events: batch.events,
+                    };
+                    return Some((Ok(frame), (kernel, sub, None, leave)));
+                }
             }
-        }
-    }))
+        },
+    ))
 }

@@ -91,7 +91,11 @@ fn fold_down(items: Vec<Down>) -> ProviderDown {
 /// Reads results until the stream ends, breaks, or goes silent past the
 /// heartbeat timeout; then deregisters the instance and fails its in-flight
 /// calls with `UNAVAILABLE` at once.
-async fn read_results(kernel: Arc<Kernel>, inst: Arc<Instance>, mut inbound: Streaming<ProviderUp>) {
+async fn read_results(
+    kernel: Arc<Kernel>,
+    inst: Arc<Instance>,
+    mut inbound: Streaming<ProviderUp>,
+) {
     let Link::Remote(link) = &inst.link else {
         return;
     };

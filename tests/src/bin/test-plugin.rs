@@ -108,14 +108,23 @@ async fn main() -> Result<(), Error> {
                         }
                         Ok(Bytes::from(serde_json::Value::Array(hops).to_string()))
                     }
-                    "fail" => Err(Error::new(tonic::Code::FailedPrecondition, "boom: stock table locked")),
+                    "fail" => Err(Error::new(
+                        tonic::Code::FailedPrecondition,
+                        "boom: stock table locked",
+                    )),
                     "recurse" => ctx.call(&svc, payload).await,
                     "charge" => {
                         for n in 1..=1_000u64 {
                             if let Err(e) = ctx.charge("sql", 1).await {
                                 // Give the kernel's branch cancel a moment to land.
-                                let cancelled = tokio::time::timeout(Duration::from_secs(2), ctx.cancelled()).await.is_ok();
-                                say(format!("CHARGE_FAILED {n} {} cancelled={cancelled}", ctx.path()));
+                                let cancelled =
+                                    tokio::time::timeout(Duration::from_secs(2), ctx.cancelled())
+                                        .await
+                                        .is_ok();
+                                say(format!(
+                                    "CHARGE_FAILED {n} {} cancelled={cancelled}",
+                                    ctx.path()
+                                ));
                                 return Err(e);
                             }
                         }
@@ -139,14 +148,21 @@ async fn main() -> Result<(), Error> {
 
 async fn subscribe(args: &Args, pattern: &str) -> Result<(), Error> {
     let client = Client::connect(&args.url)?.with_plugin(&args.name);
-    let mut opts = SubscribeOptions::new(pattern).queue_group(&args.group).name(&args.name);
+    let mut opts = SubscribeOptions::new(pattern)
+        .queue_group(&args.group)
+        .name(&args.name);
     if args.explicit {
         opts = opts.explicit_ack().ack_wait(Duration::from_secs(60));
     }
     let mut sub = client.subscriber(opts).await?;
     say("SUBSCRIBED".into());
     while let Some(e) = sub.next().await {
-        say(format!("EVENT {} {} {}", e.id, e.attempt, String::from_utf8_lossy(&e.payload)));
+        say(format!(
+            "EVENT {} {} {}",
+            e.id,
+            e.attempt,
+            String::from_utf8_lossy(&e.payload)
+        ));
         if args.explicit && !args.no_ack {
             sub.ack(&e);
         }

@@ -1,0 +1,1 @@
+//! Example plugins for the kernel node; see the binaries in `src/bin`.
