@@ -49,7 +49,7 @@ pub struct RouterConfig {
     pub max_payload_bytes: usize,
     /// Concurrency an instance gets when its hello says 0.
     pub default_max_concurrency: u32,
-    /// Calls that may wait per service when every instance is at its limit.
+    /// Calls that may wait per instance when it is at its concurrency limit.
     pub queue_limit: usize,
     /// How long a queued call waits for a slot before `RESOURCE_EXHAUSTED`.
     pub queue_timeout_ms: u64,

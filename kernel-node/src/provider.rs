@@ -17,7 +17,6 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::context::Node;
-use crate::error::Error;
 
 /// Header map of a call (same names as gRPC metadata).
 pub type Headers = HashMap<String, String>;
@@ -147,16 +146,16 @@ impl RemoteLink {
         let _ = self.tx.send(Down::Drain(reason));
     }
 
-    /// Marks the session closed and fails every in-flight call with `err`.
-    pub fn close(&self, err: impl Fn() -> Error) {
+    /// Marks the session closed and fails every in-flight call at once:
+    /// dropping the result senders makes each waiting caller report
+    /// `UNAVAILABLE` naming the service it called.
+    pub fn close(&self) {
         let calls = {
             let mut p = self.pending.lock();
             p.closed = true;
             std::mem::take(&mut p.calls)
         };
-        for (_, tx) in calls {
-            let _ = tx.send(Err(err().into_failure()));
-        }
+        drop(calls);
     }
 }
 
@@ -197,6 +196,8 @@ pub struct Instance {
     pub in_flight: AtomicUsize,
     /// Set once the instance was replaced.
     pub draining: AtomicBool,
+    /// Its declared concurrency.
+    pub max_concurrency: usize,
 }
 
 impl Instance {
@@ -217,6 +218,7 @@ impl Instance {
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            max_concurrency,
         }
     }
 

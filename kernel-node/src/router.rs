@@ -253,10 +253,7 @@ impl Router {
                     service: service.to_owned(),
                     detail: format!(
                         "all {} slots of {}/{} busy and {} calls queued (router.queue_limit)",
-                        inst.permits.available_permits(),
-                        inst.plugin,
-                        inst.id,
-                        queued
+                        inst.max_concurrency, inst.plugin, inst.id, queued
                     ),
                 }
                 .into_failure());

@@ -288,3 +288,69 @@ async fn handler_panic_is_internal_for_that_call_only() {
         "fine"
     );
 }
+
+#[tokio::test]
+async fn call_stream_half_close_still_gets_replies_and_duplicate_ids_are_refused() {
+    let node = Node::start().await;
+    let _p = PluginProcess::spawn(
+        &node,
+        &[
+            "--service",
+            "test.slow",
+            "--mode",
+            "echo",
+            "--delay-ms",
+            "100",
+        ],
+    );
+    node.wait_providers("test.slow", 1).await;
+    let frame = |id: u64| pb::CallFrame {
+        id,
+        service: "test.slow".into(),
+        payload: format!("call-{id}").into_bytes().into(),
+        ..Default::default()
+    };
+    // Two calls with the same id, then half-close the sending side.
+    let up = futures::stream::iter(vec![
+        pb::CallStreamUp {
+            calls: vec![frame(1)],
+            cancels: vec![],
+        },
+        pb::CallStreamUp {
+            calls: vec![frame(1), frame(2)],
+            cancels: vec![],
+        },
+    ]);
+    let mut down = node
+        .raw()
+        .await
+        .call_stream(up)
+        .await
+        .expect("open")
+        .into_inner();
+    let mut replies = Vec::new();
+    while let Some(f) = down.message().await.expect("frame") {
+        replies.extend(f.replies);
+        if replies.len() == 3 {
+            break;
+        }
+    }
+    let dup = replies
+        .iter()
+        .find(|r| r.error.is_some())
+        .expect("duplicate refused");
+    let err = dup.error.as_ref().expect("error");
+    assert_eq!(err.code, Code::InvalidArgument as i32);
+    assert!(err.message.contains("already in flight"), "{}", err.message);
+    let mut ok: Vec<String> = replies
+        .iter()
+        .filter(|r| r.error.is_none())
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    ok.sort();
+    assert_eq!(
+        ok,
+        ["call-1", "call-2"],
+        "half-closed stream still answered"
+    );
+}

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tonic::{Request, Status, Streaming};
 
-use crate::error::failure_to_status;
+use crate::error::{failure_to_status, Error};
 use crate::kernel::Kernel;
 use crate::router;
 use crate::server::batch::batched;
@@ -66,7 +66,9 @@ pub(crate) fn stream(
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                // Half-close: the caller sends nothing more but still reads
+                // replies; its calls run to completion.
+                Ok(None) => return,
                 Err(status) => {
                     tracing::debug!(cause = %status.message(), "call stream broke");
                     break;
@@ -109,10 +111,21 @@ fn start(
         caller,
     };
     let kernel = kernel.clone();
-    let tx = tx.clone();
     let map = in_flight.clone();
     // Held across spawn so the task cannot remove its entry before it exists.
     let mut guard = in_flight.lock();
+    if guard.contains_key(&id) {
+        let err = Error::Protocol {
+            detail: format!("call id {id} is already in flight on this stream"),
+        };
+        let _ = tx.send(pb::CallReply {
+            id,
+            error: Some(err.into_failure()),
+            ..Default::default()
+        });
+        return;
+    }
+    let tx = tx.clone();
     let handle = tokio::spawn(async move {
         let reply = match kernel.call(req).await {
             Ok(r) => pb::CallReply {

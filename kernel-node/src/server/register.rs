@@ -124,15 +124,6 @@ async fn read_results(
         }
     };
     kernel.registry.deregister(&inst);
-    let service = inst
-        .services
-        .first()
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    link.close(|| Error::ProviderGone {
-        plugin: inst.plugin.to_string(),
-        instance: inst.id.to_string(),
-        service: service.clone(),
-    });
+    link.close();
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, reason = %why, "provider deregistered");
 }
