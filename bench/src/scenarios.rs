@@ -21,6 +21,12 @@ fn sibling(name: &str) -> PathBuf {
     exe.with_file_name(name)
 }
 
+/// Threads per process: `BENCH_THREADS` (default 1: three processes share
+/// two cores, and one thread each avoids cross-core wake-ups).
+fn worker_threads() -> String {
+    std::env::var("BENCH_THREADS").unwrap_or_else(|_| "1".into())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -29,6 +35,7 @@ fn free_port() -> u16 {
 }
 
 async fn spawn(cmd: &mut Command) -> Child {
+    cmd.env("TOKIO_WORKER_THREADS", worker_threads());
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -113,7 +120,8 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let mut node = spawn(
         Command::new(sibling("kernel-node"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
     )
     .await;
     wait_line(&mut node, "kernel-node listening").await;

@@ -10,7 +10,7 @@
 pub mod budget;
 pub mod headers;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
@@ -137,7 +137,7 @@ impl Contexts {
     /// An empty registry of trees with the node's budget defaults.
     pub fn new(budgets: BudgetConfig) -> Contexts {
         Contexts {
-            roots: Arc::new(Mutex::new(HashMap::new())),
+            roots: Arc::new(Mutex::new(HashMap::default())),
             budgets,
         }
     }
@@ -241,7 +241,7 @@ impl Contexts {
             traceparent: spec
                 .traceparent
                 .map_or_else(headers::new_traceparent, str::to_owned),
-            nodes: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::default()),
             roots: Arc::downgrade(&self.roots),
             next_top: AtomicU32::new(0),
         }

@@ -19,17 +19,30 @@ struct Flags {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     telemetry::init();
     let flags = Flags::parse();
-    let mut config = match Config::load(flags.config.as_deref()) {
+    let config = match Config::load(flags.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kernel-node: {e}");
             return ExitCode::from(2);
         }
     };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        rt.worker_threads(config.server.worker_threads);
+    }
+    match rt.enable_all().build() {
+        Ok(rt) => rt.block_on(serve(flags, config)),
+        Err(e) => {
+            eprintln!("kernel-node: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(flags: Flags, mut config: Config) -> ExitCode {
     if let Some(l) = flags.listen {
         config.listen = l;
     }

@@ -6,7 +6,7 @@
 //! therefore takes effect for every new call at once: there is no moment in
 //! which a caller sees neither the old nor the new instance.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -130,7 +130,8 @@ impl Registry {
         let mut all = self.instances.lock();
         all.retain(|i| !Arc::ptr_eq(i, inst));
         let current = self.services.load_full();
-        let mut next: Snapshot = HashMap::with_capacity(current.len());
+        let mut next: Snapshot =
+            HashMap::with_capacity_and_hasher(current.len(), Default::default());
         for (name, pool) in current.iter() {
             if pool.instances.iter().any(|i| Arc::ptr_eq(i, inst)) {
                 let members: Vec<_> = pool

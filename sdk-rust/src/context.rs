@@ -59,10 +59,7 @@ impl Context {
 
     pub(crate) fn local(client: Client, call: kernel_node::provider::LocalCall) -> Context {
         let cancel = call.context.cancel.clone();
-        let mut headers = call.headers;
-        headers
-            .entry(h::TRACEPARENT.to_owned())
-            .or_insert_with(|| call.context.tree.traceparent.clone());
+        let headers = call.headers;
         Context {
             inner: Arc::new(Inner {
                 client,
@@ -116,7 +113,12 @@ impl Context {
 
     /// The trace id this call belongs to.
     pub fn trace_id(&self) -> Option<&str> {
-        self.header(h::TRACEPARENT).and_then(h::trace_id)
+        match (self.header(h::TRACEPARENT), &self.inner.origin) {
+            (Some(tp), _) => h::trace_id(tp),
+            // In-process calls inherit the tree's trace without copying it.
+            (None, Origin::Local(node, _)) => h::trace_id(&node.tree.traceparent),
+            (None, _) => None,
+        }
     }
 
     /// Time left before the deadline; None when there is no deadline.
