@@ -121,6 +121,7 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         Command::new(sibling("kernel-node"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
+            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "127.0.0.1:0")
             .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
     )
     .await;

@@ -23,6 +23,9 @@ use crate::error::Error;
 use crate::names;
 use crate::provider::Headers;
 use crate::stats::Stats;
+use crate::telemetry::{self, SpanKind, Telemetry};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
 use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
 use trie::Trie;
 
@@ -93,6 +96,7 @@ pub struct Broker {
     max_payload: usize,
     contexts: Arc<Contexts>,
     stats: Arc<Stats>,
+    telemetry: Telemetry,
     index: RwLock<Index>,
     next_sub: AtomicU64,
     event_base: u64,
@@ -106,12 +110,14 @@ impl Broker {
         max_payload: usize,
         contexts: Arc<Contexts>,
         stats: Arc<Stats>,
+        telemetry: Telemetry,
     ) -> Broker {
         Broker {
             config,
             max_payload,
             contexts,
             stats,
+            telemetry,
             index: RwLock::new(Index::default()),
             next_sub: AtomicU64::new(1),
             event_base: rand::random::<u64>() & 0xffff_ffff_0000_0000,
@@ -165,6 +171,19 @@ impl Broker {
         }
         let mut headers = p.headers;
         headers.retain(|k, _| k != headers::CONTEXT && k != headers::CALLER);
+        // The publish span (child of the publisher's trace); each delivery
+        // gets its own span under it, and the subscriber sees that span as
+        // its parent.
+        let publish_span = self.telemetry.start(
+            "kernel.publish",
+            SpanKind::Producer,
+            telemetry::Parent::Header(headers.get(headers::TRACEPARENT).map(String::as_str)),
+            vec![
+                KeyValue::new("kernel.topic", p.topic.clone()),
+                KeyValue::new("kernel.event_id", event_id.clone()),
+                KeyValue::new("kernel.matched", targets.len() as i64),
+            ],
+        );
         if let Some(c) = &p.caller {
             headers.insert(headers::CALLER.to_owned(), c.to_string());
         }
@@ -179,9 +198,28 @@ impl Broker {
         let mut matched = 0;
         for (i, sub) in targets.iter().enumerate() {
             let context = self.delivery_context(&p.parent, &event, i, &p.caller);
-            if sub.push(Queued::new(event.clone(), context)).is_ok() {
+            let mut q = Queued::new(event.clone(), context);
+            if let Some(cx) = &publish_span {
+                if let Some(d) = self.telemetry.start(
+                    "kernel.deliver",
+                    SpanKind::Producer,
+                    telemetry::Parent::Span(cx),
+                    vec![
+                        KeyValue::new("kernel.topic", event.topic.clone()),
+                        KeyValue::new("kernel.subscription", sub.label()),
+                        KeyValue::new("kernel.context", q.context.clone()),
+                    ],
+                ) {
+                    q.traceparent = Some(telemetry::traceparent(&d));
+                    d.span().end();
+                }
+            }
+            if sub.push(q).is_ok() {
                 matched += 1;
             }
+        }
+        if let Some(cx) = publish_span {
+            cx.span().end();
         }
         Stats::inc(&self.stats.events_published);
         Ok(Accepted { event_id, matched })

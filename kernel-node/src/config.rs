@@ -26,6 +26,8 @@ pub struct Config {
     pub budget: BudgetConfig,
     /// Server lifecycle.
     pub server: ServerConfig,
+    /// Traces and metrics.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -36,6 +38,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             budget: BudgetConfig::default(),
             server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -166,6 +169,30 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace_ms: 10_000,
             worker_threads: 0,
+        }
+    }
+}
+
+/// `[telemetry]`: traces and the admin HTTP port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint for traces; when unset, `OTEL_EXPORTER_OTLP_*`
+    /// decide, and with neither nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the node's spans (else `OTEL_SERVICE_NAME`, else
+    /// `kernel-node`).
+    pub service_name: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; empty = off.
+    pub admin_listen: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: None,
+            admin_listen: "127.0.0.1:9464".into(),
         }
     }
 }

@@ -11,10 +11,14 @@ use crate::broker::{Accepted, Broker, Publication, SubscribeRequest};
 use crate::config::Config;
 use crate::context::{Contexts, Node};
 use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::middleware;
 use crate::provider::{Instance, Link, LocalHandler, Reply};
 use crate::registry::Registry;
 use crate::router::{Request, Router};
 use crate::stats::Stats;
+use crate::telemetry::Telemetry;
+use std::sync::atomic::AtomicBool;
 
 /// A running kernel. Cheap to share (`Arc<Kernel>`).
 #[derive(Debug)]
@@ -31,6 +35,12 @@ pub struct Kernel {
     pub broker: Broker,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Prometheus call metrics.
+    pub metrics: Arc<Metrics>,
+    /// Trace export (disabled unless configured).
+    pub telemetry: Telemetry,
+    /// Set when shutdown begins (`/readyz` turns 503).
+    pub draining: AtomicBool,
     /// Cancelled when the grace period is over: long-lived streams end.
     pub shutdown: CancellationToken,
     /// Notified when shutdown begins (the grace period starts).
@@ -60,20 +70,28 @@ impl Drop for LocalRegistration {
 impl Kernel {
     /// A kernel with the given configuration.
     pub fn new(config: Config) -> Arc<Kernel> {
+        Kernel::with_telemetry(config, Telemetry::disabled())
+    }
+
+    /// A kernel exporting traces through `telemetry`.
+    pub fn with_telemetry(config: Config, telemetry: Telemetry) -> Arc<Kernel> {
         let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::default());
         let contexts = Arc::new(Contexts::new(config.budget.clone()));
         let registry = Arc::new(Registry::new());
-        let router = Router::new(
+        let router = Router::new(middleware::pipeline(
             registry.clone(),
             contexts.clone(),
             config.router.clone(),
-            stats.clone(),
-        );
+            telemetry.clone(),
+            metrics.clone(),
+        ));
         let broker = Broker::new(
             config.broker.clone(),
             config.router.max_payload_bytes,
             contexts.clone(),
             stats.clone(),
+            telemetry.clone(),
         );
         Arc::new(Kernel {
             config,
@@ -82,8 +100,11 @@ impl Kernel {
             router,
             broker,
             stats,
+            metrics,
+            telemetry,
             shutdown: CancellationToken::new(),
             shutdown_started: tokio::sync::Notify::new(),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -123,7 +144,7 @@ impl Kernel {
             services,
             Link::Local(handler),
             max as usize,
-        ));
+        )?);
         self.registry.register(instance.clone(), mode)?;
         Ok(LocalRegistration {
             kernel: self.clone(),

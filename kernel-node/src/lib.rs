@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`kernel`]: the [`Kernel`] handle that owns everything below; the
 //!   in-process API.
+//! - [`middleware`]: the kernel pipeline (trace, validate, accounting) as
+//!   tower layers, composed in one place.
 //! - [`registry`]: which instances provide which service names.
 //! - [`provider`]: remote (Register session) and in-process provider instances.
 //! - [`router`]: one call from request to reply: context, deadline, selection,
@@ -19,13 +21,16 @@
 //! - [`config`]: TOML + `KERNEL_*` environment configuration.
 //! - [`error`]: the crate's error enum and its one mapping to `tonic::Status`.
 //! - [`stats`]: node-wide counters.
-//! - [`telemetry`]: tracing subscriber setup.
+//! - [`metrics`]: Prometheus call metrics and the `/metrics` rendering.
+//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
 
 pub mod broker;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod kernel;
+pub mod metrics;
+pub mod middleware;
 pub mod names;
 pub mod provider;
 pub mod registry;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kernel_node::telemetry::Telemetry;
 use kernel_node::{server, telemetry, Config, Kernel};
 
 /// A microkernel runtime delivered as a gRPC node.
@@ -59,8 +60,33 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
         .unwrap_or_default();
     tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
     println!("kernel-node listening on {addr}");
-    let kernel = Kernel::new(config);
-    match server::run(listener, kernel, shutdown_signal()).await {
+    let telemetry = match Telemetry::from_config(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kernel-node: bad telemetry config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin_listen = config.telemetry.admin_listen.clone();
+    let kernel = Kernel::with_telemetry(config, telemetry.clone());
+    if !admin_listen.is_empty() {
+        match tokio::net::TcpListener::bind(&admin_listen).await {
+            Ok(l) => {
+                let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(admin = %at, "metrics and health on http://{at}/metrics, /healthz, /readyz");
+                tokio::spawn(server::serve_admin_http(l, kernel.clone()));
+            }
+            Err(e) => {
+                eprintln!(
+                    "kernel-node: cannot listen on telemetry.admin_listen {admin_listen}: {e}"
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let out = server::run(listener, kernel, shutdown_signal()).await;
+    telemetry.shutdown();
+    match out {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kernel-node: {e}");

@@ -198,18 +198,22 @@ pub struct Instance {
     pub draining: AtomicBool,
     /// Its declared concurrency.
     pub max_concurrency: usize,
+    /// Compiled argument schemas (service → method → validator).
+    pub schemas: crate::middleware::validate::Schemas,
 }
 
 impl Instance {
-    /// A new instance accepting `max_concurrency` calls at once.
+    /// A new instance accepting `max_concurrency` calls at once; fails when
+    /// one of its schemas does not compile.
     pub fn new(
         plugin: Arc<str>,
         id: Arc<str>,
         services: Vec<pb::ServiceDecl>,
         link: Link,
         max_concurrency: usize,
-    ) -> Instance {
-        Instance {
+    ) -> Result<Instance, crate::error::Error> {
+        let schemas = crate::middleware::validate::compile(&services)?;
+        Ok(Instance {
             plugin,
             id,
             services,
@@ -219,7 +223,8 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             max_concurrency,
-        }
+            schemas,
+        })
     }
 
     /// `remote` or `in-process`.

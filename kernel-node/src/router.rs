@@ -1,27 +1,32 @@
-//! The call router: from a kernel-level [`Request`] to a provider's reply.
+//! The call router: the entry point for every call, and the innermost
+//! service of the kernel pipeline (provider selection and dispatch).
 //!
-//! One path for every caller (unary, stream, in-process) and every provider
-//! (remote, in-process): context child and budget, deadline check, provider
-//! selection, the concurrency gate with its bounded queue, dispatch, and the
-//! wait for the result racing the deadline and cancellation. A drop guard
-//! makes an abandoned call (caller gone, stream cancel) send a cancel frame
-//! to the provider and cancel the call's branch.
+//! [`Router::call`] runs a [`Request`] through the tower stack composed in
+//! [`crate::middleware::pipeline`]: trace → (capability slot) → validate →
+//! accounting → [`Dispatch`]. Dispatch picks an instance, takes a slot on its
+//! concurrency gate (waiting in the bounded queue when all are busy), and
+//! hands the call over: an in-process handler is called directly, a remote
+//! one gets an invocation frame. A drop guard makes an abandoned call
+//! (deadline, branch cancel, caller gone: the layers above drop this
+//! future) send the provider a cancel frame and cancel the call's branch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kernel_proto::v1::{self as pb, Failure};
 use tokio::sync::OwnedSemaphorePermit;
+use tower::{Service, ServiceExt};
 
 use crate::config::RouterConfig;
-use crate::context::{headers, ChildSpec, Contexts, Node, Parent};
-use crate::error::{push_hop, Error};
-use crate::names;
-use crate::provider::{Headers, Instance, Link, LocalCall, Reply};
+use crate::context::{headers, Node, Parent};
+use crate::error::Error;
+use crate::middleware::{Invocation, Pipeline};
+use crate::provider::{BoxFuture, Headers, Instance, Link, LocalCall, Reply};
 use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::telemetry::{self, SpanKind, Telemetry};
 
 /// A call as the kernel sees it, whoever made it.
 #[derive(Debug, Default)]
@@ -44,105 +49,90 @@ pub struct Request {
     pub caller: Option<Arc<str>>,
 }
 
-/// Routes calls to providers.
-#[derive(Debug)]
+/// Routes calls through the pipeline.
+#[derive(Debug, Clone)]
 pub struct Router {
-    /// Who provides what.
-    pub registry: Arc<Registry>,
-    /// Live context trees.
-    pub contexts: Arc<Contexts>,
-    config: RouterConfig,
-    stats: Arc<Stats>,
+    pipeline: Pipeline,
 }
 
 impl Router {
-    /// A router over a registry and context trees.
-    pub fn new(
-        registry: Arc<Registry>,
-        contexts: Arc<Contexts>,
-        config: RouterConfig,
-        stats: Arc<Stats>,
-    ) -> Router {
-        Router {
-            registry,
-            contexts,
-            config,
-            stats,
-        }
+    /// A router over a composed pipeline.
+    pub fn new(pipeline: Pipeline) -> Router {
+        Router { pipeline }
     }
 
     /// Runs one call to completion. The error carries the causality chain,
     /// with this hop appended.
     pub async fn call(&self, req: Request) -> Result<Reply, Failure> {
-        Stats::inc(&self.stats.calls);
-        let out = self.call_inner(req).await;
-        if out.is_err() {
-            Stats::inc(&self.stats.call_errors);
+        self.pipeline.clone().oneshot(Invocation::new(req)).await
+    }
+}
+
+/// The innermost service: provider selection, concurrency gate, dispatch.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    registry: Arc<Registry>,
+    config: Arc<RouterConfig>,
+    telemetry: Telemetry,
+}
+
+impl Dispatch {
+    /// Dispatch over `registry`.
+    pub fn new(registry: Arc<Registry>, config: RouterConfig, telemetry: Telemetry) -> Dispatch {
+        Dispatch {
+            registry,
+            config: Arc::new(config),
+            telemetry,
         }
-        out
+    }
+}
+
+impl Service<Invocation> for Dispatch {
+    type Response = Reply;
+    type Error = Failure;
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn call_inner(&self, mut req: Request) -> Result<Reply, Failure> {
-        let service = std::mem::take(&mut req.service);
-        let fail = |e: Error, context: &str, plugin: &str| {
-            let mut f = e.into_failure();
-            push_hop(&mut f, context, &service, plugin);
-            f
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.dispatch(inv).await })
+    }
+}
+
+impl Dispatch {
+    async fn dispatch(&self, inv: Invocation) -> Result<Reply, Failure> {
+        let Some(node) = inv.node.clone() else {
+            return Err(Error::Protocol {
+                detail: "dispatch without a context (pipeline misassembled)".into(),
+            }
+            .into_failure());
         };
-        // A registered name is valid by construction; only an unknown one
-        // needs checking (INVALID_ARGUMENT beats NOT_FOUND for a bad name).
-        if self.registry.pool(&service).is_none() {
-            if let Err(e) = names::validate_service(&service) {
-                return Err(fail(e, "", ""));
-            }
-        }
-        if req.payload.len() > self.config.max_payload_bytes {
-            let e = Error::PayloadTooLarge {
-                size: req.payload.len(),
-                limit: self.config.max_payload_bytes,
-            };
-            return Err(fail(e, "", ""));
-        }
-        let parent = std::mem::take(&mut req.parent);
-        let node = self
-            .contexts
-            .child(
-                parent,
-                ChildSpec {
-                    service: &service,
-                    caller: req.caller.as_deref(),
-                    deadline: req.deadline,
-                    budget_header: header(&req.headers, headers::BUDGET),
-                    traceparent: header(&req.headers, headers::TRACEPARENT),
-                    is_call: true,
-                },
-            )
-            .map_err(|e| fail(e, "", ""))?;
-        match self.dispatch(&node, service.clone(), req).await {
-            Ok(r) => Ok(r),
-            Err(mut f) => {
-                let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
-                push_hop(&mut f, &node.path, &service, plugin);
-                Err(f)
-            }
-        }
-    }
-
-    async fn dispatch(
-        &self,
-        node: &Arc<Node>,
-        service: String,
-        req: Request,
-    ) -> Result<Reply, Failure> {
-        if node.cancel.is_cancelled() {
-            return Err(node.cancel_reason());
-        }
-        if node.deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(self.deadline_error(node, &service).into_failure());
-        }
-        let (inst, permit) = self.acquire(node, &service).await?;
+        let req = inv.req;
+        let service = req.service;
+        let (inst, permit) = self.acquire(&node, &service).await?;
         let _ = node.plugin.set(inst.plugin.clone());
         let _busy = InFlight::enter(&inst);
+        // The dispatch span: the provider's handler span becomes its child.
+        let span = inv.trace.as_ref().and_then(|cx| {
+            self.telemetry.start(
+                "kernel.dispatch",
+                SpanKind::Client,
+                telemetry::Parent::Span(cx),
+                vec![
+                    opentelemetry::KeyValue::new("kernel.service", service.clone()),
+                    opentelemetry::KeyValue::new("kernel.plugin", inst.plugin.to_string()),
+                    opentelemetry::KeyValue::new("kernel.instance", inst.id.to_string()),
+                    opentelemetry::KeyValue::new("kernel.context", node.path.clone()),
+                ],
+            )
+        });
+        let mut headers = passthrough(req.headers);
+        if let Some(cx) = &span {
+            headers.insert(headers::TRACEPARENT.to_owned(), telemetry::traceparent(cx));
+        }
         let result = match &inst.link {
             Link::Local(handler) => {
                 let call = LocalCall {
@@ -150,23 +140,23 @@ impl Router {
                     method: req.method,
                     payload: req.payload,
                     content_type: req.content_type,
-                    headers: passthrough(req.headers),
+                    headers,
                     context: node.clone(),
                     caller: req.caller,
                 };
                 let mut guard = Abandon {
-                    node,
+                    node: &node,
                     remote: None,
                     done: false,
                 };
-                let out = self.race(node, handler.invoke(call)).await;
-                guard.done = out.is_ok();
-                out.unwrap_or_else(Err)
+                let out = handler.invoke(call).await;
+                guard.done = true;
+                out
             }
             Link::Remote(link) => {
                 let inv = pb::Invocation {
                     call_id: 0,
-                    headers: provider_headers(node, req.headers, req.caller.as_deref()),
+                    headers: provider_headers(&node, headers, req.caller.as_deref()),
                     service: service.clone(),
                     method: req.method,
                     payload: req.payload,
@@ -176,50 +166,28 @@ impl Router {
                 let Some((id, rx)) = link.send(inv) else {
                     return Err(gone(&inst, &service).into_failure());
                 };
-                // Armed until the provider answered: a deadline, a cancelled
-                // branch or a dropped future all send the provider a cancel.
+                // Armed until the provider answered: if the layers above drop
+                // this future (deadline, cancel, caller gone), the provider
+                // gets a cancel frame.
                 let _guard = Abandon {
-                    node,
+                    node: &node,
                     remote: Some((link, id)),
                     done: false,
                 };
-                self.race(node, async {
-                    rx.await
-                        .unwrap_or_else(|_| Err(gone(&inst, &service).into_failure()))
-                })
-                .await
-                .unwrap_or_else(Err)
+                rx.await
+                    .unwrap_or_else(|_| Err(gone(&inst, &service).into_failure()))
             }
         };
         drop(permit);
-        result
-    }
-
-    /// Waits for `fut`, or the deadline, or cancellation of the branch. The
-    /// outer error means the kernel gave up before the provider answered.
-    async fn race<F>(&self, node: &Arc<Node>, fut: F) -> Result<Result<Reply, Failure>, Failure>
-    where
-        F: std::future::Future<Output = Result<Reply, Failure>>,
-    {
-        let sleep = async {
-            match node.deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
+        if let Some(cx) = span {
+            use opentelemetry::trace::TraceContextExt;
+            if let Err(f) = &result {
+                cx.span()
+                    .set_status(opentelemetry::trace::Status::error(f.message.clone()));
             }
-        };
-        tokio::select! {
-            biased;
-            r = fut => Ok(r),
-            _ = node.cancel.cancelled() => Err(node.cancel_reason()),
-            _ = sleep => Err(self.deadline_error(node, &node.service).into_failure()),
+            cx.span().end();
         }
-    }
-
-    fn deadline_error(&self, node: &Node, service: &str) -> Error {
-        Error::DeadlineExceeded {
-            service: service.to_owned(),
-            context: node.path.clone(),
-        }
+        result
     }
 
     /// Picks an instance and takes a concurrency slot on it, waiting in the
@@ -231,17 +199,15 @@ impl Router {
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit), Failure> {
         let queue_until = Instant::now() + Duration::from_millis(self.config.queue_timeout_ms);
         loop {
-            let pool = self.registry.pool(service).ok_or_else(|| {
+            let no_provider = || {
                 Error::NoProvider {
                     service: service.to_owned(),
                 }
                 .into_failure()
-            })?;
+            };
+            let pool = self.registry.pool(service).ok_or_else(no_provider)?;
             let Some(inst) = pool.pick().cloned() else {
-                return Err(Error::NoProvider {
-                    service: service.to_owned(),
-                }
-                .into_failure());
+                return Err(no_provider());
             };
             if let Ok(p) = inst.permits.clone().try_acquire_owned() {
                 return Ok((inst, p));
@@ -262,14 +228,10 @@ impl Router {
                 }
                 .into_failure());
             }
-            let until = node.deadline.map_or(queue_until, |d| d.min(queue_until));
             let acquired = tokio::select! {
                 p = inst.permits.clone().acquire_owned() => p.ok(),
                 _ = node.cancel.cancelled() => return Err(node.cancel_reason()),
-                _ = tokio::time::sleep_until(until.into()) => {
-                    if node.deadline.is_some_and(|d| d <= Instant::now()) {
-                        return Err(self.deadline_error(node, service).into_failure());
-                    }
+                _ = tokio::time::sleep_until(queue_until.into()) => {
                     return Err(Error::Saturated {
                         service: service.to_owned(),
                         detail: format!(
@@ -290,16 +252,6 @@ impl Router {
     }
 }
 
-/// A header value; skips hashing entirely for the common empty map.
-#[inline]
-fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
-    if h.is_empty() {
-        None
-    } else {
-        h.get(name).map(String::as_str)
-    }
-}
-
 fn gone(inst: &Instance, service: &str) -> Error {
     Error::ProviderGone {
         plugin: inst.plugin.to_string(),
@@ -310,13 +262,14 @@ fn gone(inst: &Instance, service: &str) -> Error {
 
 /// Keeps only the headers a caller may pass on (trace, baggage).
 fn passthrough(mut h: Headers) -> Headers {
-    h.retain(|k, _| headers::PASSTHROUGH.contains(&k.as_str()));
+    if !h.is_empty() {
+        h.retain(|k, _| headers::PASSTHROUGH.contains(&k.as_str()));
+    }
     h
 }
 
 /// The header map a remote provider receives.
-fn provider_headers(node: &Node, caller_headers: Headers, caller: Option<&str>) -> Headers {
-    let mut h = passthrough(caller_headers);
+fn provider_headers(node: &Node, mut h: Headers, caller: Option<&str>) -> Headers {
     h.entry(headers::TRACEPARENT.to_owned())
         .or_insert_with(|| node.tree.traceparent.clone());
     h.insert(headers::CONTEXT.to_owned(), node.path.clone());
@@ -353,9 +306,8 @@ impl Drop for Waiting {
     }
 }
 
-/// Makes an abandoned call (future dropped, deadline passed, branch
-/// cancelled) cancel its branch and, for a remote provider still working on
-/// it, send a cancel frame.
+/// Makes an abandoned call cancel its branch and, for a remote provider
+/// still working on it, send a cancel frame.
 struct Abandon<'a> {
     node: &'a Arc<Node>,
     remote: Option<(&'a crate::provider::RemoteLink, u64)>,

@@ -6,10 +6,12 @@
 //! - `call`: unary Call and the multiplexed CallStream.
 //! - `events`: Publish, PublishStream, Subscribe.
 //! - `admin`: the Admin service.
+//! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
 //! - `batch`: channel → batched stream frames.
 
 mod admin;
+mod admin_http;
 mod batch;
 mod call;
 mod events;
@@ -28,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use admin::AdminService;
+pub use admin_http::serve_admin_http;
 
 use crate::context::headers;
 use crate::kernel::Kernel;
@@ -202,6 +205,9 @@ async fn stop_after_grace(kernel: &Kernel, grace: Duration) {
 }
 
 fn drain_all(kernel: &Kernel) {
+    kernel
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     kernel.shutdown_started.notify_waiters();
     kernel.shutdown_started.notify_one();
     for inst in kernel.registry.instances() {

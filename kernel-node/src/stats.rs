@@ -1,14 +1,11 @@
-//! Node-wide counters (Admin `Stats`).
+//! Node-wide event counters (Admin `Stats`, `/metrics`); call counters live
+//! in [`crate::metrics`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Monotonic counters, relaxed atomics: cheap on the hot path.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Calls dispatched.
-    pub calls: AtomicU64,
-    /// Calls that failed.
-    pub call_errors: AtomicU64,
     /// Events accepted.
     pub events_published: AtomicU64,
     /// Deliveries sent.

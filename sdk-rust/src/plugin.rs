@@ -13,8 +13,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use kernel_node::kernel::LocalRegistration;
 use kernel_node::provider::{BoxFuture, LocalCall, LocalHandler};
+use kernel_node::telemetry::{Parent as TelemetryParent, SpanKind, Telemetry};
 use kernel_node::Kernel;
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure, RegisterMode};
+use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
@@ -45,6 +47,7 @@ pub struct Plugin {
     max_concurrency: u32,
     mode: RegisterMode,
     max_reply_bytes: usize,
+    telemetry: Telemetry,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -76,6 +79,7 @@ impl Plugin {
             max_concurrency: 0,
             mode: RegisterMode::Pool,
             max_reply_bytes: 4 * 1024 * 1024,
+            telemetry: Telemetry::disabled(),
         }
     }
 
@@ -138,6 +142,14 @@ impl Plugin {
         self
     }
 
+    /// Exports a span per handled call through `telemetry` (see
+    /// [`Telemetry::from_config`], which reads the standard `OTEL_*`
+    /// variables). Nested calls and emits become children of that span.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Plugin {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// A fixed instance id (default: made up by the kernel).
     pub fn instance_id(mut self, id: &str) -> Plugin {
         self.instance_id = id.to_owned();
@@ -151,6 +163,8 @@ impl Plugin {
         let adapter = Arc::new(LocalAdapter {
             handlers: self.handlers,
             client,
+            telemetry: self.telemetry,
+            plugin: self.name.clone(),
         });
         kernel
             .register_local(
@@ -280,11 +294,13 @@ impl Plugin {
         let cancel = CancellationToken::new();
         let deadline =
             (inv.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(inv.timeout_us));
+        let mut headers = inv.headers;
+        let span = handler_span(&self.telemetry, &self.name, &inv.service, &mut headers);
         let ctx = Context::remote(
             client.clone(),
             inv.service.clone(),
             inv.method,
-            inv.headers,
+            headers,
             deadline,
             cancel.clone(),
         );
@@ -296,6 +312,7 @@ impl Plugin {
         let mut guard = running.lock();
         let task = tokio::spawn(async move {
             let result = run_handler(handler, ctx, inv.payload, &inv.service, max).await;
+            end_span(span, &result);
             let still_wanted = map.lock().remove(&id).is_some();
             if still_wanted {
                 let _ = tx.send(Up::Result(to_result(id, result)));
@@ -387,25 +404,87 @@ async fn run_handler(
     }
 }
 
+/// Starts the handler span under the invocation's `traceparent` and points
+/// the context's `traceparent` at it, so nested calls are its children.
+fn handler_span(
+    telemetry: &Telemetry,
+    plugin: &str,
+    service: &str,
+    headers: &mut HashMap<String, String>,
+) -> Option<opentelemetry::Context> {
+    if !telemetry.enabled() {
+        return None;
+    }
+    let tp = headers
+        .get(kernel_node::context::headers::TRACEPARENT)
+        .cloned();
+    let path = headers
+        .get(kernel_node::context::headers::CONTEXT)
+        .cloned()
+        .unwrap_or_default();
+    let cx = telemetry.start(
+        "plugin.handle",
+        SpanKind::Server,
+        TelemetryParent::Header(tp.as_deref()),
+        vec![
+            KeyValue::new("kernel.service", service.to_owned()),
+            KeyValue::new("kernel.plugin", plugin.to_owned()),
+            KeyValue::new("kernel.context", path),
+        ],
+    )?;
+    headers.insert(
+        kernel_node::context::headers::TRACEPARENT.to_owned(),
+        kernel_node::telemetry::traceparent(&cx),
+    );
+    Some(cx)
+}
+
+fn end_span<T>(span: Option<opentelemetry::Context>, result: &Result<T, Failure>) {
+    use opentelemetry::trace::TraceContextExt;
+    if let Some(cx) = span {
+        if let Err(f) = result {
+            cx.span()
+                .set_status(opentelemetry::trace::Status::error(f.message.clone()));
+        }
+        cx.span().end();
+    }
+}
+
 /// In-process handlers behind the kernel's [`LocalHandler`] trait.
 struct LocalAdapter {
     handlers: HashMap<String, Handler>,
     client: Client,
+    telemetry: Telemetry,
+    plugin: String,
 }
 
 impl LocalHandler for LocalAdapter {
-    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<kernel_node::provider::Reply, Failure>> {
+    fn invoke(
+        &self,
+        mut call: LocalCall,
+    ) -> BoxFuture<Result<kernel_node::provider::Reply, Failure>> {
         let handler = self.handlers.get(&call.service).cloned();
         let service = call.service.clone();
         let payload = call.payload.clone();
+        let span = if self.telemetry.enabled() {
+            call.headers.insert(
+                kernel_node::context::headers::CONTEXT.to_owned(),
+                call.context.path.clone(),
+            );
+            let s = handler_span(&self.telemetry, &self.plugin, &service, &mut call.headers);
+            call.headers.remove(kernel_node::context::headers::CONTEXT);
+            s
+        } else {
+            None
+        };
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
-            run_handler(handler, ctx, payload, &service, usize::MAX)
-                .await
-                .map(|payload| kernel_node::provider::Reply {
-                    payload,
-                    content_type: String::new(),
-                })
+            let result = run_handler(handler, ctx, payload, &service, usize::MAX).await;
+            end_span(span, &result);
+            result.map(|payload| kernel_node::provider::Reply {
+                payload,
+                content_type: String::new(),
+            })
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct Queued {
     pub attempts: u32,
     /// The delivery's context path.
     pub context: String,
+    /// The delivery span's `traceparent`, when tracing is on.
+    pub traceparent: Option<String>,
     ready_at: Option<Instant>,
 }
 
@@ -53,6 +55,7 @@ impl Queued {
             event,
             attempts: 0,
             context,
+            traceparent: None,
             ready_at: None,
         }
     }
@@ -368,6 +371,9 @@ fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
         crate::context::headers::CONTEXT.to_owned(),
         q.context.clone(),
     );
+    if let Some(tp) = &q.traceparent {
+        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp.clone());
+    }
     pb::Event {
         id: e.id.clone(),
         topic: e.topic.clone(),

@@ -133,9 +133,10 @@ impl Admin for AdminService {
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let s = &self.kernel.stats;
+        let (calls, call_errors) = self.kernel.metrics.totals();
         Ok(Response::new(pb::StatsResponse {
-            calls: Stats::get(&s.calls),
-            call_errors: Stats::get(&s.call_errors),
+            calls,
+            call_errors,
             events_published: Stats::get(&s.events_published),
             events_delivered: Stats::get(&s.events_delivered),
             events_redelivered: Stats::get(&s.events_redelivered),

@@ -61,7 +61,7 @@ pub(crate) async fn session(
         hello.services,
         Link::Remote(RemoteLink::new(tx)),
         max as usize,
-    ));
+    )?);
     kernel.registry.register(inst.clone(), mode)?;
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, services = ?inst.services.iter().map(|s| &s.name).collect::<Vec<_>>(), ?mode, "provider registered");
 

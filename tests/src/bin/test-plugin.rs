@@ -6,6 +6,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
+use kernel_node::config::TelemetryConfig;
+use kernel_node::telemetry::Telemetry;
 use kernel_sdk::{Bytes, CancellationToken, Client, Context, Error, Plugin, SubscribeOptions};
 
 #[derive(Debug, Parser)]
@@ -138,10 +140,24 @@ async fn main() -> Result<(), Error> {
     if args.replace {
         plugin = plugin.replace();
     }
+    // Exports handler spans when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = Telemetry::from_config(&TelemetryConfig::default()).map_err(Error::internal)?;
+    plugin = plugin.telemetry(telemetry.clone());
     if !args.instance.is_empty() {
         plugin = plugin.instance_id(&args.instance);
     }
-    let end = plugin.serve(&args.url, CancellationToken::new()).await?;
+    let stop = CancellationToken::new();
+    let on_term = stop.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            on_term.cancel();
+        }
+    });
+    let end = plugin.serve(&args.url, stop).await?;
+    telemetry.shutdown();
     say(format!("END {end:?}"));
     Ok(())
 }

@@ -1,0 +1,146 @@
+//! The accounting layer: creates the call's context node (path, budget
+//! charge, deadline = min(caller, parent)), refuses calls whose deadline has
+//! passed or whose branch is cancelled, and races the rest of the pipeline
+//! against the deadline and branch cancellation. On failure it appends this
+//! hop (context path, service, provider plugin) to the causality chain.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use kernel_proto::v1::Failure;
+use opentelemetry::trace::TraceContextExt;
+use tower::{Layer, Service};
+
+use crate::context::{headers, ChildSpec, Contexts};
+use crate::error::{push_hop, Error};
+use crate::middleware::Invocation;
+use crate::provider::{BoxFuture, Headers, Reply};
+
+/// Adds [`AccountingService`].
+#[derive(Debug, Clone)]
+pub struct AccountingLayer {
+    contexts: Arc<Contexts>,
+}
+
+impl AccountingLayer {
+    /// Accounting against `contexts`.
+    pub fn new(contexts: Arc<Contexts>) -> Self {
+        AccountingLayer { contexts }
+    }
+}
+
+impl<S> Layer<S> for AccountingLayer {
+    type Service = AccountingService<S>;
+    fn layer(&self, inner: S) -> AccountingService<S> {
+        AccountingService {
+            inner,
+            contexts: self.contexts.clone(),
+        }
+    }
+}
+
+/// Context, budget and deadline around the inner service.
+#[derive(Debug, Clone)]
+pub struct AccountingService<S> {
+    inner: S,
+    contexts: Arc<Contexts>,
+}
+
+#[inline]
+fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
+    if h.is_empty() {
+        None
+    } else {
+        h.get(name).map(String::as_str)
+    }
+}
+
+impl<S> Service<Invocation> for AccountingService<S>
+where
+    S: Service<Invocation, Response = Reply, Error = Failure> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = Failure;
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut inv: Invocation) -> Self::Future {
+        let parent = std::mem::take(&mut inv.req.parent);
+        let created = self.contexts.child(
+            parent,
+            ChildSpec {
+                service: &inv.req.service,
+                caller: inv.req.caller.as_deref(),
+                deadline: inv.req.deadline,
+                budget_header: header(&inv.req.headers, headers::BUDGET),
+                traceparent: header(&inv.req.headers, headers::TRACEPARENT),
+                is_call: true,
+            },
+        );
+        let service = inv.req.service.clone();
+        let node = match created {
+            Ok(n) => n,
+            Err(e) => {
+                let mut f = e.into_failure();
+                push_hop(&mut f, "", &service, "");
+                return Box::pin(async move { Err(f) });
+            }
+        };
+        if let Some(cx) = &inv.trace {
+            cx.span().set_attribute(opentelemetry::KeyValue::new(
+                "kernel.context",
+                node.path.clone(),
+            ));
+        }
+        inv.node = Some(node.clone());
+        let early = if node.cancel.is_cancelled() {
+            Some(node.cancel_reason())
+        } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
+            // Never forwarded: the deadline passed before the call could start.
+            Some(deadline_exceeded(&node.path, &service))
+        } else {
+            None
+        };
+        let fut = match early {
+            Some(f) => None.ok_or(f),
+            None => Ok(self.inner.call(inv)),
+        };
+        Box::pin(async move {
+            let out = match fut {
+                Err(f) => Err(f),
+                Ok(fut) => {
+                    let sleep = async {
+                        match node.deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        r = fut => r,
+                        _ = node.cancel.cancelled() => Err(node.cancel_reason()),
+                        _ = sleep => Err(deadline_exceeded(&node.path, &service)),
+                    }
+                }
+            };
+            out.map_err(|mut f| {
+                let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
+                push_hop(&mut f, &node.path, &service, plugin);
+                f
+            })
+        })
+    }
+}
+
+fn deadline_exceeded(path: &str, service: &str) -> Failure {
+    Error::DeadlineExceeded {
+        service: service.to_owned(),
+        context: path.to_owned(),
+    }
+    .into_failure()
+}

@@ -1,0 +1,122 @@
+//! The trace layer: one span per call (`kernel.call`, child of the caller's
+//! `traceparent`) and the call metrics (count by status code, latency,
+//! in-flight). Outermost, so it sees every outcome.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use kernel_proto::v1::Failure;
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::KeyValue;
+use tower::{Layer, Service};
+
+use crate::context::headers;
+use crate::metrics::Metrics;
+use crate::middleware::Invocation;
+use crate::provider::{BoxFuture, Reply};
+use crate::registry::Registry;
+use crate::telemetry::{Parent, SpanKind, Telemetry};
+
+/// Adds [`TraceService`].
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    telemetry: Telemetry,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+}
+
+impl TraceLayer {
+    /// A trace layer exporting through `telemetry` and counting in `metrics`.
+    pub fn new(telemetry: Telemetry, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
+        TraceLayer {
+            telemetry,
+            metrics,
+            registry,
+        }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> TraceService<S> {
+        TraceService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Spans and metrics around the inner service.
+#[derive(Debug, Clone)]
+pub struct TraceService<S> {
+    inner: S,
+    layer: TraceLayer,
+}
+
+impl<S> Service<Invocation> for TraceService<S>
+where
+    S: Service<Invocation, Response = Reply, Error = Failure> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = Failure;
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut inv: Invocation) -> Self::Future {
+        let metrics = self.layer.metrics.clone();
+        metrics.enter();
+        let service = inv.req.service.clone();
+        let known = self.layer.registry.pool(&service).is_some();
+        inv.trace = self.layer.telemetry.start(
+            "kernel.call",
+            SpanKind::Server,
+            Parent::Header(
+                inv.req
+                    .headers
+                    .get(headers::TRACEPARENT)
+                    .map(String::as_str),
+            ),
+            vec![
+                KeyValue::new("kernel.service", service.clone()),
+                KeyValue::new("kernel.method", inv.req.method.clone()),
+                KeyValue::new(
+                    "kernel.caller",
+                    inv.req.caller.as_deref().unwrap_or_default().to_owned(),
+                ),
+            ],
+        );
+        let span = inv.trace.clone();
+        let started = inv.started;
+        let fut = self.inner.call(inv);
+        Box::pin(async move {
+            let out = fut.await;
+            let code = match &out {
+                Ok(_) => 0,
+                Err(f) => f.code,
+            };
+            metrics.record(&service, known, code, started.elapsed());
+            if let Some(cx) = span {
+                let s = cx.span();
+                s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                match &out {
+                    Ok(_) => s.set_status(Status::Ok),
+                    Err(f) => {
+                        if let Some(origin) = f.causality.first() {
+                            s.set_attribute(KeyValue::new(
+                                "kernel.error.origin",
+                                origin.service.clone(),
+                            ));
+                        }
+                        s.set_status(Status::error(f.message.clone()));
+                    }
+                }
+                s.end();
+            }
+            out
+        })
+    }
+}

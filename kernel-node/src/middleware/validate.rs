@@ -1,0 +1,177 @@
+//! The validate layer: checks names and payload size, and validates JSON
+//! arguments against the schema the provider declared for the method.
+//!
+//! Schemas are compiled once, at Register ([`compile`]); a schema that does
+//! not compile is refused there. At call time, a method with a schema gets
+//! its payload parsed and validated, and every failing path is listed in the
+//! `INVALID_ARGUMENT` message; a payload that is not JSON is refused the
+//! same way. Without a schema, a payload whose content type says
+//! `application/json` is still checked to be JSON; other payloads are
+//! opaque. Hostile input is bounded: payloads are capped by
+//! `router.max_payload_bytes`, serde_json refuses nesting deeper than 128,
+//! and at most [`MAX_REPORTED`] errors are collected.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use kernel_proto::v1::{Failure, ServiceDecl};
+use rustc_hash::FxHashMap;
+use tower::{Layer, Service};
+
+use crate::error::{push_hop, Error};
+use crate::middleware::Invocation;
+use crate::names;
+use crate::provider::{BoxFuture, Reply};
+use crate::registry::Registry;
+
+/// Most validation errors listed in one message.
+pub const MAX_REPORTED: usize = 10;
+
+/// Compiled schemas of one instance: service → method → validator.
+pub type Schemas = FxHashMap<String, FxHashMap<String, Arc<jsonschema::Validator>>>;
+
+/// Compiles the schemas a provider declared; the error names the service,
+/// the method and what is wrong.
+pub fn compile(services: &[ServiceDecl]) -> Result<Schemas, Error> {
+    let mut out = Schemas::default();
+    for s in services {
+        for (method, text) in &s.method_schemas {
+            let invalid = |detail: String| Error::InvalidArgument {
+                service: s.name.clone(),
+                detail: format!("schema for method `{method}` {detail}"),
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
+            let validator = jsonschema::validator_for(&value)
+                .map_err(|e| invalid(format!("does not compile: {e}")))?;
+            out.entry(s.name.clone())
+                .or_default()
+                .insert(method.clone(), Arc::new(validator));
+        }
+    }
+    Ok(out)
+}
+
+/// Adds [`ValidateService`].
+#[derive(Debug, Clone)]
+pub struct ValidateLayer {
+    registry: Arc<Registry>,
+    max_payload: usize,
+}
+
+impl ValidateLayer {
+    /// Validation against the schemas in `registry`.
+    pub fn new(registry: Arc<Registry>, max_payload: usize) -> Self {
+        ValidateLayer {
+            registry,
+            max_payload,
+        }
+    }
+}
+
+impl<S> Layer<S> for ValidateLayer {
+    type Service = ValidateService<S>;
+    fn layer(&self, inner: S) -> ValidateService<S> {
+        ValidateService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Argument checks before the inner service.
+#[derive(Debug, Clone)]
+pub struct ValidateService<S> {
+    inner: S,
+    layer: ValidateLayer,
+}
+
+impl<S> Service<Invocation> for ValidateService<S>
+where
+    S: Service<Invocation, Response = Reply, Error = Failure>,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = Failure;
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        match self.check(&inv) {
+            Ok(()) => Box::pin(self.inner.call(inv)),
+            Err(e) => {
+                let mut f = e.into_failure();
+                push_hop(&mut f, "", &inv.req.service, "");
+                Box::pin(async move { Err(f) })
+            }
+        }
+    }
+}
+
+impl<S> ValidateService<S> {
+    fn check(&self, inv: &Invocation) -> Result<(), Error> {
+        let req = &inv.req;
+        if req.payload.len() > self.layer.max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: req.payload.len(),
+                limit: self.layer.max_payload,
+            });
+        }
+        let Some(pool) = self.layer.registry.pool(&req.service) else {
+            // A registered name is valid by construction; an unknown one is
+            // checked so a bad name gets INVALID_ARGUMENT, not NOT_FOUND.
+            return names::validate_service(&req.service);
+        };
+        let schema = pool
+            .instances
+            .last()
+            .and_then(|i| i.schemas.get(&req.service))
+            .and_then(|m| m.get(&req.method));
+        let declared_json = req.content_type.eq_ignore_ascii_case("application/json");
+        if schema.is_none() && !declared_json {
+            return Ok(());
+        }
+        let invalid = |detail: String| Error::InvalidArgument {
+            service: req.service.clone(),
+            detail,
+        };
+        let json_ok = req.content_type.is_empty()
+            || declared_json
+            || req.content_type.to_ascii_lowercase().contains("json");
+        if !json_ok {
+            return Err(invalid(format!(
+                "method `{}` takes JSON, got content type `{}`",
+                req.method, req.content_type
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&req.payload)
+            .map_err(|e| invalid(format!("payload is not valid JSON: {e}")))?;
+        let Some(schema) = schema else {
+            return Ok(());
+        };
+        let errors: Vec<String> = schema
+            .iter_errors(&value)
+            .take(MAX_REPORTED)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let at = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
+                format!("at `{at}`: {e}")
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "arguments do not match the schema: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+}

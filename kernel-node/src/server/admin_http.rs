@@ -1,0 +1,96 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the
+//! process is up), `/readyz` (serving; 503 once shutdown began).
+//!
+//! Three GET endpoints do not justify an HTTP framework: this reads one
+//! bounded request head per connection (8 KiB, 5 s), answers, and closes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::kernel::Kernel;
+
+/// Serves the admin endpoints until the kernel shuts down.
+pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = kernel.shutdown.cancelled() => return,
+        };
+        let kernel = kernel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &kernel)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, kernel: &Kernel) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return respond(&mut stream, 431, "text/plain", "request head too large\n").await;
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut first = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, path) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
+    if method != "GET" {
+        return respond(&mut stream, 405, "text/plain", "only GET\n").await;
+    }
+    match path.split('?').next().unwrap_or_default() {
+        "/metrics" => {
+            let body = kernel.metrics.render(kernel);
+            respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
+        }
+        "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
+        "/readyz" => {
+            if kernel.draining.load(Ordering::Relaxed) {
+                respond(&mut stream, 503, "text/plain", "shutting down\n").await
+            } else {
+                respond(&mut stream, 200, "text/plain", "ready\n").await
+            }
+        }
+        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
