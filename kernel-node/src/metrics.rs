@@ -115,6 +115,13 @@ impl Metrics {
 
     /// The whole node in Prometheus text format.
     pub fn render(&self, kernel: &Kernel) -> String {
+        let mut out = self.render_calls();
+        self.render_node(kernel, &mut out);
+        out
+    }
+
+    /// The call series only (what this struct owns).
+    pub fn render_calls(&self) -> String {
         let mut out = String::with_capacity(4096);
         let services: Vec<(String, Arc<Series>)> = {
             let mut v: Vec<_> = self
@@ -162,6 +169,15 @@ impl Metrics {
                 "kernel_call_duration_seconds_count{{service=\"{name}\"}} {count}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP kernel_calls_in_flight Calls being dispatched now.\n# TYPE kernel_calls_in_flight gauge\nkernel_calls_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        out
+    }
+
+    fn render_node(&self, kernel: &Kernel, out: &mut String) {
         let st = &kernel.stats;
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: f64| {
             let _ = writeln!(
@@ -170,42 +186,35 @@ impl Metrics {
             );
         };
         gauge(
-            &mut out,
-            "kernel_calls_in_flight",
-            "Calls being dispatched now.",
-            "gauge",
-            self.in_flight.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
+            out,
             "kernel_events_published_total",
             "Events accepted.",
             "counter",
             Stats::get(&st.events_published) as f64,
         );
         gauge(
-            &mut out,
+            out,
             "kernel_events_delivered_total",
             "Deliveries sent, redeliveries included.",
             "counter",
             Stats::get(&st.events_delivered) as f64,
         );
         gauge(
-            &mut out,
+            out,
             "kernel_events_redelivered_total",
             "Redeliveries after nack or ack timeout.",
             "counter",
             Stats::get(&st.events_redelivered) as f64,
         );
         gauge(
-            &mut out,
+            out,
             "kernel_events_dead_lettered_total",
             "Events sent to a dead-letter topic.",
             "counter",
             Stats::get(&st.events_dead_lettered) as f64,
         );
         gauge(
-            &mut out,
+            out,
             "kernel_plugins_connected",
             "Connected provider instances.",
             "gauge",
@@ -230,7 +239,6 @@ impl Metrics {
                 s.unacked()
             );
         }
-        out
     }
 }
 

@@ -87,3 +87,120 @@ pub fn pipeline(
         // Innermost: provider selection, concurrency gate, dispatch.
         .service(Dispatch::new(registry, config, telemetry))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kernel_proto::v1::{Failure, ServiceDecl};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::config::BudgetConfig;
+    use crate::provider::{BoxFuture, Instance, Link, LocalCall, LocalHandler, Reply};
+
+    struct Never;
+    impl LocalHandler for Never {
+        fn invoke(&self, _: LocalCall) -> BoxFuture<Result<Reply, Failure>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn to_failure(e: tower::BoxError) -> Failure {
+        Failure {
+            code: 13,
+            message: e.to_string(),
+            causality: Vec::new(),
+        }
+    }
+
+    fn stack(
+        registry: Arc<Registry>,
+        contexts: Arc<Contexts>,
+        metrics: Arc<Metrics>,
+    ) -> (
+        impl tower::Service<Invocation, Response = Reply, Error = Failure>,
+        tower_test::mock::Handle<Invocation, Reply>,
+    ) {
+        let (mock, handle) = tower_test::mock::pair::<Invocation, Reply>();
+        let inner = mock.map_err(to_failure as fn(tower::BoxError) -> Failure);
+        // Same order as `pipeline`, with a mock where dispatch would be.
+        let svc = ServiceBuilder::new()
+            .layer(trace::TraceLayer::new(Telemetry::disabled(), metrics, registry.clone()))
+            .layer(validate::ValidateLayer::new(registry, 1024))
+            .layer(accounting::AccountingLayer::new(contexts))
+            .service(inner);
+        (svc, handle)
+    }
+
+    fn request(service: &str, payload: &'static [u8], deadline: Option<Duration>) -> Invocation {
+        Invocation::new(Request {
+            service: service.into(),
+            payload: bytes::Bytes::from_static(payload),
+            deadline: deadline.map(|d| Instant::now() + d),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_inside_trace_is_recorded_by_trace_and_stops_the_inner_call() {
+        let (registry, contexts, metrics) = (
+            Arc::new(Registry::new()),
+            Arc::new(Contexts::new(BudgetConfig::default())),
+            Arc::new(Metrics::default()),
+        );
+        let (svc, mut handle) = stack(registry, contexts.clone(), metrics.clone());
+        let call = svc.oneshot(request("slow.svc", b"", Some(Duration::from_millis(50))));
+        tokio::pin!(call);
+        // The call reaches the inner service (it was not late yet)...
+        let (inv, _reply) = tokio::select! {
+            r = handle.next_request() => r.expect("forwarded"),
+            _ = &mut call => panic!("finished before reaching the inner service"),
+        };
+        let node = inv.node.clone().expect("accounting set the context node");
+        assert!(!node.cancel.is_cancelled());
+        // ...and never answers: the accounting layer's deadline fires.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        let err = call.await.expect_err("deadline");
+        assert_eq!(err.code, tonic::Code::DeadlineExceeded as i32, "{err:?}");
+        assert_eq!(err.causality[0].context, node.path, "hop carries the path");
+        // The trace layer, outside, saw the timeout as the outcome.
+        assert_eq!(metrics.totals(), (1, 1));
+        assert!(metrics
+            .render_calls()
+            .contains("code=\"DEADLINE_EXCEEDED\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn validation_refuses_before_accounting_and_dispatch() {
+        let (registry, contexts, metrics) = (
+            Arc::new(Registry::new()),
+            Arc::new(Contexts::new(BudgetConfig::default())),
+            Arc::new(Metrics::default()),
+        );
+        let mut decl = ServiceDecl {
+            name: "orders.place".into(),
+            ..Default::default()
+        };
+        decl.method_schemas.insert(
+            String::new(),
+            r#"{"type":"object","required":["qty"],"properties":{"qty":{"type":"integer"}}}"#.into(),
+        );
+        let inst = Instance::new("p".into(), "i".into(), vec![decl], Link::Local(Arc::new(Never)), 8)
+            .expect("schema compiles");
+        registry
+            .register(Arc::new(inst), kernel_proto::v1::RegisterMode::Pool)
+            .expect("register");
+        let (svc, mut handle) = stack(registry, contexts.clone(), metrics.clone());
+        let err = svc
+            .oneshot(request("orders.place", br#"{"qty":"two"}"#, None))
+            .await
+            .expect_err("invalid");
+        assert_eq!(err.code, tonic::Code::InvalidArgument as i32);
+        assert!(err.message.contains("/qty"), "{}", err.message);
+        // Nothing below validation ran: no context tree, no inner request.
+        assert_eq!(contexts.live_trees(), 0);
+        assert!(handle.next_request().await.is_none());
+        assert_eq!(metrics.totals(), (1, 1));
+    }
+}
