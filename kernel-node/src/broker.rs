@@ -180,6 +180,14 @@ impl Broker {
             telemetry::Parent::Header(headers.get(headers::TRACEPARENT).map(String::as_str)),
             vec![
                 KeyValue::new("kernel.topic", p.topic.clone()),
+                KeyValue::new(
+                    "kernel.context",
+                    match &p.parent {
+                        Parent::Node(n) => n.path.clone(),
+                        Parent::Path(path) => path.clone(),
+                        Parent::None => event_id.clone(),
+                    },
+                ),
                 KeyValue::new("kernel.event_id", event_id.clone()),
                 KeyValue::new("kernel.matched", targets.len() as i64),
             ],

@@ -126,7 +126,11 @@ mod tests {
         let inner = mock.map_err(to_failure as fn(tower::BoxError) -> Failure);
         // Same order as `pipeline`, with a mock where dispatch would be.
         let svc = ServiceBuilder::new()
-            .layer(trace::TraceLayer::new(Telemetry::disabled(), metrics, registry.clone()))
+            .layer(trace::TraceLayer::new(
+                Telemetry::disabled(),
+                metrics,
+                registry.clone(),
+            ))
             .layer(validate::ValidateLayer::new(registry, 1024))
             .layer(accounting::AccountingLayer::new(contexts))
             .service(inner);
@@ -184,10 +188,17 @@ mod tests {
         };
         decl.method_schemas.insert(
             String::new(),
-            r#"{"type":"object","required":["qty"],"properties":{"qty":{"type":"integer"}}}"#.into(),
+            r#"{"type":"object","required":["qty"],"properties":{"qty":{"type":"integer"}}}"#
+                .into(),
         );
-        let inst = Instance::new("p".into(), "i".into(), vec![decl], Link::Local(Arc::new(Never)), 8)
-            .expect("schema compiles");
+        let inst = Instance::new(
+            "p".into(),
+            "i".into(),
+            vec![decl],
+            Link::Local(Arc::new(Never)),
+            8,
+        )
+        .expect("schema compiles");
         registry
             .register(Arc::new(inst), kernel_proto::v1::RegisterMode::Pool)
             .expect("register");

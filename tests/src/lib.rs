@@ -30,14 +30,22 @@ impl Node {
     }
 
     /// Starts a node with `config` (its `listen` is ignored).
-    pub async fn start_with(mut config: Config) -> Node {
+    pub async fn start_with(config: Config) -> Node {
+        Node::start_full(config, kernel_node::telemetry::Telemetry::disabled()).await
+    }
+
+    /// Starts a node with `config` exporting traces through `telemetry`.
+    pub async fn start_full(
+        mut config: Config,
+        telemetry: kernel_node::telemetry::Telemetry,
+    ) -> Node {
         init_logs();
         config.server.shutdown_grace_ms = config.server.shutdown_grace_ms.min(2_000);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let kernel = Kernel::new(config);
+        let kernel = Kernel::with_telemetry(config, telemetry);
         let (stop, rx) = oneshot::channel::<()>();
         let k = kernel.clone();
         let task = tokio::spawn(async move {
@@ -124,7 +132,13 @@ pub struct PluginProcess {
 impl PluginProcess {
     /// Spawns `test-plugin` with `args` against `node`.
     pub fn spawn(node: &Node, args: &[&str]) -> PluginProcess {
+        PluginProcess::spawn_env(node, args, &[])
+    }
+
+    /// Spawns `test-plugin` with extra environment variables.
+    pub fn spawn_env(node: &Node, args: &[&str], env: &[(&str, &str)]) -> PluginProcess {
         let mut child = Command::new(plugin_binary())
+            .envs(env.iter().copied())
             .arg("--url")
             .arg(&node.url)
             .args(args)

@@ -51,6 +51,9 @@ struct Args {
     /// Never ack (with `--explicit`).
     #[arg(long)]
     no_ack: bool,
+    /// Topic the `emit` mode publishes to after calling `--next`.
+    #[arg(long, default_value = "test.emitted")]
+    topic: String,
 }
 
 fn say(line: String) {
@@ -81,12 +84,14 @@ async fn main() -> Result<(), Error> {
     let next = args.next.clone();
     let mode = args.mode.clone();
     let svc = service.clone();
+    let topic = args.topic.clone();
     let mut plugin = Plugin::new(&args.name)
         .provide(&service, move |ctx: Context, payload: Bytes| {
             let instance = instance.clone();
             let next = next.clone();
             let mode = mode.clone();
             let svc = svc.clone();
+            let topic = topic.clone();
             async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -115,6 +120,13 @@ async fn main() -> Result<(), Error> {
                         "boom: stock table locked",
                     )),
                     "recurse" => ctx.call(&svc, payload).await,
+                    "emit" => {
+                        if let Some(n) = next {
+                            ctx.call(&n, payload.clone()).await?;
+                        }
+                        ctx.emit(&topic, payload).await?;
+                        Ok(Bytes::from_static(b"emitted"))
+                    }
                     "charge" => {
                         for n in 1..=1_000u64 {
                             if let Err(e) = ctx.charge("sql", 1).await {
