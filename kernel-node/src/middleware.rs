@@ -8,7 +8,9 @@
 //! - [`crate::router::Dispatch`]: provider selection and dispatch (innermost).
 //!
 //! The order is written once, in [`pipeline`], with the reason for each
-//! position next to it.
+//! position next to it. The transport edge (tier 1: request ids, HTTP/2
+//! limits, the HTTP span, message size limits) is composed in
+//! [`crate::server::run`]; it wraps gRPC requests, not kernel invocations.
 
 pub mod accounting;
 pub mod trace;

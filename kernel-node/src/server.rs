@@ -27,6 +27,8 @@ use futures::Stream;
 use kernel_proto::v1::{self as pb, admin_server::AdminServer, kernel_server::KernelServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use admin::AdminService;
@@ -40,6 +42,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// Envelope allowance on top of `router.max_payload_bytes` for gRPC messages
 /// (ids, names, headers), so an at-limit payload still fits its frame.
 const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
+
+/// Concurrent HTTP/2 streams one connection may hold (calls on a
+/// CallStream do not count: they are multiplexed inside one stream).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The Kernel RPCs over a [`Kernel`].
 #[derive(Debug, Clone)]
@@ -172,10 +178,31 @@ pub async fn run(
     let grace = Duration::from_millis(kernel.config.server.shutdown_grace_ms);
     let stop = kernel.shutdown.clone();
     let signal_kernel = kernel.clone();
+    // The transport edge (tier 1). Limits first: they are cheap and protect
+    // everything after them; then identity of the request; then the HTTP
+    // span, innermost, so it logs the request id it was given.
+    let edge = tower::ServiceBuilder::new()
+        // Every request gets an `x-request-id` (kept when the client sent
+        // one), before anything logs about it...
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // ...and the response carries it back.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // One debug-level `tracing` span per HTTP/2 request (method = gRPC
+        // path); the kernel's OpenTelemetry spans live in the pipeline.
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG)),
+        );
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Limits: streams per connection and per-connection concurrency
+        // bound what one client can hold open; keepalive finds dead peers
+        // (a killed plugin behind a proxy) even when TCP does not.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(edge)
         .add_service(health)
         .add_service(reflection)
         .add_service(kernel_svc)

@@ -495,6 +495,17 @@ async fn metrics_health_and_reflection() {
     ] {
         assert!(body.contains(needle), "missing `{needle}` in\n{body}");
     }
+    // The transport edge gives every request an id and returns it.
+    let r = node
+        .raw()
+        .await
+        .call(pb::CallRequest {
+            service: "m.echo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("call");
+    assert!(r.metadata().get("x-request-id").is_some(), "{:?}", r.metadata());
     assert_eq!(http_get(admin_addr, "/healthz").await.0, 200);
     assert_eq!(http_get(admin_addr, "/readyz").await.0, 200);
     assert_eq!(http_get(admin_addr, "/nope").await.0, 404);
