@@ -6,10 +6,15 @@ use std::time::{Duration, Instant};
 
 use kernel_node::broker::trie::Trie;
 use kernel_node::context::{ChildSpec, Parent};
+use kernel_node::middleware::accounting::AccountingLayer;
+use kernel_node::middleware::Invocation;
+use kernel_node::router::{Dispatch, Request};
+use kernel_node::telemetry::Telemetry;
 use kernel_node::{Config, Kernel};
 use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tower::ServiceExt;
 
 use crate::measure::{latency, mean_ns, throughput, Latency};
 
@@ -259,6 +264,67 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         format!("{inproc:.0} ns"),
         "(target ≤ 260 ns)".into(),
     );
+    // The middleware share: the full pipeline vs the minimum that still
+    // works (accounting + dispatch, no trace/metrics, no validation).
+    let full = mean_ns(1_000_000, || {
+        let (k, p) = (&kernel, payload.clone());
+        async move {
+            k.call(echo_request(p)).await.expect("pipeline call");
+        }
+    })
+    .await;
+    let bare = tower::ServiceBuilder::new()
+        .layer(AccountingLayer::new(kernel.contexts.clone()))
+        .service(Dispatch::new(
+            kernel.registry.clone(),
+            Config::default().router,
+            Telemetry::disabled(),
+        ));
+    let bare_ns = mean_ns(1_000_000, || {
+        let (b, p) = (bare.clone(), payload.clone());
+        async move {
+            b.oneshot(Invocation::new(echo_request(p)))
+                .await
+                .expect("bare call");
+        }
+    })
+    .await;
+    row(
+        &mut rows,
+        "middleware (trace+metrics+validate), no exporter",
+        format!("{:.0} ns of {full:.0} ns", full - bare_ns),
+        format!(
+            "= +{:.0} % over accounting+dispatch alone (target ≤ 10 %)",
+            (full - bare_ns) / bare_ns * 100.0
+        ),
+    );
+    let (sink, endpoint) = otlp_sink().await;
+    let traced = Kernel::with_telemetry(
+        Config::default(),
+        Telemetry::otlp(&endpoint, Some("bench")).expect("exporter"),
+    );
+    let _traced_reg = Plugin::new("inproc")
+        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
+        .telemetry(traced.telemetry.clone())
+        .attach(&traced)
+        .expect("attach");
+    let exported = mean_ns(200_000, || {
+        let (k, p) = (&traced, payload.clone());
+        async move {
+            k.call(echo_request(p)).await.expect("traced call");
+        }
+    })
+    .await;
+    traced.telemetry.flush();
+    row(
+        &mut rows,
+        "in-process call, OTLP exporter on, 100 % sampling",
+        format!("{exported:.0} ns"),
+        format!(
+            "(3 spans per call, batched export; {} spans reached the collector so far)",
+            sink.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+    );
     let contexts = kernel.contexts.clone();
     let ctx_ns = mean_ns(1_000_000, || {
         let c = contexts.clone();
@@ -336,6 +402,56 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.target);
     }
+}
+
+fn echo_request(payload: Bytes) -> Request {
+    Request {
+        service: "bench.echo".into(),
+        payload,
+        ..Default::default()
+    }
+}
+
+/// A real OTLP/gRPC collector endpoint that counts spans.
+async fn otlp_sink() -> (std::sync::Arc<std::sync::atomic::AtomicU64>, String) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    struct Sink(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let n: usize = req
+                .into_inner()
+                .resource_spans
+                .iter()
+                .flat_map(|r| r.scope_spans.iter())
+                .map(|s| s.spans.len())
+                .sum();
+            self.0
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let svc = TraceServiceServer::new(Sink(count.clone()));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (count, format!("http://{addr}"))
 }
 
 fn us(l: Latency) -> String {

@@ -178,19 +178,21 @@ impl Broker {
             "kernel.publish",
             SpanKind::Producer,
             telemetry::Parent::Header(headers.get(headers::TRACEPARENT).map(String::as_str)),
-            vec![
-                KeyValue::new("kernel.topic", p.topic.clone()),
-                KeyValue::new(
-                    "kernel.context",
-                    match &p.parent {
-                        Parent::Node(n) => n.path.clone(),
-                        Parent::Path(path) => path.clone(),
-                        Parent::None => event_id.clone(),
-                    },
-                ),
-                KeyValue::new("kernel.event_id", event_id.clone()),
-                KeyValue::new("kernel.matched", targets.len() as i64),
-            ],
+            || {
+                vec![
+                    KeyValue::new("kernel.topic", p.topic.clone()),
+                    KeyValue::new(
+                        "kernel.context",
+                        match &p.parent {
+                            Parent::Node(n) => n.path.clone(),
+                            Parent::Path(path) => path.clone(),
+                            Parent::None => event_id.clone(),
+                        },
+                    ),
+                    KeyValue::new("kernel.event_id", event_id.clone()),
+                    KeyValue::new("kernel.matched", targets.len() as i64),
+                ]
+            },
         );
         if let Some(c) = &p.caller {
             headers.insert(headers::CALLER.to_owned(), c.to_string());
@@ -212,11 +214,13 @@ impl Broker {
                     "kernel.deliver",
                     SpanKind::Producer,
                     telemetry::Parent::Span(cx),
-                    vec![
-                        KeyValue::new("kernel.topic", event.topic.clone()),
-                        KeyValue::new("kernel.subscription", sub.label()),
-                        KeyValue::new("kernel.context", q.context.clone()),
-                    ],
+                    || {
+                        vec![
+                            KeyValue::new("kernel.topic", event.topic.clone()),
+                            KeyValue::new("kernel.subscription", sub.label()),
+                            KeyValue::new("kernel.context", q.context.clone()),
+                        ]
+                    },
                 ) {
                     q.traceparent = Some(telemetry::traceparent(&d));
                     d.span().end();

@@ -43,9 +43,9 @@ const CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// The series of one service.
+/// The series of one service; a call holds it from start to end.
 #[derive(Debug, Default)]
-struct Series {
+pub struct Series {
     codes: [AtomicU64; 17],
     buckets: [AtomicU64; BUCKETS.len()],
     sum_ns: AtomicU64,
@@ -71,21 +71,24 @@ impl Metrics {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A call ended with `code` after `elapsed`. `known` says whether the
-    /// service is registered (else it is counted as `_unknown`).
-    pub fn record(&self, service: &str, known: bool, code: i32, elapsed: Duration) {
+    /// The series a call to `service` is counted in; `known` (asked only
+    /// for a name without a series yet) says whether the service is
+    /// registered, else the call counts as `_unknown`.
+    pub fn series(&self, service: &str, known: impl FnOnce() -> bool) -> Arc<Series> {
+        if let Some(s) = self.services.read().get(service) {
+            return s.clone();
+        }
+        let name = if known() { service } else { UNKNOWN_SERVICE };
+        self.services
+            .write()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// A call counted in `series` ended with `code` after `elapsed`.
+    pub fn record(&self, series: &Series, code: i32, elapsed: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let name = if known { service } else { UNKNOWN_SERVICE };
-        let series = self.services.read().get(name).cloned();
-        let series = match series {
-            Some(s) => s,
-            None => self
-                .services
-                .write()
-                .entry(name.to_owned())
-                .or_default()
-                .clone(),
-        };
         self.calls.fetch_add(1, Ordering::Relaxed);
         if code != 0 {
             self.errors.fetch_add(1, Ordering::Relaxed);

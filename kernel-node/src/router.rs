@@ -121,12 +121,14 @@ impl Dispatch {
                 "kernel.dispatch",
                 SpanKind::Client,
                 telemetry::Parent::Span(cx),
-                vec![
-                    opentelemetry::KeyValue::new("kernel.service", service.clone()),
-                    opentelemetry::KeyValue::new("kernel.plugin", inst.plugin.to_string()),
-                    opentelemetry::KeyValue::new("kernel.instance", inst.id.to_string()),
-                    opentelemetry::KeyValue::new("kernel.context", node.path.clone()),
-                ],
+                || {
+                    vec![
+                        opentelemetry::KeyValue::new("kernel.service", service.clone()),
+                        opentelemetry::KeyValue::new("kernel.plugin", inst.plugin.to_string()),
+                        opentelemetry::KeyValue::new("kernel.instance", inst.id.to_string()),
+                        opentelemetry::KeyValue::new("kernel.context", node.path.clone()),
+                    ]
+                },
             )
         });
         let mut headers = passthrough(req.headers);

@@ -27,9 +27,9 @@ use futures::Stream;
 use kernel_proto::v1::{self as pb, admin_server::AdminServer, kernel_server::KernelServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
-use tonic::{Request, Response, Status, Streaming};
 
 pub use admin::AdminService;
 pub use admin_http::serve_admin_http;

@@ -97,15 +97,17 @@ impl Telemetry {
     }
 
     /// Starts a span under `parent` (a `traceparent` value, or the current
-    /// span of `parent_cx`). None when export is off.
+    /// span of `parent_cx`). None when export is off; `attributes` is only
+    /// evaluated when a span is made, so a disabled tracer costs nothing.
     pub fn start(
         &self,
         name: &'static str,
         kind: SpanKind,
         parent: Parent<'_>,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<Context> {
         let tracer = self.tracer.as_ref()?;
+        let attributes = attributes();
         let parent_cx = match parent {
             Parent::Header(Some(tp)) => match parse_traceparent(tp) {
                 Some(sc) => Context::new().with_remote_span_context(sc),

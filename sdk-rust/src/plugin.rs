@@ -426,11 +426,13 @@ fn handler_span(
         "plugin.handle",
         SpanKind::Server,
         TelemetryParent::Header(tp.as_deref()),
-        vec![
-            KeyValue::new("kernel.service", service.to_owned()),
-            KeyValue::new("kernel.plugin", plugin.to_owned()),
-            KeyValue::new("kernel.context", path),
-        ],
+        || {
+            vec![
+                KeyValue::new("kernel.service", service.to_owned()),
+                KeyValue::new("kernel.plugin", plugin.to_owned()),
+                KeyValue::new("kernel.context", path),
+            ]
+        },
     )?;
     headers.insert(
         kernel_node::context::headers::TRACEPARENT.to_owned(),

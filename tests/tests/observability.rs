@@ -505,7 +505,11 @@ async fn metrics_health_and_reflection() {
         })
         .await
         .expect("call");
-    assert!(r.metadata().get("x-request-id").is_some(), "{:?}", r.metadata());
+    assert!(
+        r.metadata().get("x-request-id").is_some(),
+        "{:?}",
+        r.metadata()
+    );
     assert_eq!(http_get(admin_addr, "/healthz").await.0, 200);
     assert_eq!(http_get(admin_addr, "/readyz").await.0, 200);
     assert_eq!(http_get(admin_addr, "/nope").await.0, 404);

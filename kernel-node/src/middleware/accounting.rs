@@ -82,12 +82,11 @@ where
                 is_call: true,
             },
         );
-        let service = inv.req.service.clone();
         let node = match created {
             Ok(n) => n,
             Err(e) => {
                 let mut f = e.into_failure();
-                push_hop(&mut f, "", &service, "");
+                push_hop(&mut f, "", &inv.req.service, "");
                 return Box::pin(async move { Err(f) });
             }
         };
@@ -102,7 +101,7 @@ where
             Some(node.cancel_reason())
         } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
             // Never forwarded: the deadline passed before the call could start.
-            Some(deadline_exceeded(&node.path, &service))
+            Some(deadline_exceeded(&node.path, &node.service))
         } else {
             None
         };
@@ -124,13 +123,13 @@ where
                         biased;
                         r = fut => r,
                         _ = node.cancel.cancelled() => Err(node.cancel_reason()),
-                        _ = sleep => Err(deadline_exceeded(&node.path, &service)),
+                        _ = sleep => Err(deadline_exceeded(&node.path, &node.service)),
                     }
                 }
             };
             out.map_err(|mut f| {
                 let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
-                push_hop(&mut f, &node.path, &service, plugin);
+                push_hop(&mut f, &node.path, &node.service, plugin);
                 f
             })
         })

@@ -69,8 +69,10 @@ where
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
         let metrics = self.layer.metrics.clone();
         metrics.enter();
-        let service = inv.req.service.clone();
-        let known = self.layer.registry.pool(&service).is_some();
+        let registry = &self.layer.registry;
+        let series = metrics.series(&inv.req.service, || {
+            registry.pool(&inv.req.service).is_some()
+        });
         inv.trace = self.layer.telemetry.start(
             "kernel.call",
             SpanKind::Server,
@@ -80,14 +82,16 @@ where
                     .get(headers::TRACEPARENT)
                     .map(String::as_str),
             ),
-            vec![
-                KeyValue::new("kernel.service", service.clone()),
-                KeyValue::new("kernel.method", inv.req.method.clone()),
-                KeyValue::new(
-                    "kernel.caller",
-                    inv.req.caller.as_deref().unwrap_or_default().to_owned(),
-                ),
-            ],
+            || {
+                vec![
+                    KeyValue::new("kernel.service", inv.req.service.clone()),
+                    KeyValue::new("kernel.method", inv.req.method.clone()),
+                    KeyValue::new(
+                        "kernel.caller",
+                        inv.req.caller.as_deref().unwrap_or_default().to_owned(),
+                    ),
+                ]
+            },
         );
         let span = inv.trace.clone();
         let started = inv.started;
@@ -98,7 +102,7 @@ where
                 Ok(_) => 0,
                 Err(f) => f.code,
             };
-            metrics.record(&service, known, code, started.elapsed());
+            metrics.record(&series, code, started.elapsed());
             if let Some(cx) = span {
                 let s = cx.span();
                 s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
