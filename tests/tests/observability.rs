@@ -96,6 +96,15 @@ async fn start_receiver() -> (Receiver, String) {
     (r, format!("http://{addr}"))
 }
 
+/// The spans of one traced request: two calls, publish, delivery.
+const ONE_TREE: &[(&str, usize)] = &[
+    ("kernel.call", 2),
+    ("kernel.dispatch", 2),
+    ("plugin.handle", 2),
+    ("kernel.publish", 1),
+    ("kernel.deliver", 1),
+];
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -278,18 +287,7 @@ async fn one_trace_across_out_of_process_providers_publish_and_delivery() {
         "the subscriber gets the trace: {:?}",
         event.headers
     );
-    let spans = collect(
-        &node,
-        &receiver,
-        &[
-            ("kernel.call", 2),
-            ("kernel.dispatch", 2),
-            ("plugin.handle", 2),
-            ("kernel.publish", 1),
-            ("kernel.deliver", 1),
-        ],
-    )
-    .await;
+    let spans = collect(&node, &receiver, ONE_TREE).await;
     assert_one_tree(&spans, "tr.a", "tr.b", "tr.done");
 }
 
@@ -322,18 +320,7 @@ async fn one_trace_across_in_process_providers() {
         .await
         .expect("delivery")
         .expect("event");
-    let spans = collect(
-        &node,
-        &receiver,
-        &[
-            ("kernel.call", 2),
-            ("kernel.dispatch", 2),
-            ("plugin.handle", 2),
-            ("kernel.publish", 1),
-            ("kernel.deliver", 1),
-        ],
-    )
-    .await;
+    let spans = collect(&node, &receiver, ONE_TREE).await;
     assert_one_tree(&spans, "in.a", "in.b", "in.done");
 }
 
