@@ -226,7 +226,7 @@ impl Broker {
                     d.span().end();
                 }
             }
-            if sub.push(q).is_ok() {
+            if self.push_or_reroute(sub, q) {
                 matched += 1;
             }
         }
@@ -237,8 +237,28 @@ impl Broker {
         Ok(Accepted { event_id, matched })
     }
 
-    /// The context path of one delivery: a child of the publisher's context,
-    /// or `<event id>.<n>` for an event published without one.
+    /// Buffers `q` in `sub`; when `sub` closed meanwhile (a queue-group
+    /// member left between selection and now), in another member of its
+    /// group, so an accepted event is never lost to a departing member.
+    fn push_or_reroute(&self, sub: &Arc<Subscription>, q: Queued) -> bool {
+        if sub.push(q.clone()).is_ok() {
+            return true;
+        }
+        let Some(g) = &sub.opts.group else {
+            // A plain subscription that closed takes its events with it.
+            return false;
+        };
+        let index = self.index.read();
+        let Some(group) = index.groups.get(g) else {
+            return false;
+        };
+        // Members in the index are open: closing happens under the write lock.
+        group.members.iter().any(|m| m.push(q.clone()).is_ok())
+    }
+
+    /// The context path of one delivery: a child of the publisher's live
+    /// context, or `<event id>.<n>` for an event published without one (or
+    /// with a context the kernel does not know).
     fn delivery_context(
         &self,
         parent: &Parent,
@@ -246,7 +266,7 @@ impl Broker {
         i: usize,
         caller: &Option<Arc<str>>,
     ) -> String {
-        if matches!(parent, Parent::None) {
+        if !matches!(parent, Parent::Node(_)) {
             return format!("{}.{}", event.id, i + 1);
         }
         let spec = ChildSpec {
@@ -336,43 +356,43 @@ impl Broker {
         Ok(sub)
     }
 
-    /// Closes a subscription. A queue-group member's buffered and unacked
-    /// events go to the remaining members; without a group they end with it.
+    /// Closes a subscription. A queue-group member's buffered, unacked and
+    /// delayed events go to the remaining members, ahead of their newer
+    /// events; without a group they end with it.
     pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
-        let leftovers = {
-            let mut index = self.index.write();
-            if index.subs.remove(&sub.id).is_none() {
-                return;
-            }
-            for p in &sub.opts.patterns {
-                index.trie.remove(p, sub.id);
-            }
-            let leftovers = sub.close();
-            let mut heirs = Vec::new();
-            if let Some(g) = &sub.opts.group {
-                if let Some(group) = index.groups.get_mut(g) {
-                    group.members.retain(|m| m.id != sub.id);
-                    heirs = group.members.clone();
-                    if group.members.is_empty() {
-                        index.groups.remove(g);
-                    }
-                }
-            }
-            (leftovers, heirs)
-        };
-        let (events, heirs) = leftovers;
-        if events.is_empty() {
+        let mut index = self.index.write();
+        if index.subs.remove(&sub.id).is_none() {
             return;
         }
-        if heirs.is_empty() {
-            if sub.opts.group.is_some() {
+        for p in &sub.opts.patterns {
+            index.trie.remove(p, sub.id);
+        }
+        // Closed under the index write lock: a publisher holding the read
+        // lock never sees a closed member in a group.
+        let events = sub.close();
+        let Some(g) = &sub.opts.group else {
+            return;
+        };
+        let Some(group) = index.groups.get_mut(g) else {
+            return;
+        };
+        group.members.retain(|m| m.id != sub.id);
+        if group.members.is_empty() {
+            index.groups.remove(g);
+            if !events.is_empty() {
                 tracing::warn!(subscription = %sub.label(), events = events.len(), "last queue-group member left with events in flight");
             }
             return;
         }
+        // Handed over while still holding the write lock, so no heir can
+        // close in between (closing needs this lock).
+        let heirs = &group.members;
+        let mut shares: Vec<Vec<Queued>> = vec![Vec::new(); heirs.len()];
         for (i, q) in events.into_iter().enumerate() {
-            let heir = &heirs[i % heirs.len()];
-            let _ = heir.push(q);
+            shares[i % heirs.len()].push(q);
+        }
+        for (heir, share) in heirs.iter().zip(shares) {
+            heir.push_front(share);
         }
     }
 
@@ -451,4 +471,105 @@ fn now_unix_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BudgetConfig;
+
+    fn broker(buffer: usize) -> Broker {
+        let config = BrokerConfig {
+            buffer,
+            ..BrokerConfig::default()
+        };
+        Broker::new(
+            config,
+            1024,
+            Arc::new(Contexts::new(BudgetConfig::default())),
+            Arc::new(Stats::default()),
+            Telemetry::disabled(),
+        )
+    }
+
+    fn member(b: &Broker, name: &str) -> Arc<Subscription> {
+        b.subscribe(SubscribeRequest {
+            name: name.into(),
+            patterns: vec!["jobs.*".into()],
+            group: "g".into(),
+            ..Default::default()
+        })
+        .expect("subscribe")
+    }
+
+    fn publication(n: u32) -> Publication {
+        Publication {
+            topic: "jobs.run".into(),
+            payload: Bytes::from(n.to_string()),
+            deadline: Some(Instant::now() + Duration::from_secs(5)),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_leaving_while_a_publisher_waits_loses_nothing() {
+        let b = Arc::new(broker(1));
+        let a = member(&b, "a");
+        let c = member(&b, "c");
+        b.publish(publication(1)).await.expect("first");
+        b.publish(publication(2)).await.expect("second");
+        assert_eq!((a.buffered(), c.buffered()), (1, 1), "both members full");
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.publish(publication(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the publisher waits for space");
+        // The member the publisher waits on (or the other) leaves: its event
+        // goes to the survivor, and so does the waiting publisher's.
+        b.unsubscribe(&a);
+        let accepted = waiting.await.expect("join").expect("accepted");
+        assert_eq!(accepted.matched, 1);
+        let mut got = Vec::new();
+        while let Ok(Some(batch)) =
+            tokio::time::timeout(Duration::from_millis(50), c.next_batch(10)).await
+        {
+            got.extend(
+                batch
+                    .events
+                    .into_iter()
+                    .map(|e| String::from_utf8_lossy(&e.payload).into_owned()),
+            );
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            ["1", "2", "3"],
+            "every accepted event reached the survivor"
+        );
+    }
+
+    #[tokio::test]
+    async fn handed_over_events_go_before_newer_ones() {
+        let b = broker(16);
+        let a = member(&b, "a");
+        let c = member(&b, "c");
+        for n in 1..=4 {
+            b.publish(publication(n)).await.expect("publish");
+        }
+        // Round robin: a holds 1 and 3, c holds 2 and 4.
+        b.unsubscribe(&a);
+        let batch = c.next_batch(10).await.expect("open");
+        let order: Vec<String> = batch
+            .events
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+            .collect();
+        assert_eq!(order.len(), 4);
+        assert_eq!(
+            &order[..2],
+            ["1", "3"],
+            "the departed member's events first: {order:?}"
+        );
+    }
 }

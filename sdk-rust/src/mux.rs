@@ -41,12 +41,17 @@ impl<Up, R> Mux<Up, R> {
         &self,
         build: impl FnOnce(u64) -> Up,
     ) -> Option<(u64, oneshot::Receiver<R>)> {
-        if self.dead.load(Ordering::Acquire) {
-            return None;
-        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
+        {
+            // `dead` is set under this lock by `fail_all`: a request is either
+            // refused here or failed there, never left pending forever.
+            let mut pending = self.pending.lock();
+            if self.dead.load(Ordering::Acquire) {
+                return None;
+            }
+            pending.insert(id, tx);
+        }
         if self.tx.send(build(id)).is_err() {
             self.pending.lock().remove(&id);
             return None;
@@ -78,8 +83,11 @@ impl<Up, R> Mux<Up, R> {
 
     /// Marks the stream dead and fails everything pending.
     pub(crate) fn fail_all(&self, err: impl Fn() -> R) {
-        self.dead.store(true, Ordering::Release);
-        let pending = std::mem::take(&mut *self.pending.lock());
+        let pending = {
+            let mut p = self.pending.lock();
+            self.dead.store(true, Ordering::Release);
+            std::mem::take(&mut *p)
+        };
         for (_, tx) in pending {
             let _ = tx.send(err());
         }

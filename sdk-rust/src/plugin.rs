@@ -261,6 +261,11 @@ impl Plugin {
                     "the kernel closed the session",
                 ));
             };
+            // Invocations first: a cancel batched into the same frame as its
+            // invocation must find it running.
+            for inv in frame.invocations {
+                self.start(inv, client, &tx, &running, &idle);
+            }
             for id in frame.cancels {
                 if let Some(r) = running.lock().remove(&id) {
                     // The handler sees a cancelled context and may return on
@@ -271,9 +276,6 @@ impl Plugin {
                         r.abort.abort();
                     });
                 }
-            }
-            for inv in frame.invocations {
-                self.start(inv, client, &tx, &running, &idle);
             }
             if let Some(d) = frame.drain {
                 tracing::info!(plugin = %self.name, reason = %d.reason, "draining");

@@ -354,3 +354,65 @@ async fn call_stream_half_close_still_gets_replies_and_duplicate_ids_are_refused
         "half-closed stream still answered"
     );
 }
+
+#[tokio::test]
+async fn a_provider_failure_without_a_code_becomes_unknown() {
+    let node = Node::start().await;
+    // A hand-written provider (as a Go or Python author might write one)
+    // that leaves `Failure.code` at its proto default, 0 (OK).
+    let (up_tx, up_rx) = tokio::sync::mpsc::unbounded_channel::<pb::ProviderUp>();
+    up_tx
+        .send(pb::ProviderUp {
+            hello: Some(pb::Hello {
+                plugin: "sloppy".into(),
+                services: vec![pb::ServiceDecl {
+                    name: "sloppy.fail".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("hello");
+    let mut down = node
+        .raw()
+        .await
+        .register(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
+        .await
+        .expect("register")
+        .into_inner();
+    let provider = tokio::spawn(async move {
+        while let Ok(Some(frame)) = down.message().await {
+            for inv in frame.invocations {
+                let _ = up_tx.send(pb::ProviderUp {
+                    results: vec![pb::CallResult {
+                        call_id: inv.call_id,
+                        error: Some(pb::Failure {
+                            code: 0,
+                            message: "forgot the code".into(),
+                            causality: vec![],
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+            }
+        }
+    });
+    node.wait_providers("sloppy.fail", 1).await;
+    let err = node
+        .client()
+        .call("sloppy.fail", "")
+        .await
+        .expect_err("a failure");
+    assert_eq!(err.code(), Code::Unknown, "{err}");
+    assert!(err.message().contains("forgot the code"));
+    let err = node
+        .raw()
+        .await
+        .call(unary("sloppy.fail", b""))
+        .await
+        .expect_err("a failure");
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    provider.abort();
+}

@@ -193,6 +193,24 @@ impl Subscription {
         Ok(())
     }
 
+    /// Puts handed-over events (older than anything buffered) at the front,
+    /// in their order. Ignored when closed.
+    pub fn push_front(&self, events: Vec<Queued>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut s = self.state.lock();
+            if s.closed {
+                return;
+            }
+            for q in events.into_iter().rev() {
+                s.queue.push_front(q);
+            }
+        }
+        self.wake.notify_one();
+    }
+
     /// Waits until the buffer has room (or the subscription closes).
     pub async fn wait_space(&self) {
         let notified = self.space.notified();

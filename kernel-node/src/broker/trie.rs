@@ -106,13 +106,17 @@ impl<V: Copy + PartialEq> Trie<V> {
     }
 
     /// The matching values, each once, in no particular order.
-    pub fn matches(&self, topic: &str) -> Vec<V> {
+    pub fn matches(&self, topic: &str) -> Vec<V>
+    where
+        V: Ord,
+    {
         let mut out = Vec::new();
-        self.for_each_match(topic, |v| {
-            if !out.contains(&v) {
-                out.push(v)
-            }
-        });
+        self.for_each_match(topic, |v| out.push(v));
+        // Sort + dedup: linear-log in the matches, not quadratic.
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
         out
     }
 }

@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 
 use crate::context::headers;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use crate::middleware::Invocation;
 use crate::provider::{BoxFuture, Reply};
 use crate::registry::Registry;
@@ -46,6 +46,21 @@ impl<S> Layer<S> for TraceLayer {
     }
 }
 
+/// Records one call in the metrics when dropped.
+struct Count {
+    metrics: Arc<Metrics>,
+    series: Arc<Series>,
+    started: std::time::Instant,
+    code: i32,
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.metrics
+            .record(&self.series, self.code, self.started.elapsed());
+    }
+}
+
 /// Spans and metrics around the inner service.
 #[derive(Debug, Clone)]
 pub struct TraceService<S> {
@@ -67,6 +82,7 @@ where
     }
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
+        let inv_started = inv.started;
         let metrics = self.layer.metrics.clone();
         metrics.enter();
         let registry = &self.layer.registry;
@@ -94,15 +110,23 @@ where
             },
         );
         let span = inv.trace.clone();
-        let started = inv.started;
         let fut = self.inner.call(inv);
+        // Counts the call even when its future is dropped (caller gone,
+        // stream cancel): as CANCELLED, so in-flight never leaks.
+        let mut count = Count {
+            metrics,
+            series,
+            started: inv_started,
+            code: tonic::Code::Cancelled as i32,
+        };
         Box::pin(async move {
             let out = fut.await;
             let code = match &out {
                 Ok(_) => 0,
                 Err(f) => f.code,
             };
-            metrics.record(&series, code, started.elapsed());
+            count.code = code;
+            drop(count);
             if let Some(cx) = span {
                 let s = cx.span();
                 s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::Stream;
 use kernel_proto::v1::{self as pb, CallStreamDown, CallStreamUp};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tonic::{Request, Status, Streaming};
 
@@ -48,17 +48,26 @@ pub(crate) async fn unary(
 
 type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
+/// Calls one CallStream may have running or answered-but-unread. At the cap
+/// the kernel stops reading the stream (HTTP/2 flow control then pushes
+/// back on the caller), so a client that never reads its replies cannot
+/// make the node buffer without bound.
+const MAX_OUTSTANDING: usize = 4096;
+
+type Outgoing = (pb::CallReply, OwnedSemaphorePermit);
+
 /// A multiplexed call stream: each call runs as its own task; a cancel frame
-/// or the stream's end aborts it, which cancels it downstream.
+/// or the caller going away aborts it, which cancels it downstream.
 pub(crate) fn stream(
     kernel: Arc<Kernel>,
     req: Request<Streaming<CallStreamUp>>,
 ) -> impl Stream<Item = Result<CallStreamDown, Status>> + Send + 'static {
     let caller = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
-    let (tx, rx) = mpsc::unbounded_channel::<pb::CallReply>();
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     tokio::spawn(async move {
         let in_flight: InFlight = Arc::default();
+        let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
         loop {
             let frame = tokio::select! {
                 f = inbound.message() => f,
@@ -67,8 +76,12 @@ pub(crate) fn stream(
             let frame = match frame {
                 Ok(Some(f)) => f,
                 // Half-close: the caller sends nothing more but still reads
-                // replies; its calls run to completion.
-                Ok(None) => return,
+                // replies; its calls run until it stops reading (the reply
+                // stream is dropped), then they are abandoned.
+                Ok(None) => {
+                    tx.closed().await;
+                    break;
+                }
                 Err(status) => {
                     tracing::debug!(cause = %status.message(), "call stream broke");
                     break;
@@ -80,7 +93,14 @@ pub(crate) fn stream(
                 }
             }
             for call in frame.calls {
-                start(&kernel, &in_flight, &tx, call, caller.clone());
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = tx.closed() => break,
+                };
+                start(&kernel, &in_flight, &tx, call, caller.clone(), permit);
             }
         }
         // The caller is gone: abandon its calls (providers get cancel frames).
@@ -88,15 +108,19 @@ pub(crate) fn stream(
             h.abort();
         }
     });
-    batched(rx, None, |replies| CallStreamDown { replies })
+    // Folding a reply into a frame releases its permit: it is being read.
+    batched(rx, None, |items: Vec<Outgoing>| CallStreamDown {
+        replies: items.into_iter().map(|(r, _permit)| r).collect(),
+    })
 }
 
 fn start(
     kernel: &Arc<Kernel>,
     in_flight: &InFlight,
-    tx: &mpsc::UnboundedSender<pb::CallReply>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
     call: pb::CallFrame,
     caller: Option<Arc<str>>,
+    permit: OwnedSemaphorePermit,
 ) {
     let id = call.id;
     let headers = call.headers;
@@ -118,11 +142,12 @@ fn start(
         let err = Error::Protocol {
             detail: format!("call id {id} is already in flight on this stream"),
         };
-        let _ = tx.send(pb::CallReply {
+        let reply = pb::CallReply {
             id,
             error: Some(err.into_failure()),
             ..Default::default()
-        });
+        };
+        let _ = tx.send((reply, permit));
         return;
     }
     let tx = tx.clone();
@@ -141,7 +166,7 @@ fn start(
             },
         };
         map.lock().remove(&id);
-        let _ = tx.send(reply);
+        let _ = tx.send((reply, permit));
     });
     guard.insert(id, handle.abort_handle());
 }

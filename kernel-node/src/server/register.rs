@@ -109,7 +109,14 @@ async fn read_results(
             Ok(Ok(Some(frame))) => {
                 for r in frame.results {
                     let result = match r.error {
-                        Some(f) => Err(f),
+                        Some(mut f) => {
+                            // A failure must not claim OK (proto default 0)
+                            // or an unknown code.
+                            if !(1..=16).contains(&f.code) {
+                                f.code = tonic::Code::Unknown as i32;
+                            }
+                            Err(f)
+                        }
                         None => Ok(Reply {
                             payload: r.payload,
                             content_type: r.content_type,
