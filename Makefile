@@ -12,7 +12,7 @@ run:
 
 ## Every test: unit, property and end-to-end (real node, real plugin processes).
 test:
-	$(CARGO) build --tests --workspace
+	$(CARGO) build --workspace --bins --tests
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Side-by-side measurements (kernel vs direct tonic vs NATS when reachable).

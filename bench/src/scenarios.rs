@@ -384,13 +384,22 @@ pub(crate) async fn all(secs: u64, samples: usize) {
 
     // --- trie ----------------------------------------------------------------
     let t10 = trie_cost(10);
-    let t1m = trie_cost(1_000_000);
     row(
         &mut rows,
         "trie match, 10 subscriptions",
         format!("{t10:.0} ns"),
         String::new(),
     );
+    for n in [1_000, 100_000] {
+        let t = trie_cost(n);
+        row(
+            &mut rows,
+            &format!("trie match, {n} subscriptions"),
+            format!("{t:.0} ns"),
+            String::new(),
+        );
+    }
+    let t1m = trie_cost(1_000_000);
     row(
         &mut rows,
         "trie match, 1,000,000 subscriptions",

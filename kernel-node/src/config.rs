@@ -235,6 +235,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut root: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut applied = Vec::new();
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix("KERNEL_") else {
                 continue;
@@ -242,10 +243,19 @@ impl Config {
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
             set_path(&mut root, &keys, parse_scalar(&value))
                 .map_err(|e| ConfigError::Invalid(format!("environment variable {name}: {e}")))?;
+            applied.push(format!("{name} sets `{}`", keys.join(".")));
         }
         let merged = toml::to_string(&root).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let config: Config =
-            toml::from_str(&merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = toml::from_str(&merged).map_err(|e| {
+            if applied.is_empty() {
+                ConfigError::Invalid(e.to_string())
+            } else {
+                ConfigError::Invalid(format!(
+                    "{e}(environment overrides: {})",
+                    applied.join(", ")
+                ))
+            }
+        })?;
         config.check()?;
         Ok(config)
     }

@@ -38,11 +38,19 @@ pub struct Tree {
     id: u64,
     /// Spending and limits shared by the whole tree.
     pub budget: Budget,
-    /// The trace this tree belongs to (first `traceparent` seen).
-    pub traceparent: String,
+    /// The trace this tree belongs to: the first `traceparent` seen, or one
+    /// made up on first use (most in-process trees never need one).
+    traceparent: OnceLock<String>,
     nodes: Mutex<HashMap<String, Weak<Node>>>,
     roots: Weak<RootMap>,
     next_top: AtomicU32,
+}
+
+impl Tree {
+    /// The tree's `traceparent`.
+    pub fn traceparent(&self) -> &str {
+        self.traceparent.get_or_init(headers::new_traceparent)
+    }
 }
 
 impl Drop for Tree {
@@ -240,7 +248,8 @@ impl Contexts {
             budget: Budget::new(&self.budgets, spec.caller),
             traceparent: spec
                 .traceparent
-                .map_or_else(headers::new_traceparent, str::to_owned),
+                .map(|t| OnceLock::from(t.to_owned()))
+                .unwrap_or_default(),
             nodes: Mutex::new(HashMap::default()),
             roots: Arc::downgrade(&self.roots),
             next_top: AtomicU32::new(0),

@@ -108,6 +108,11 @@ impl Metrics {
         series.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Calls finished and calls failed, since start.
     pub fn totals(&self) -> (u64, u64) {
         (

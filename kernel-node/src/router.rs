@@ -273,7 +273,7 @@ fn passthrough(mut h: Headers) -> Headers {
 /// The header map a remote provider receives.
 fn provider_headers(node: &Node, mut h: Headers, caller: Option<&str>) -> Headers {
     h.entry(headers::TRACEPARENT.to_owned())
-        .or_insert_with(|| node.tree.traceparent.clone());
+        .or_insert_with(|| node.tree.traceparent().to_owned());
     h.insert(headers::CONTEXT.to_owned(), node.path.clone());
     h.insert(
         headers::BUDGET.to_owned(),

@@ -209,14 +209,14 @@ pub async fn run(
         .add_service(admin_svc)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
-            tracing::info!("shutting down: draining providers");
+            tracing::info!("shutting down: finishing in-flight calls");
             drain_all(&signal_kernel);
         });
     tokio::pin!(serve);
     tokio::select! {
         r = &mut serve => r?,
         _ = async { stop_after_grace(&kernel, grace).await } => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining streams");
+            tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = kernel.metrics.in_flight(), "closing remaining streams");
             stop.cancel();
             // Streams now end on their own; give them a moment to say so.
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
@@ -227,20 +227,23 @@ pub async fn run(
 }
 
 /// Resolves `grace` after shutdown began (never, if it does not begin).
+/// Resolves once shutdown began and either no call is in flight any more
+/// or `grace` has passed, whichever comes first.
 async fn stop_after_grace(kernel: &Kernel, grace: Duration) {
     kernel.shutdown_started.notified().await;
-    tokio::time::sleep(grace).await;
+    let until = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < until && kernel.metrics.in_flight() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
+/// Shutdown began: `/readyz` turns 503 and the grace period starts.
+/// Providers are not sent a drain notice: their sessions end with the node,
+/// and the SDK reconnects (with backoff) to the node that replaces it.
 fn drain_all(kernel: &Kernel) {
     kernel
         .draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     kernel.shutdown_started.notify_waiters();
     kernel.shutdown_started.notify_one();
-    for inst in kernel.registry.instances() {
-        if let crate::provider::Link::Remote(r) = &inst.link {
-            r.drain("node shutting down".into());
-        }
-    }
 }

@@ -160,6 +160,20 @@ impl Subscriber {
         }
     }
 
+    /// Grants `n` more events of window (explicit mode): the kernel may
+    /// send that many more beyond `window` before acks come back.
+    pub fn credit(&self, n: u32) {
+        match &self.source {
+            Source::Remote { up, .. } => {
+                let _ = up.send(pb::SubscribeUp {
+                    credit: n,
+                    ..Default::default()
+                });
+            }
+            Source::Local { sub, .. } => sub.add_credit(n),
+        }
+    }
+
     /// Asks for redelivery after `delay`.
     pub fn nack(&self, event: &Event, delay: Duration) {
         match &self.source {

@@ -35,15 +35,41 @@ impl Node {
     }
 
     /// Starts a node with `config` exporting traces through `telemetry`.
-    pub async fn start_full(
+    pub async fn start_full(config: Config, telemetry: kernel_node::telemetry::Telemetry) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Node::serve(listener, config, telemetry)
+    }
+
+    /// Starts a node on a given address (to restart one where it was).
+    pub async fn start_at(addr: SocketAddr) -> Node {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(cause = %e, "rebinding");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        };
+        Node::serve(
+            listener,
+            Config::default(),
+            kernel_node::telemetry::Telemetry::disabled(),
+        )
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
         mut config: Config,
         telemetry: kernel_node::telemetry::Telemetry,
     ) -> Node {
         init_logs();
         config.server.shutdown_grace_ms = config.server.shutdown_grace_ms.min(2_000);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let kernel = Kernel::with_telemetry(config, telemetry);
         let (stop, rx) = oneshot::channel::<()>();

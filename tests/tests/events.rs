@@ -380,3 +380,36 @@ async fn events_without_subscribers_match_zero() {
         .expect("publish ok");
     assert_eq!(r.matched, 0);
 }
+
+#[tokio::test]
+async fn window_limits_unacked_and_credit_or_acks_open_it() {
+    let node = Node::start().await;
+    let client = node.client();
+    let mut sub = client
+        .subscriber(SubscribeOptions::new("win.*").explicit_ack().window(2))
+        .await
+        .expect("subscribe");
+    for i in 0..5 {
+        client
+            .publish("win.x", i.to_string())
+            .await
+            .expect("publish");
+    }
+    let first = drain(&mut sub, Duration::from_millis(300)).await;
+    assert_eq!(first.len(), 2, "no more than the window unacked");
+    sub.credit(1);
+    let more = drain(&mut sub, Duration::from_millis(300)).await;
+    assert_eq!(more.len(), 1, "credit opens the window by one");
+    for e in first.iter().chain(more.iter()) {
+        sub.ack(e);
+    }
+    let rest = drain(&mut sub, Duration::from_millis(300)).await;
+    assert_eq!(rest.len(), 2, "acks free the window");
+    let all: Vec<String> = first
+        .iter()
+        .chain(&more)
+        .chain(&rest)
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .collect();
+    assert_eq!(all, ["0", "1", "2", "3", "4"]);
+}
