@@ -36,6 +36,11 @@ pub mod plugin;
 pub mod transaction;
 
 pub use bytes::Bytes;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use client::{CallOptions, Client, Published, Reply};
 pub use context::Context;
 pub use error::Error;
