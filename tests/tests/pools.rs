@@ -317,3 +317,47 @@ mod raw_codec {
         }
     }
 }
+
+#[tokio::test]
+async fn a_silent_provider_is_deregistered_after_the_heartbeat_timeout() {
+    let mut config = kernel_node::config::Config::default();
+    config.router.heartbeat_interval_ms = 100;
+    config.router.heartbeat_timeout_ms = 400;
+    let node = Node::start_with(config).await;
+    // A hand-written provider that says hello and then never sends a frame
+    // again (hung, but its TCP connection stays up).
+    let (up_tx, up_rx) = tokio::sync::mpsc::unbounded_channel::<pb::ProviderUp>();
+    up_tx
+        .send(pb::ProviderUp {
+            hello: Some(pb::Hello {
+                plugin: "silent".into(),
+                services: vec![pb::ServiceDecl {
+                    name: "silent.svc".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("hello");
+    let _down = node
+        .raw()
+        .await
+        .register(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
+        .await
+        .expect("register");
+    node.wait_providers("silent.svc", 1).await;
+    let registered = Instant::now();
+    node.wait_providers("silent.svc", 0).await;
+    assert!(
+        registered.elapsed() >= Duration::from_millis(300),
+        "not before the timeout"
+    );
+    let err = node
+        .client()
+        .call("silent.svc", "")
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    drop(up_tx);
+}
