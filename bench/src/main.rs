@@ -48,6 +48,16 @@ enum Cmd {
     },
     /// Child process: a NATS responder on `bench.echo`.
     NatsResponder,
+    /// Only the events-over-gRPC measurement against a node at `url`
+    /// (for profiling the kernel in isolation).
+    Events {
+        /// Kernel URL.
+        #[arg(long)]
+        url: String,
+        /// Events to send.
+        #[arg(long, default_value_t = 500_000)]
+        count: usize,
+    },
 }
 
 fn main() {
@@ -67,6 +77,10 @@ fn main() {
             Cmd::EchoServer { listen } => baseline::echo_server(&listen).await,
             Cmd::Provider { url } => baseline::provider(&url).await,
             Cmd::NatsResponder => baseline::nats_responder().await,
+            Cmd::Events { url, count } => {
+                let (rate, lost) = scenarios::events_grpc(&url, count).await;
+                println!("events: {rate:.0} msg/s, lost {lost}");
+            }
         }
     });
 }

@@ -480,7 +480,7 @@ async fn wait_ready(client: &Client, service: &str) {
 
 /// Publisher and wildcard subscriber on separate connections through the
 /// kernel process; returns (msg/s, lost).
-async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
+pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
     let sub_client = Client::connect(url).expect("client");
     let pub_client = Client::connect(url).expect("client");
     let mut sub = sub_client

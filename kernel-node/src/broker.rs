@@ -9,7 +9,7 @@
 pub mod subscription;
 pub mod trie;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,8 +79,8 @@ pub struct SubscribeRequest {
 #[derive(Debug, Default)]
 struct Index {
     trie: Trie<u64>,
-    subs: HashMap<u64, Arc<Subscription>>,
-    groups: HashMap<String, Group>,
+    subs: FxHashMap<u64, Arc<Subscription>>,
+    groups: FxHashMap<String, Group>,
 }
 
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@
 //! topic length and the number of matches, not with how many subscriptions
 //! exist.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// A pattern trie mapping patterns to values of type `V` (subscription ids).
 #[derive(Debug)]
@@ -27,7 +27,7 @@ struct Level<V> {
 impl<V> Default for Level<V> {
     fn default() -> Self {
         Level {
-            literal: HashMap::new(),
+            literal: HashMap::default(),
             star: None,
             here: Vec::new(),
             tail: Vec::new(),
@@ -100,9 +100,20 @@ impl<V: Copy + PartialEq> Trie<V> {
     /// Calls `f` for every value whose pattern matches `topic` (a value
     /// inserted under several matching patterns is reported once per pattern).
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(V)) {
-        // Small fixed stack: avoids allocating for the common shallow case.
-        let tokens: Vec<&str> = topic.split('.').collect();
-        walk(&self.root, &tokens, &mut f);
+        // Tokens on the stack for the common case: no allocation per match.
+        const INLINE: usize = 16;
+        let mut inline = [""; INLINE];
+        let mut n = 0;
+        for t in topic.split('.') {
+            if n == INLINE {
+                let tokens: Vec<&str> = topic.split('.').collect();
+                walk(&self.root, &tokens, &mut f);
+                return;
+            }
+            inline[n] = t;
+            n += 1;
+        }
+        walk(&self.root, &inline[..n], &mut f);
     }
 
     /// The matching values, each once, in no particular order.
