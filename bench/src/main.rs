@@ -48,6 +48,12 @@ enum Cmd {
     },
     /// Child process: a NATS responder on `bench.echo`.
     NatsResponder,
+    /// Only in-process calls, for `iters` iterations (for profiling).
+    Inproc {
+        /// Calls to make.
+        #[arg(long, default_value_t = 5_000_000)]
+        iters: usize,
+    },
     /// Only the events-over-gRPC measurement against a node at `url`
     /// (for profiling the kernel in isolation).
     Events {
@@ -77,6 +83,10 @@ fn main() {
             Cmd::EchoServer { listen } => baseline::echo_server(&listen).await,
             Cmd::Provider { url } => baseline::provider(&url).await,
             Cmd::NatsResponder => baseline::nats_responder().await,
+            Cmd::Inproc { iters } => {
+                let ns = scenarios::inproc_only(iters).await;
+                println!("in-process call: {ns:.0} ns");
+            }
             Cmd::Events { url, count } => {
                 let (rate, lost) = scenarios::events_grpc(&url, count).await;
                 println!("events: {rate:.0} msg/s, lost {lost}");

@@ -413,6 +413,24 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     }
 }
 
+/// In-process calls through the full pipeline, alone.
+pub(crate) async fn inproc_only(iters: usize) -> f64 {
+    let kernel = Kernel::new(Config::default());
+    let _reg = Plugin::new("inproc")
+        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
+        .attach(&kernel)
+        .expect("attach");
+    let local = Client::in_process(kernel.clone());
+    let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
+    mean_ns(iters, || {
+        let (l, p) = (&local, payload.clone());
+        async move {
+            l.call("bench.echo", p).await.expect("in-process call");
+        }
+    })
+    .await
+}
+
 fn echo_request(payload: Bytes) -> Request {
     Request {
         service: "bench.echo".into(),

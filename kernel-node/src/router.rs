@@ -199,7 +199,8 @@ impl Dispatch {
         node: &Arc<Node>,
         service: &str,
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit), Failure> {
-        let queue_until = Instant::now() + Duration::from_millis(self.config.queue_timeout_ms);
+        // Read the clock only if the call has to queue.
+        let mut queue_until: Option<Instant> = None;
         loop {
             let no_provider = || {
                 Error::NoProvider {
@@ -230,10 +231,13 @@ impl Dispatch {
                 }
                 .into_failure());
             }
+            let until = *queue_until.get_or_insert_with(|| {
+                Instant::now() + Duration::from_millis(self.config.queue_timeout_ms)
+            });
             let acquired = tokio::select! {
                 p = inst.permits.clone().acquire_owned() => p.ok(),
                 _ = node.cancel.cancelled() => return Err(node.cancel_reason()),
-                _ = tokio::time::sleep_until(queue_until.into()) => {
+                _ = tokio::time::sleep_until(until.into()) => {
                     return Err(Error::Saturated {
                         service: service.to_owned(),
                         detail: format!(
