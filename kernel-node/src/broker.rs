@@ -145,14 +145,16 @@ impl Broker {
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let event_id = format!("{:016x}", self.event_base.wrapping_add(seq));
         if let Parent::Node(n) = &p.parent {
-            n.tree
-                .budget
-                .charge_event()
-                .map_err(|e| Error::BudgetExhausted {
-                    budget: e.budget,
+            if let Err(e) = n.tree.budget.charge_event() {
+                // As for calls: the branch that overspent is cancelled.
+                let err = || Error::BudgetExhausted {
+                    budget: e.budget.clone(),
                     context: n.path.clone(),
                     limit: e.limit,
-                })?;
+                };
+                n.kill(err());
+                return Err(err());
+            }
         }
         let targets = self.targets(&p.topic);
         // Wait until every target has room, so the event is accepted by all

@@ -4,7 +4,8 @@
 //! working embedded node. An environment variable `KERNEL_SECTION__KEY`
 //! overrides `[section] key` (double underscore between levels, case
 //! insensitive), e.g. `KERNEL_ROUTER__MAX_PAYLOAD_BYTES=1048576`,
-//! `KERNEL_LISTEN=0.0.0.0:50051`. Bad config is an error naming the key.
+//! `KERNEL_LISTEN=0.0.0.0:50051`. Variables whose first key is not a config
+//! section (`KERNEL_FOO`) are ignored. Bad config is an error naming the key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -241,6 +242,11 @@ impl Config {
                 continue;
             };
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            // Only names that start with a known key are config; others
+            // (some other tool's KERNEL_SOMETHING) are not ours to reject.
+            if !KNOWN_ROOTS.contains(&keys[0].as_str()) {
+                continue;
+            }
             set_path(&mut root, &keys, parse_scalar(&value))
                 .map_err(|e| ConfigError::Invalid(format!("environment variable {name}: {e}")))?;
             applied.push(format!("{name} sets `{}`", keys.join(".")));
@@ -280,6 +286,16 @@ impl Config {
         Ok(())
     }
 }
+
+/// Top-level keys an environment variable may set.
+const KNOWN_ROOTS: [&str; 6] = [
+    "listen",
+    "router",
+    "broker",
+    "budget",
+    "server",
+    "telemetry",
+];
 
 /// An environment value as TOML: integers, floats and booleans keep their
 /// type, anything else is a string.
@@ -348,5 +364,9 @@ mod tests {
         )
         .expect_err("bad type rejected");
         assert!(err.to_string().contains("queue_limit"), "{err}");
+        // Another tool's variable is not ours to reject.
+        assert!(
+            Config::from_toml_and_env("", vec![("KERNEL_VERSION".into(), "6.1".into())]).is_ok()
+        );
     }
 }

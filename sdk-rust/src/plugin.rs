@@ -192,6 +192,14 @@ impl Plugin {
                     if shutdown.is_cancelled() {
                         return Ok(SessionEnd::Shutdown);
                     }
+                    // The kernel refused this plugin's hello (bad name,
+                    // schema, duplicate instance id): retrying cannot help.
+                    if matches!(
+                        e.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                    ) {
+                        return Err(e);
+                    }
                     if started.elapsed() > Duration::from_secs(10) {
                         backoff = Duration::from_millis(100);
                     }

@@ -527,3 +527,36 @@ async fn causality_chain_shows_where_a_failure_started() {
     let f = kernel_node::error::status_to_failure(&status);
     assert_eq!(f.causality.len(), 3);
 }
+
+#[tokio::test]
+async fn events_budget_stops_emits_and_cancels_the_emitting_branch() {
+    let mut config = Config::default();
+    config.budget.events = 2;
+    let node = Node::start_with(config).await;
+    let _reg = Plugin::new("chatty")
+        .provide("chatty.emit", |ctx: Context, _p: Bytes| async move {
+            ctx.emit("chatty.said", "1").await?;
+            ctx.emit("chatty.said", "2").await?;
+            let third = ctx.emit("chatty.said", "3").await.expect_err("over budget");
+            Ok(Bytes::from(format!(
+                "{}|cancelled={}",
+                third,
+                ctx.is_cancelled()
+            )))
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    // The third emit fails naming the budget, and the emitting branch (the
+    // handler's own context) is cancelled.
+    let out = node
+        .client()
+        .call("chatty.emit", "")
+        .await
+        .expect("handler answers");
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(
+        out.contains("ResourceExhausted") && out.contains("`events`"),
+        "{out}"
+    );
+    assert!(out.ends_with("cancelled=true"), "{out}");
+}
