@@ -40,6 +40,9 @@ pub struct Invocation {
     pub trace: Option<opentelemetry::Context>,
     /// When the call entered the kernel.
     pub started: Instant,
+    /// The provider pool, when a layer already looked it up (validate does),
+    /// so dispatch does not look it up again.
+    pub pool: Option<Arc<crate::registry::Pool>>,
 }
 
 impl Invocation {
@@ -50,6 +53,7 @@ impl Invocation {
             node: None,
             trace: None,
             started: Instant::now(),
+            pool: None,
         }
     }
 }

@@ -112,7 +112,7 @@ impl Dispatch {
         };
         let req = inv.req;
         let service = req.service;
-        let (inst, permit) = self.acquire(&node, &service).await?;
+        let (inst, permit) = self.acquire(&node, &service, inv.pool).await?;
         let _ = node.plugin.set(inst.plugin.clone());
         let _busy = InFlight::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
@@ -198,6 +198,7 @@ impl Dispatch {
         &self,
         node: &Arc<Node>,
         service: &str,
+        mut known: Option<Arc<crate::registry::Pool>>,
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit), Failure> {
         // Read the clock only if the call has to queue.
         let mut queue_until: Option<Instant> = None;
@@ -208,7 +209,11 @@ impl Dispatch {
                 }
                 .into_failure()
             };
-            let pool = self.registry.pool(service).ok_or_else(no_provider)?;
+            // The pool a layer above already looked up serves the first try.
+            let pool = match known.take() {
+                Some(p) => p,
+                None => self.registry.pool(service).ok_or_else(no_provider)?,
+            };
             let Some(inst) = pool.pick().cloned() else {
                 return Err(no_provider());
             };

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use crate::context::headers;
 use crate::metrics::{Metrics, Series};
 use crate::middleware::Invocation;
-use crate::provider::{BoxFuture, Reply};
+use crate::provider::Reply;
 use crate::registry::Registry;
 use crate::telemetry::{Parent, SpanKind, Telemetry};
 
@@ -71,18 +71,17 @@ pub struct TraceService<S> {
 impl<S> Service<Invocation> for TraceService<S>
 where
     S: Service<Invocation, Response = Reply, Error = Failure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: Unpin + Send + 'static,
 {
     type Response = Reply;
     type Error = Failure;
-    type Future = BoxFuture<Result<Reply, Failure>>;
+    type Future = Traced<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
-        let inv_started = inv.started;
         let metrics = self.layer.metrics.clone();
         metrics.enter();
         let registry = &self.layer.registry;
@@ -109,42 +108,73 @@ where
                 ]
             },
         );
-        let span = inv.trace.clone();
-        let fut = self.inner.call(inv);
         // Counts the call even when its future is dropped (caller gone,
         // stream cancel): as CANCELLED, so in-flight never leaks.
-        let mut count = Count {
+        let count = Count {
             metrics,
             series,
-            started: inv_started,
+            started: inv.started,
             code: tonic::Code::Cancelled as i32,
         };
-        Box::pin(async move {
-            let out = fut.await;
-            let code = match &out {
-                Ok(_) => 0,
-                Err(f) => f.code,
-            };
+        let span = inv.trace.clone();
+        Traced {
+            inner: self.inner.call(inv),
+            count: Some(count),
+            span,
+        }
+    }
+}
+
+/// The trace layer's future: the inner future, then the metrics and the
+/// span's end. A plain struct rather than a boxed `async` block: this runs
+/// on every call.
+pub struct Traced<F> {
+    inner: F,
+    count: Option<Count>,
+    span: Option<opentelemetry::Context>,
+}
+
+impl<F> std::fmt::Debug for Traced<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traced").finish_non_exhaustive()
+    }
+}
+
+impl<F> std::future::Future for Traced<F>
+where
+    F: std::future::Future<Output = Result<Reply, Failure>> + Unpin,
+{
+    type Output = Result<Reply, Failure>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let out = match std::pin::Pin::new(&mut self.inner).poll(cx) {
+            Poll::Ready(out) => out,
+            Poll::Pending => return Poll::Pending,
+        };
+        let code = match &out {
+            Ok(_) => 0,
+            Err(f) => f.code,
+        };
+        if let Some(mut count) = self.count.take() {
             count.code = code;
-            drop(count);
-            if let Some(cx) = span {
-                let s = cx.span();
-                s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-                match &out {
-                    Ok(_) => s.set_status(Status::Ok),
-                    Err(f) => {
-                        if let Some(origin) = f.causality.first() {
-                            s.set_attribute(KeyValue::new(
-                                "kernel.error.origin",
-                                origin.service.clone(),
-                            ));
-                        }
-                        s.set_status(Status::error(f.message.clone()));
+        }
+        if let Some(cx) = self.span.take() {
+            let s = cx.span();
+            s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+            match &out {
+                Ok(_) => s.set_status(Status::Ok),
+                Err(f) => {
+                    if let Some(origin) = f.causality.first() {
+                        s.set_attribute(KeyValue::new(
+                            "kernel.error.origin",
+                            origin.service.clone(),
+                        ));
                     }
+                    s.set_status(Status::error(f.message.clone()));
                 }
-                s.end();
             }
-            out
-        })
+            s.end();
+        }
+        Poll::Ready(out)
     }
 }

@@ -21,8 +21,9 @@ use tower::{Layer, Service};
 use crate::error::{push_hop, Error};
 use crate::middleware::Invocation;
 use crate::names;
-use crate::provider::{BoxFuture, Reply};
+use crate::provider::Reply;
 use crate::registry::Registry;
+use futures::future::{Either, Ready};
 
 /// Most validation errors listed in one message.
 pub const MAX_REPORTED: usize = 10;
@@ -93,26 +94,27 @@ where
 {
     type Response = Reply;
     type Error = Failure;
-    type Future = BoxFuture<Result<Reply, Failure>>;
+    /// The inner future as is when the arguments pass; no allocation.
+    type Future = Either<Ready<Result<Reply, Failure>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, inv: Invocation) -> Self::Future {
-        match self.check(&inv) {
-            Ok(()) => Box::pin(self.inner.call(inv)),
+    fn call(&mut self, mut inv: Invocation) -> Self::Future {
+        match self.check(&mut inv) {
+            Ok(()) => Either::Right(self.inner.call(inv)),
             Err(e) => {
                 let mut f = e.into_failure();
                 push_hop(&mut f, "", &inv.req.service, "");
-                Box::pin(async move { Err(f) })
+                Either::Left(futures::future::ready(Err(f)))
             }
         }
     }
 }
 
 impl<S> ValidateService<S> {
-    fn check(&self, inv: &Invocation) -> Result<(), Error> {
+    fn check(&self, inv: &mut Invocation) -> Result<(), Error> {
         let req = &inv.req;
         if req.payload.len() > self.layer.max_payload {
             return Err(Error::PayloadTooLarge {
@@ -129,7 +131,10 @@ impl<S> ValidateService<S> {
             .instances
             .last()
             .and_then(|i| i.schemas.get(&req.service))
-            .and_then(|m| m.get(&req.method));
+            .and_then(|m| m.get(&req.method))
+            .cloned();
+        inv.pool = Some(pool);
+        let req = &inv.req;
         let declared_json = req.content_type.eq_ignore_ascii_case("application/json");
         if schema.is_none() && !declared_json {
             return Ok(());
