@@ -164,7 +164,7 @@ impl Contexts {
                 let n = p.next_child.fetch_add(1, Ordering::Relaxed) + 1;
                 (
                     p.tree.clone(),
-                    format!("{}.{}", p.path, n),
+                    child_path(&p.path, n),
                     p.depth + 1,
                     Some(&p.cancel),
                     p.deadline,
@@ -173,7 +173,7 @@ impl Contexts {
             None => {
                 let tree = self.new_tree(&spec);
                 let n = tree.next_top.fetch_add(1, Ordering::Relaxed) + 1;
-                let path = format!("{:016x}.{}", tree.id, n);
+                let path = root_path(tree.id, n);
                 (tree, path, 1, None, None)
             }
         };
@@ -403,6 +403,44 @@ impl Node {
     }
 }
 
+/// `<16 hex digits>.<n>`, without the formatting machinery (every root
+/// call builds one).
+fn root_path(id: u64, n: u32) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(28);
+    for shift in (0..16).rev() {
+        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    s.push('.');
+    push_decimal(&mut s, n);
+    s
+}
+
+/// `<parent>.<n>`.
+fn child_path(parent: &str, n: u32) -> String {
+    let mut s = String::with_capacity(parent.len() + 11);
+    s.push_str(parent);
+    s.push('.');
+    push_decimal(&mut s, n);
+    s
+}
+
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        s.push(*d as char);
+    }
+}
+
 /// Splits a path into its root id and depth; None when malformed.
 pub fn parse_path(path: &str) -> Option<(u64, u64)> {
     if path.len() > 1024 {
@@ -496,6 +534,19 @@ mod tests {
         assert!(err.to_string().contains("depth"), "{err}");
         assert!(b.cancel.is_cancelled());
         assert!(!a.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn path_formatting_matches_fmt() {
+        for (id, n) in [
+            (0u64, 1u32),
+            (0xff, 9),
+            (u64::MAX, 10),
+            (0x5f0c9a1e2b3d4c6f, u32::MAX),
+        ] {
+            assert_eq!(root_path(id, n), format!("{id:016x}.{n}"));
+            assert_eq!(child_path("ab.1", n), format!("ab.1.{n}"));
+        }
     }
 
     #[test]

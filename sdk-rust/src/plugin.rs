@@ -321,7 +321,7 @@ impl Plugin {
         let max = self.max_reply_bytes;
         let mut guard = running.lock();
         let task = tokio::spawn(async move {
-            let result = run_handler(handler, ctx, inv.payload, &inv.service, max).await;
+            let result = run_handler(handler, ctx, inv.payload, max).await;
             end_span(span, &result);
             let still_wanted = map.lock().remove(&id).is_some();
             if still_wanted {
@@ -381,9 +381,12 @@ async fn run_handler(
     handler: Option<Handler>,
     ctx: Context,
     payload: Bytes,
-    service: &str,
     max_reply: usize,
 ) -> Result<Bytes, Failure> {
+    // The service name is only needed for error messages: read it from a
+    // second handle on the context rather than copying it on every call.
+    let named = ctx.clone();
+    let service = named.service();
     let Some(handler) = handler else {
         return Err(Error::new(
             tonic::Code::Unimplemented,
@@ -476,14 +479,18 @@ impl LocalHandler for LocalAdapter {
         mut call: LocalCall,
     ) -> BoxFuture<Result<kernel_node::provider::Reply, Failure>> {
         let handler = self.handlers.get(&call.service).cloned();
-        let service = call.service.clone();
-        let payload = call.payload.clone();
+        let payload = std::mem::take(&mut call.payload);
         let span = if self.telemetry.enabled() {
             call.headers.insert(
                 kernel_node::context::headers::CONTEXT.to_owned(),
                 call.context.path.clone(),
             );
-            let s = handler_span(&self.telemetry, &self.plugin, &service, &mut call.headers);
+            let s = handler_span(
+                &self.telemetry,
+                &self.plugin,
+                &call.service,
+                &mut call.headers,
+            );
             call.headers.remove(kernel_node::context::headers::CONTEXT);
             s
         } else {
@@ -491,7 +498,7 @@ impl LocalHandler for LocalAdapter {
         };
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
-            let result = run_handler(handler, ctx, payload, &service, usize::MAX).await;
+            let result = run_handler(handler, ctx, payload, usize::MAX).await;
             end_span(span, &result);
             result.map(|payload| kernel_node::provider::Reply {
                 payload,
