@@ -112,7 +112,12 @@ impl Dispatch {
         };
         let req = inv.req;
         let service = req.service;
-        let (inst, permit) = self.acquire(&node, &service, inv.pool).await?;
+        // Fast path without an await: a free slot on the chosen instance.
+        // Only a call that must queue pays for the (boxed, larger) wait.
+        let (inst, permit) = match self.try_acquire(&service, inv.pool)? {
+            Some(got) => got,
+            None => Box::pin(self.acquire(&node, &service, None)).await?,
+        };
         let _ = node.plugin.set(inst.plugin.clone());
         let _busy = InFlight::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
@@ -190,6 +195,30 @@ impl Dispatch {
             cx.span().end();
         }
         result
+    }
+
+    /// Picks an instance and takes a free slot on it, if there is one now.
+    fn try_acquire(
+        &self,
+        service: &str,
+        known: Option<Arc<crate::registry::Pool>>,
+    ) -> Result<Option<(Arc<Instance>, OwnedSemaphorePermit)>, Failure> {
+        let pool = match known {
+            Some(p) => p,
+            None => match self.registry.pool(service) {
+                Some(p) => p,
+                None => {
+                    return Err(Error::NoProvider {
+                        service: service.to_owned(),
+                    }
+                    .into_failure())
+                }
+            },
+        };
+        Ok(pool.pick().and_then(|inst| {
+            let p = inst.permits.clone().try_acquire_owned().ok()?;
+            Some((inst.clone(), p))
+        }))
     }
 
     /// Picks an instance and takes a concurrency slot on it, waiting in the
