@@ -71,8 +71,14 @@ impl Router {
 /// The innermost service: provider selection, concurrency gate, dispatch.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
+    /// Shared, so cloning the service per call costs one reference count.
+    state: Arc<DispatchState>,
+}
+
+#[derive(Debug)]
+struct DispatchState {
     registry: Arc<Registry>,
-    config: Arc<RouterConfig>,
+    config: RouterConfig,
     telemetry: Telemetry,
 }
 
@@ -80,9 +86,11 @@ impl Dispatch {
     /// Dispatch over `registry`.
     pub fn new(registry: Arc<Registry>, config: RouterConfig, telemetry: Telemetry) -> Dispatch {
         Dispatch {
-            registry,
-            config: Arc::new(config),
-            telemetry,
+            state: Arc::new(DispatchState {
+                registry,
+                config,
+                telemetry,
+            }),
         }
     }
 }
@@ -122,7 +130,7 @@ impl Dispatch {
         let _busy = InFlight::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
         let span = inv.trace.as_ref().and_then(|cx| {
-            self.telemetry.start(
+            self.state.telemetry.start(
                 "kernel.dispatch",
                 SpanKind::Client,
                 telemetry::Parent::Span(cx),
@@ -205,7 +213,7 @@ impl Dispatch {
     ) -> Result<Option<(Arc<Instance>, OwnedSemaphorePermit)>, Failure> {
         let pool = match known {
             Some(p) => p,
-            None => match self.registry.pool(service) {
+            None => match self.state.registry.pool(service) {
                 Some(p) => p,
                 None => {
                     return Err(Error::NoProvider {
@@ -241,7 +249,7 @@ impl Dispatch {
             // The pool a layer above already looked up serves the first try.
             let pool = match known.take() {
                 Some(p) => p,
-                None => self.registry.pool(service).ok_or_else(no_provider)?,
+                None => self.state.registry.pool(service).ok_or_else(no_provider)?,
             };
             let Some(inst) = pool.pick().cloned() else {
                 return Err(no_provider());
@@ -255,7 +263,7 @@ impl Dispatch {
             }
             let queued = inst.waiting.fetch_add(1, Ordering::Relaxed);
             let leave = Waiting(inst.clone());
-            if queued >= self.config.queue_limit {
+            if queued >= self.state.config.queue_limit {
                 return Err(Error::Saturated {
                     service: service.to_owned(),
                     detail: format!(
@@ -266,7 +274,7 @@ impl Dispatch {
                 .into_failure());
             }
             let until = *queue_until.get_or_insert_with(|| {
-                Instant::now() + Duration::from_millis(self.config.queue_timeout_ms)
+                Instant::now() + Duration::from_millis(self.state.config.queue_timeout_ms)
             });
             let acquired = tokio::select! {
                 p = inst.permits.clone().acquire_owned() => p.ok(),
@@ -276,7 +284,7 @@ impl Dispatch {
                         service: service.to_owned(),
                         detail: format!(
                             "waited {} ms for a free slot (router.queue_timeout_ms)",
-                            self.config.queue_timeout_ms
+                            self.state.config.queue_timeout_ms
                         ),
                     }
                     .into_failure());

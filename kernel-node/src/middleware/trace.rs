@@ -41,7 +41,7 @@ impl<S> Layer<S> for TraceLayer {
     fn layer(&self, inner: S) -> TraceService<S> {
         TraceService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -65,7 +65,8 @@ impl Drop for Count {
 #[derive(Debug, Clone)]
 pub struct TraceService<S> {
     inner: S,
-    layer: TraceLayer,
+    /// Shared, so cloning the service per call costs one reference count.
+    layer: Arc<TraceLayer>,
 }
 
 impl<S> Service<Invocation> for TraceService<S>

@@ -75,7 +75,7 @@ impl<S> Layer<S> for ValidateLayer {
     fn layer(&self, inner: S) -> ValidateService<S> {
         ValidateService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -84,7 +84,8 @@ impl<S> Layer<S> for ValidateLayer {
 #[derive(Debug, Clone)]
 pub struct ValidateService<S> {
     inner: S,
-    layer: ValidateLayer,
+    /// Shared, so cloning the service per call costs one reference count.
+    layer: Arc<ValidateLayer>,
 }
 
 impl<S> Service<Invocation> for ValidateService<S>
