@@ -114,9 +114,6 @@ pub enum Error {
         /// The name.
         name: String,
     },
-    /// The node is shutting down.
-    #[error("the node is shutting down")]
-    ShuttingDown,
     /// A failure that came back from a provider or a deeper hop, passed through.
     #[error("{}", .0.message)]
     Remote(Failure),
@@ -136,7 +133,7 @@ impl Error {
             | Error::BudgetExhausted { .. }
             | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
-            Error::ProviderGone { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::ProviderGone { .. } => Code::Unavailable,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Remote(f) => Code::from_i32(f.code),
         }

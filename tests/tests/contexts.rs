@@ -20,42 +20,56 @@ fn req(service: &str) -> tonic::Request<pb::CallRequest> {
     })
 }
 
+/// Three plugin processes `pa` → `pb` → `pc` providing `<prefix>.a/b/c`:
+/// the first two call on down the chain, the last runs `last_mode`.
+async fn three_hops(node: &Node, prefix: &str, last_mode: &str) -> Vec<PluginProcess> {
+    let (a, b, c) = (
+        format!("{prefix}.a"),
+        format!("{prefix}.b"),
+        format!("{prefix}.c"),
+    );
+    let plugins = vec![
+        PluginProcess::spawn(
+            node,
+            &[
+                "--name",
+                "pa",
+                "--service",
+                &a,
+                "--mode",
+                "chain",
+                "--next",
+                &b,
+            ],
+        ),
+        PluginProcess::spawn(
+            node,
+            &[
+                "--name",
+                "pb",
+                "--service",
+                &b,
+                "--mode",
+                "chain",
+                "--next",
+                &c,
+            ],
+        ),
+        PluginProcess::spawn(
+            node,
+            &["--name", "pc", "--service", &c, "--mode", last_mode],
+        ),
+    ];
+    for s in [&a, &b, &c] {
+        node.wait_providers(s, 1).await;
+    }
+    plugins
+}
+
 #[tokio::test]
 async fn three_hop_chain_paths_baggage_and_one_trace() {
     let node = Node::start().await;
-    let _a = PluginProcess::spawn(
-        &node,
-        &[
-            "--name",
-            "pa",
-            "--service",
-            "chain.a",
-            "--mode",
-            "chain",
-            "--next",
-            "chain.b",
-        ],
-    );
-    let _b = PluginProcess::spawn(
-        &node,
-        &[
-            "--name",
-            "pb",
-            "--service",
-            "chain.b",
-            "--mode",
-            "chain",
-            "--next",
-            "chain.c",
-        ],
-    );
-    let _c = PluginProcess::spawn(
-        &node,
-        &["--name", "pc", "--service", "chain.c", "--mode", "chain"],
-    );
-    for s in ["chain.a", "chain.b", "chain.c"] {
-        node.wait_providers(s, 1).await;
-    }
+    let _plugins = three_hops(&node, "chain", "chain").await;
     let mut r = req("chain.a");
     r.metadata_mut()
         .insert("baggage", "tenant=acme".parse().expect("ascii"));
@@ -451,39 +465,7 @@ async fn transaction_scope_commits_in_order_or_not_at_all() {
 #[tokio::test]
 async fn causality_chain_shows_where_a_failure_started() {
     let node = Node::start().await;
-    let _a = PluginProcess::spawn(
-        &node,
-        &[
-            "--name",
-            "pa",
-            "--service",
-            "cause.a",
-            "--mode",
-            "chain",
-            "--next",
-            "cause.b",
-        ],
-    );
-    let _b = PluginProcess::spawn(
-        &node,
-        &[
-            "--name",
-            "pb",
-            "--service",
-            "cause.b",
-            "--mode",
-            "chain",
-            "--next",
-            "cause.c",
-        ],
-    );
-    let _c = PluginProcess::spawn(
-        &node,
-        &["--name", "pc", "--service", "cause.c", "--mode", "fail"],
-    );
-    for s in ["cause.a", "cause.b", "cause.c"] {
-        node.wait_providers(s, 1).await;
-    }
+    let _plugins = three_hops(&node, "cause", "fail").await;
     let err = node
         .client()
         .call("cause.a", "")
