@@ -189,22 +189,19 @@ impl Contexts {
             Ok(())
         };
         if let Err(Exhausted { budget, limit }) = charged {
-            let err = Error::BudgetExhausted {
-                budget,
-                context: path,
-                limit,
-            };
+            // The parent overspent by starting this call: its branch goes.
             if let Some(p) = &parent {
                 p.kill(Error::BudgetExhausted {
-                    budget: match &err {
-                        Error::BudgetExhausted { budget, .. } => budget.clone(),
-                        _ => String::new(),
-                    },
+                    budget: budget.clone(),
                     context: p.path.clone(),
                     limit,
                 });
             }
-            return Err(err);
+            return Err(Error::BudgetExhausted {
+                budget,
+                context: path,
+                limit,
+            });
         }
         let deadline = match (spec.deadline, parent_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),

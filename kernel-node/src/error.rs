@@ -104,16 +104,6 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
-    /// A plugin tried to take a name it may not have.
-    #[error("plugin `{plugin}` may not {action} `{name}`")]
-    PermissionDenied {
-        /// The plugin.
-        plugin: String,
-        /// `provide`, `call`, `publish`, `subscribe`.
-        action: &'static str,
-        /// The name.
-        name: String,
-    },
     /// A failure that came back from a provider or a deeper hop, passed through.
     #[error("{}", .0.message)]
     Remote(Failure),
@@ -134,7 +124,6 @@ impl Error {
             | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
             Error::ProviderGone { .. } => Code::Unavailable,
-            Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Remote(f) => Code::from_i32(f.code),
         }
     }

@@ -13,6 +13,7 @@
 //! - [`provider`]: remote (Register session) and in-process provider instances.
 //! - [`router`]: one call from request to reply: context, deadline, selection,
 //!   concurrency queue, dispatch, cancellation.
+//! - [`batch`]: channel → batched stream frames (node and SDK streams).
 //! - [`broker`]: the event bus (topic trie, subscriptions, acks, dead letters).
 //! - [`context`]: the context tree, budgets and header names.
 //! - [`names`]: the grammar of service names, topics and patterns.
@@ -24,6 +25,7 @@
 //! - [`metrics`]: Prometheus call metrics and the `/metrics` rendering.
 //! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
 
+pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod context;

@@ -8,11 +8,9 @@
 //! - `admin`: the Admin service.
 //! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
-//! - `batch`: channel → batched stream frames.
 
 mod admin;
 mod admin_http;
-mod batch;
 mod call;
 mod events;
 mod metadata;

@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::error::Error;
-use crate::mux::{upstream, Mux};
+use crate::mux::Mux;
+use kernel_node::batch::batched;
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -247,13 +248,7 @@ impl Client {
     ) -> Result<Reply, Error> {
         match &self.transport {
             Transport::Local(kernel) => {
-                let (parent, mut headers) = match origin {
-                    Origin::Root => (Parent::None, HashMap::new()),
-                    Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
-                    Origin::Remote { path, headers, .. } => {
-                        (Parent::Path(path.clone()), headers.clone())
-                    }
-                };
+                let (parent, mut headers) = local_parent(origin);
                 headers.extend(opts.headers);
                 let parent = match headers.remove(h::CONTEXT) {
                     Some(p) if matches!(parent, Parent::None) => Parent::Path(p),
@@ -317,13 +312,7 @@ impl Client {
     ) -> Result<Published, Error> {
         match &self.transport {
             Transport::Local(kernel) => {
-                let (parent, headers) = match origin {
-                    Origin::Root => (Parent::None, HashMap::new()),
-                    Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
-                    Origin::Remote { path, headers, .. } => {
-                        (Parent::Path(path.clone()), headers.clone())
-                    }
-                };
+                let (parent, headers) = local_parent(origin);
                 let a = kernel
                     .publish(Publication {
                         topic: topic.to_owned(),
@@ -400,6 +389,15 @@ pub(crate) fn insert_meta<T>(req: &mut tonic::Request<T>, k: &str, v: &str) {
     }
 }
 
+/// Where an in-process call or emit hangs, and the headers it inherits.
+fn local_parent(origin: &Origin) -> (Parent, HashMap<String, String>) {
+    match origin {
+        Origin::Root => (Parent::None, HashMap::new()),
+        Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
+        Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
+    }
+}
+
 fn origin_headers(origin: &Origin) -> HashMap<String, String> {
     match origin {
         Origin::Root => HashMap::new(),
@@ -441,7 +439,7 @@ impl Remote {
             return Ok(m.clone());
         }
         let (mux, rx) = CallMux::new();
-        let mut req = tonic::Request::new(upstream(rx, None, fold_calls));
+        let mut req = tonic::Request::new(batched(rx, None, fold_calls));
         if let Some(p) = plugin {
             insert_meta(&mut req, h::PLUGIN, p);
         }

@@ -15,7 +15,8 @@ use tonic::Code;
 
 use crate::client::{insert_meta, Client, Published};
 use crate::error::Error;
-use crate::mux::{upstream, Mux};
+use crate::mux::Mux;
+use kernel_node::batch::batched;
 
 pub use kernel_proto::v1::Event;
 
@@ -239,7 +240,7 @@ impl Client {
             }),
             ..Default::default()
         };
-        let frames = upstream(rx, Some(open), fold_sub_up);
+        let frames = batched(rx, Some(open), fold_sub_up);
         let mut inbound = KernelClient::new(remote.channel.clone())
             .subscribe(frames)
             .await?
@@ -312,7 +313,7 @@ impl Client {
             return Err(Error::internal("client has no transport"));
         };
         let (mux, rx) = Mux::new();
-        let mut req = tonic::Request::new(upstream(rx, None, fold_publish));
+        let mut req = tonic::Request::new(batched(rx, None, fold_publish));
         if let Some(p) = self.plugin_name() {
             insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
         }

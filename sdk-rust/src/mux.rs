@@ -1,17 +1,13 @@
 //! Multiplexing many requests over one bidirectional stream: ids, a pending
-//! map, batched upstream frames, and failure of everything pending when the
+//! map (frames are batched by `kernel_node::batch`), and failure of everything pending when the
 //! stream dies. Used by calls (CallStream) and pipelined publishing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
-
-/// Most items folded into one upstream frame.
-pub(crate) const MAX_BATCH: usize = 512;
 
 /// The sending half of a multiplexed stream.
 pub(crate) struct Mux<Up, R> {
@@ -92,30 +88,4 @@ impl<Up, R> Mux<Up, R> {
             let _ = tx.send(err());
         }
     }
-}
-
-/// Upstream frames: everything ready in `rx`, folded into one frame.
-pub(crate) fn upstream<Up, Frame>(
-    rx: mpsc::UnboundedReceiver<Up>,
-    first: Option<Frame>,
-    fold: fn(Vec<Up>) -> Frame,
-) -> impl Stream<Item = Frame> + Send + 'static
-where
-    Up: Send + 'static,
-    Frame: Send + 'static,
-{
-    futures::stream::unfold((rx, first), move |(mut rx, first)| async move {
-        if let Some(f) = first {
-            return Some((f, (rx, None)));
-        }
-        let item = rx.recv().await?;
-        let mut items = vec![item];
-        while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(i) => items.push(i),
-                Err(_) => break,
-            }
-        }
-        Some((fold(items), (rx, None)))
-    })
 }

@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{endpoint, Client};
 use crate::context::Context;
 use crate::error::Error;
-use crate::mux::upstream;
+use kernel_node::batch::batched;
+
+/// How long a drained session waits for the kernel to acknowledge its close.
+const DRAIN_FLUSH: Duration = Duration::from_secs(5);
 
 /// How long a cancelled handler may run on before its task is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -234,7 +237,7 @@ impl Plugin {
         let mut inbound = KernelClient::new(channel.clone())
             .max_decoding_message_size(self.max_reply_bytes + 64 * 1024)
             .max_encoding_message_size(self.max_reply_bytes + 64 * 1024)
-            .register(upstream(rx, Some(hello), fold_up))
+            .register(batched(rx, Some(hello), fold_up))
             .await?
             .into_inner();
         let welcome = inbound
@@ -251,6 +254,14 @@ impl Plugin {
         loop {
             if let Some(reason) = &draining {
                 if running.lock().is_empty() {
+                    // Half-close, then wait for the kernel to end the session:
+                    // the last results are ahead of the close on the stream,
+                    // so none is lost if the process exits right after.
+                    drop(tx);
+                    let _ = tokio::time::timeout(DRAIN_FLUSH, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
                     return Ok(SessionEnd::Drained(reason.clone()));
                 }
             }

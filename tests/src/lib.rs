@@ -122,6 +122,42 @@ impl Node {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// A hand-written provider (what a Go or Python author writes without
+    /// an SDK): a Register stream that has sent its hello for `service`.
+    /// Send further frames up through the sender; read invocations from
+    /// the stream.
+    pub async fn raw_provider(
+        &self,
+        plugin: &str,
+        service: &str,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<kernel_proto::v1::ProviderUp>,
+        tonic::Streaming<kernel_proto::v1::ProviderDown>,
+    ) {
+        use kernel_proto::v1 as pb;
+        let (up, rx) = tokio::sync::mpsc::unbounded_channel();
+        up.send(pb::ProviderUp {
+            hello: Some(pb::Hello {
+                plugin: plugin.into(),
+                services: vec![pb::ServiceDecl {
+                    name: service.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("queue hello");
+        let down = self
+            .raw()
+            .await
+            .register(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .expect("register")
+            .into_inner();
+        (up, down)
+    }
+
     /// An SDK client over the network.
     pub fn client(&self) -> kernel_sdk::Client {
         kernel_sdk::Client::connect(&self.url).expect("client")

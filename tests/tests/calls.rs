@@ -360,27 +360,7 @@ async fn a_provider_failure_without_a_code_becomes_unknown() {
     let node = Node::start().await;
     // A hand-written provider (as a Go or Python author might write one)
     // that leaves `Failure.code` at its proto default, 0 (OK).
-    let (up_tx, up_rx) = tokio::sync::mpsc::unbounded_channel::<pb::ProviderUp>();
-    up_tx
-        .send(pb::ProviderUp {
-            hello: Some(pb::Hello {
-                plugin: "sloppy".into(),
-                services: vec![pb::ServiceDecl {
-                    name: "sloppy.fail".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .expect("hello");
-    let mut down = node
-        .raw()
-        .await
-        .register(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
-        .await
-        .expect("register")
-        .into_inner();
+    let (up_tx, mut down) = node.raw_provider("sloppy", "sloppy.fail").await;
     let provider = tokio::spawn(async move {
         while let Ok(Some(frame)) = down.message().await {
             for inv in frame.invocations {

@@ -326,26 +326,7 @@ async fn a_silent_provider_is_deregistered_after_the_heartbeat_timeout() {
     let node = Node::start_with(config).await;
     // A hand-written provider that says hello and then never sends a frame
     // again (hung, but its TCP connection stays up).
-    let (up_tx, up_rx) = tokio::sync::mpsc::unbounded_channel::<pb::ProviderUp>();
-    up_tx
-        .send(pb::ProviderUp {
-            hello: Some(pb::Hello {
-                plugin: "silent".into(),
-                services: vec![pb::ServiceDecl {
-                    name: "silent.svc".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .expect("hello");
-    let _down = node
-        .raw()
-        .await
-        .register(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
-        .await
-        .expect("register");
+    let (up_tx, _down) = node.raw_provider("silent", "silent.svc").await;
     node.wait_providers("silent.svc", 1).await;
     let registered = Instant::now();
     node.wait_providers("silent.svc", 0).await;

@@ -10,11 +10,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tonic::{Request, Status, Streaming};
 
+use crate::batch::batched;
 use crate::error::{failure_to_status, Error};
 use crate::kernel::Kernel;
 use crate::router;
-use crate::server::batch::batched;
 use crate::server::metadata;
+use futures::StreamExt;
 
 /// A unary call: context from metadata.
 pub(crate) async fn unary(
@@ -112,6 +113,7 @@ pub(crate) fn stream(
     batched(rx, None, |items: Vec<Outgoing>| CallStreamDown {
         replies: items.into_iter().map(|(r, _permit)| r).collect(),
     })
+    .map(Ok)
 }
 
 fn start(

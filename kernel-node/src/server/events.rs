@@ -10,12 +10,13 @@ use kernel_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
 
+use crate::batch::batched;
 use crate::broker::subscription::Subscription;
 use crate::broker::{Publication, SubscribeRequest};
 use crate::error::Error;
 use crate::kernel::Kernel;
-use crate::server::batch::batched;
 use crate::server::metadata;
+use futures::StreamExt;
 
 /// Largest batch of events sent in one Subscribe frame.
 const DELIVERY_BATCH: usize = 256;
@@ -110,7 +111,7 @@ pub(crate) fn publish_stream(
             }
         }
     });
-    batched(rx, None, |acks| PublishStreamDown { acks })
+    batched(rx, None, |acks| PublishStreamDown { acks }).map(Ok)
 }
 
 /// Unsubscribes when dropped: whichever side of the stream ends first.

@@ -8,10 +8,11 @@ use kernel_proto::v1::{self as pb, ProviderDown, ProviderUp, RegisterMode};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use crate::batch::batched;
 use crate::error::Error;
 use crate::kernel::Kernel;
 use crate::provider::{Down, Instance, Link, RemoteLink, Reply};
-use crate::server::batch::batched;
+use futures::StreamExt;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +74,7 @@ pub(crate) async fn session(
         ..Default::default()
     };
     tokio::spawn(read_results(kernel, inst, inbound));
-    Ok(batched(rx, Some(welcome), fold_down))
+    Ok(batched(rx, Some(welcome), fold_down).map(Ok))
 }
 
 fn fold_down(items: Vec<Down>) -> ProviderDown {

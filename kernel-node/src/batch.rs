@@ -1,21 +1,21 @@
 //! Turns a channel of items into a stream of batched frames: under load many
 //! items share one gRPC message (and one HTTP/2 DATA frame), which is where
-//! stream throughput comes from; when idle each item goes out at once.
+//! stream throughput comes from; when idle each item goes out at once. Used
+//! by the node's streams and by the SDK's, in both directions.
 
 use futures::Stream;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tonic::Status;
 
 /// Most items folded into one frame.
-pub(crate) const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 512;
 
 /// A stream that yields `first` (if any), then one frame per wake-up holding
 /// every item ready in `rx` (up to [`MAX_BATCH`]). Ends when `rx` closes.
-pub(crate) fn batched<T, F, Frame>(
+pub fn batched<T, F, Frame>(
     rx: UnboundedReceiver<T>,
     first: Option<Frame>,
     fold: F,
-) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static
+) -> impl Stream<Item = Frame> + Send + 'static
 where
     T: Send + 'static,
     Frame: Send + 'static,
@@ -23,7 +23,7 @@ where
 {
     futures::stream::unfold((rx, first, fold), |(mut rx, first, fold)| async move {
         if let Some(f) = first {
-            return Some((Ok(f), (rx, None, fold)));
+            return Some((f, (rx, None, fold)));
         }
         let item = rx.recv().await?;
         let mut items = Vec::with_capacity(8);
@@ -35,6 +35,6 @@ where
             }
         }
         let frame = fold(items);
-        Some((Ok(frame), (rx, None, fold)))
+        Some((frame, (rx, None, fold)))
     })
 }
