@@ -13,10 +13,16 @@
 //! - trie match cost at 10 and 1,000,000 subscriptions.
 
 mod baseline;
+mod local;
 mod measure;
 mod scenarios;
 
 use clap::{Parser, Subcommand};
+
+/// The same allocator as the node binary, so in-process figures are those
+/// of an application that embeds the kernel the way the node does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -48,6 +54,14 @@ enum Cmd {
     },
     /// Child process: a NATS responder on `bench.echo`.
     NatsResponder,
+    /// Only the in-process rows (calls, shares, events, trie).
+    Local,
+    /// Only context nodes made and dropped, for `iters` iterations (for profiling).
+    Contexts {
+        /// Nodes to make.
+        #[arg(long, default_value_t = 5_000_000)]
+        iters: usize,
+    },
     /// Only in-process calls, for `iters` iterations (for profiling).
     Inproc {
         /// Calls to make.
@@ -83,8 +97,13 @@ fn main() {
             Cmd::EchoServer { listen } => baseline::echo_server(&listen).await,
             Cmd::Provider { url } => baseline::provider(&url).await,
             Cmd::NatsResponder => baseline::nats_responder().await,
+            Cmd::Local => scenarios::local_only().await,
+            Cmd::Contexts { iters } => {
+                let ns = local::contexts_only(iters).await;
+                println!("context node made + dropped: {ns:.0} ns");
+            }
             Cmd::Inproc { iters } => {
-                let ns = scenarios::inproc_only(iters).await;
+                let ns = local::inproc_only(iters).await;
                 println!("in-process call: {ns:.0} ns");
             }
             Cmd::Events { url, count } => {

@@ -4,19 +4,11 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kernel_node::broker::trie::Trie;
-use kernel_node::context::{ChildSpec, Parent};
-use kernel_node::middleware::accounting::AccountingLayer;
-use kernel_node::middleware::Invocation;
-use kernel_node::router::{Dispatch, Request};
-use kernel_node::telemetry::Telemetry;
-use kernel_node::{Config, Kernel};
-use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
+use kernel_sdk::{Bytes, Client, SubscribeOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tower::ServiceExt;
 
-use crate::measure::{latency, mean_ns, throughput, Latency};
+use crate::measure::{latency, throughput, Latency};
 
 const CALL_PAYLOAD: usize = 64;
 const EVENT_PAYLOAD: usize = 256;
@@ -69,13 +61,13 @@ async fn wait_line(child: &mut Child, prefix: &str) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
-struct Row {
+pub(crate) struct Row {
     what: String,
     value: String,
     target: String,
 }
 
-fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
+pub(crate) fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
     println!("  {what}: {value}  {target}");
     rows.push(Row {
         what: what.into(),
@@ -243,242 +235,22 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let _ = provider.kill().await;
     let _ = node.kill().await;
 
-    // --- in-process --------------------------------------------------------------
-    let kernel = Kernel::new(Config::default());
-    let _reg = Plugin::new("inproc")
-        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
-        .attach(&kernel)
-        .expect("attach");
-    let local = Client::in_process(kernel.clone());
-    let p = payload.clone();
-    let inproc = mean_ns(1_000_000, || {
-        let (l, p) = (&local, p.clone());
-        async move {
-            l.call("bench.echo", p).await.expect("in-process call");
-        }
-    })
-    .await;
-    row(
-        &mut rows,
-        "in-process call, full pipeline",
-        format!("{inproc:.0} ns"),
-        "(target ≤ 260 ns)".into(),
-    );
-    // The middleware share: the full pipeline vs the minimum that still
-    // works (accounting + dispatch, no trace/metrics, no validation).
-    let full = mean_ns(1_000_000, || {
-        let (k, p) = (&kernel, payload.clone());
-        async move {
-            k.call(echo_request(p)).await.expect("pipeline call");
-        }
-    })
-    .await;
-    let bare = tower::ServiceBuilder::new()
-        .layer(AccountingLayer::new(kernel.contexts.clone()))
-        .service(Dispatch::new(
-            kernel.registry.clone(),
-            Config::default().router,
-            Telemetry::disabled(),
-        ));
-    let bare_ns = mean_ns(1_000_000, || {
-        let (b, p) = (bare.clone(), payload.clone());
-        async move {
-            b.oneshot(Invocation::new(echo_request(p)))
-                .await
-                .expect("bare call");
-        }
-    })
-    .await;
-    row(
-        &mut rows,
-        "middleware (trace+metrics+validate), no exporter",
-        format!("{:.0} ns of {full:.0} ns", full - bare_ns),
-        format!(
-            "= +{:.0} % over accounting+dispatch alone (target ≤ 10 %)",
-            (full - bare_ns) / bare_ns * 100.0
-        ),
-    );
-    let (sink, endpoint) = otlp_sink().await;
-    let traced = Kernel::with_telemetry(
-        Config::default(),
-        Telemetry::otlp(&endpoint, Some("bench")).expect("exporter"),
-    );
-    let _traced_reg = Plugin::new("inproc")
-        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
-        .telemetry(traced.telemetry.clone())
-        .attach(&traced)
-        .expect("attach");
-    let exported = mean_ns(200_000, || {
-        let (k, p) = (&traced, payload.clone());
-        async move {
-            k.call(echo_request(p)).await.expect("traced call");
-        }
-    })
-    .await;
-    traced.telemetry.flush();
-    row(
-        &mut rows,
-        "in-process call, OTLP exporter on, 100 % sampling",
-        format!("{exported:.0} ns"),
-        format!(
-            "(3 spans per call, batched export; {} spans reached the collector so far)",
-            sink.load(std::sync::atomic::Ordering::Relaxed)
-        ),
-    );
-    let contexts = kernel.contexts.clone();
-    let ctx_ns = mean_ns(1_000_000, || {
-        let c = contexts.clone();
-        async move {
-            let n = c.child(
-                Parent::None,
-                ChildSpec {
-                    service: "bench.echo",
-                    caller: None,
-                    deadline: None,
-                    budget_header: None,
-                    traceparent: None,
-                    is_call: true,
-                },
-            );
-            drop(n);
-        }
-    })
-    .await;
-    row(
-        &mut rows,
-        "context bookkeeping (new root node + drop)",
-        format!("{ctx_ns:.0} ns"),
-        format!(
-            "= {:.0} % of the in-process call (target ≤ 10 %)",
-            ctx_ns / inproc * 100.0
-        ),
-    );
-    let mut sub = local
-        .subscriber(SubscribeOptions::new("bench.*"))
-        .await
-        .expect("subscribe");
-    let ev_payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
-    let iters = 200_000;
-    for _ in 0..iters / 10 {
-        local
-            .publish("bench.ev", ev_payload.clone())
-            .await
-            .expect("publish");
-        sub.next().await.expect("delivery");
-    }
-    let t = Instant::now();
-    for _ in 0..iters {
-        local
-            .publish("bench.ev", ev_payload.clone())
-            .await
-            .expect("publish");
-        sub.next().await.expect("delivery");
-    }
-    let emit = t.elapsed().as_nanos() as f64 / iters as f64;
-    row(
-        &mut rows,
-        "in-process emit → wildcard delivery",
-        format!("{emit:.0} ns"),
-        "(target ≤ 500 ns)".into(),
-    );
+    crate::local::all(&mut rows).await;
+    table(&rows);
+}
 
-    // --- trie ----------------------------------------------------------------
-    let t10 = trie_cost(10);
-    row(
-        &mut rows,
-        "trie match, 10 subscriptions",
-        format!("{t10:.0} ns"),
-        String::new(),
-    );
-    for n in [1_000, 100_000] {
-        let t = trie_cost(n);
-        row(
-            &mut rows,
-            &format!("trie match, {n} subscriptions"),
-            format!("{t:.0} ns"),
-            String::new(),
-        );
-    }
-    let t1m = trie_cost(1_000_000);
-    row(
-        &mut rows,
-        "trie match, 1,000,000 subscriptions",
-        format!("{t1m:.0} ns"),
-        format!("= {:.2} × the cost at 10 (target ≤ 2)", t1m / t10),
-    );
+/// The in-process rows alone (`kernel-bench local`).
+pub(crate) async fn local_only() {
+    let mut rows = Vec::new();
+    crate::local::all(&mut rows).await;
+    table(&rows);
+}
 
+fn table(rows: &[Row]) {
     println!("\n| measurement | value | vs target |\n|---|---|---|");
     for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.target);
     }
-}
-
-/// In-process calls through the full pipeline, alone.
-pub(crate) async fn inproc_only(iters: usize) -> f64 {
-    let kernel = Kernel::new(Config::default());
-    let _reg = Plugin::new("inproc")
-        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
-        .attach(&kernel)
-        .expect("attach");
-    let local = Client::in_process(kernel.clone());
-    let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
-    mean_ns(iters, || {
-        let (l, p) = (&local, payload.clone());
-        async move {
-            l.call("bench.echo", p).await.expect("in-process call");
-        }
-    })
-    .await
-}
-
-fn echo_request(payload: Bytes) -> Request {
-    Request {
-        service: "bench.echo".into(),
-        payload,
-        ..Default::default()
-    }
-}
-
-/// A real OTLP/gRPC collector endpoint that counts spans.
-async fn otlp_sink() -> (std::sync::Arc<std::sync::atomic::AtomicU64>, String) {
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-        TraceService, TraceServiceServer,
-    };
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    };
-    struct Sink(std::sync::Arc<std::sync::atomic::AtomicU64>);
-    #[tonic::async_trait]
-    impl TraceService for Sink {
-        async fn export(
-            &self,
-            req: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            let n: usize = req
-                .into_inner()
-                .resource_spans
-                .iter()
-                .flat_map(|r| r.scope_spans.iter())
-                .map(|s| s.spans.len())
-                .sum();
-            self.0
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-        }
-    }
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sink");
-    let addr = listener.local_addr().expect("addr");
-    let svc = TraceServiceServer::new(Sink(count.clone()));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await;
-    });
-    (count, format!("http://{addr}"))
 }
 
 fn us(l: Latency) -> String {
@@ -567,28 +339,4 @@ async fn nats_pubsub(n: usize) -> Option<(f64, usize)> {
     let _ = publisher.await;
     let elapsed = last.duration_since(start);
     Some((got as f64 / elapsed.as_secs_f64(), n - got))
-}
-
-/// Mean ns of a match that finds 2 subscriptions, among `total` subscriptions.
-fn trie_cost(total: usize) -> f64 {
-    let mut t: Trie<u64> = Trie::new();
-    t.insert("bench.match.*", 0);
-    t.insert("bench.>", 1);
-    for i in 2..total as u64 {
-        let p = match i % 3 {
-            0 => format!("svc{i}.created"),
-            1 => format!("svc{i}.*"),
-            _ => format!("bench.other{i}.>"),
-        };
-        t.insert(&p, i);
-    }
-    let iters = 1_000_000;
-    let mut found = 0usize;
-    let start = Instant::now();
-    for _ in 0..iters {
-        t.for_each_match(std::hint::black_box("bench.match.x"), |_| found += 1);
-    }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
-    assert_eq!(found, 2 * iters);
-    ns
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 
 use crate::config::BrokerConfig;
 use crate::context::{headers, ChildSpec, Contexts, Parent};
@@ -139,17 +140,21 @@ impl Broker {
                 limit: self.max_payload,
             });
         }
-        let deadline = p.deadline.unwrap_or_else(|| {
-            Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
-        });
+        // The clock is read only if a target is full.
+        let deadline = || {
+            p.deadline.unwrap_or_else(|| {
+                Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
+            })
+        };
+        let mut wait_until = None;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let event_id = format!("{:016x}", self.event_base.wrapping_add(seq));
+        let event_id = hex_id(self.event_base.wrapping_add(seq));
         if let Parent::Node(n) = &p.parent {
             if let Err(e) = n.tree.budget.charge_event() {
                 // As for calls: the branch that overspent is cancelled.
                 let err = || Error::BudgetExhausted {
                     budget: e.budget.clone(),
-                    context: n.path.clone(),
+                    context: n.path().to_owned(),
                     limit: e.limit,
                 };
                 n.kill(err());
@@ -162,7 +167,8 @@ impl Broker {
         loop {
             let full = targets.iter().find(|s| matches!(s.has_space(), Ok(false)));
             let Some(slow) = full else { break };
-            let wait = tokio::time::timeout_at(deadline.into(), slow.wait_space()).await;
+            let until = *wait_until.get_or_insert_with(deadline);
+            let wait = tokio::time::timeout_at(until.into(), slow.wait_space()).await;
             if wait.is_err() && matches!(slow.has_space(), Ok(false)) {
                 return Err(Error::Backpressure {
                     subscription: slow.label(),
@@ -172,7 +178,9 @@ impl Broker {
             }
         }
         let mut headers = p.headers;
-        headers.retain(|k, _| k != headers::CONTEXT && k != headers::CALLER);
+        if !headers.is_empty() {
+            headers.retain(|k, _| k != headers::CONTEXT && k != headers::CALLER);
+        }
         // The publish span (child of the publisher's trace); each delivery
         // gets its own span under it, and the subscriber sees that span as
         // its parent.
@@ -186,7 +194,7 @@ impl Broker {
                     KeyValue::new(
                         "kernel.context",
                         match &p.parent {
-                            Parent::Node(n) => n.path.clone(),
+                            Parent::Node(n) => n.path().to_owned(),
                             Parent::Path(path) => path.clone(),
                             Parent::None => event_id.clone(),
                         },
@@ -243,9 +251,9 @@ impl Broker {
     /// member left between selection and now), in another member of its
     /// group, so an accepted event is never lost to a departing member.
     fn push_or_reroute(&self, sub: &Arc<Subscription>, q: Queued) -> bool {
-        if sub.push(q.clone()).is_ok() {
+        let Err(q) = sub.push(q) else {
             return true;
-        }
+        };
         let Some(g) = &sub.opts.group else {
             // A plain subscription that closed takes its events with it.
             return false;
@@ -255,7 +263,14 @@ impl Broker {
             return false;
         };
         // Members in the index are open: closing happens under the write lock.
-        group.members.iter().any(|m| m.push(q.clone()).is_ok())
+        let mut q = q;
+        for m in &group.members {
+            match m.push(q) {
+                Ok(()) => return true,
+                Err(back) => q = back,
+            }
+        }
+        false
     }
 
     /// The context path of one delivery: a child of the publisher's live
@@ -269,27 +284,31 @@ impl Broker {
         caller: &Option<Arc<str>>,
     ) -> String {
         if !matches!(parent, Parent::Node(_)) {
-            return format!("{}.{}", event.id, i + 1);
+            return event_context(&event.id, i);
         }
         let spec = ChildSpec {
-            service: "",
             caller: caller.as_deref(),
-            deadline: None,
-            budget_header: None,
             traceparent: event.headers.get(headers::TRACEPARENT).map(String::as_str),
-            is_call: false,
+            ..ChildSpec::default()
         };
         match self.contexts.child(parent.clone(), spec) {
-            Ok(n) => n.path.clone(),
-            Err(_) => format!("{}.{}", event.id, i + 1),
+            Ok(n) => n.path().to_owned(),
+            Err(_) => event_context(&event.id, i),
         }
     }
 
-    fn targets(&self, topic: &str) -> Vec<Arc<Subscription>> {
+    fn targets(&self, topic: &str) -> Targets {
         let index = self.index.read();
-        let ids = index.trie.matches(topic);
-        let mut out = Vec::with_capacity(ids.len());
-        let mut groups_seen: Vec<&str> = Vec::new();
+        let mut ids: SmallVec<[u64; 8]> = SmallVec::new();
+        index.trie.for_each_match(topic, |id| ids.push(id));
+        if ids.len() > 1 {
+            // A subscription matched by several of its patterns gets the
+            // event once.
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        let mut out = Targets::new();
+        let mut groups_seen: SmallVec<[&str; 4]> = SmallVec::new();
         for id in ids {
             let Some(sub) = index.subs.get(&id) else {
                 continue;
@@ -466,6 +485,29 @@ fn nonzero<T: PartialEq + Default>(v: T, default: T) -> T {
     } else {
         v
     }
+}
+
+/// The subscriptions one event goes to; inline for the common few.
+type Targets = SmallVec<[Arc<Subscription>; 4]>;
+
+/// `<16 hex digits>`, without the formatting machinery (one per event).
+fn hex_id(id: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(16);
+    for shift in (0..16).rev() {
+        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// `<event id>.<i + 1>`: the context of a delivery of an event published
+/// without one.
+fn event_context(event_id: &str, i: usize) -> String {
+    let mut s = String::with_capacity(event_id.len() + 4);
+    s.push_str(event_id);
+    s.push('.');
+    let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{}", i + 1));
+    s
 }
 
 fn now_unix_ns() -> i64 {

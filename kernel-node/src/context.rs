@@ -2,37 +2,54 @@
 //!
 //! Every call and every event delivery gets a [`Node`] whose path is its
 //! parent's path plus a child number (`5f0c9a1e2b3d4c6f.2.1`). Nodes are
-//! owned by the calls that run them; the per-root [`Tree`] indexes the live
-//! ones by path for admin lookups and for remote callers that name their
-//! parent by path. A node's cancellation token is a child of its parent's,
-//! so cancelling a node cancels its whole branch and nothing else.
+//! owned by the calls that run them and point at their parents. A node is
+//! cancelled when it or any ancestor is, so cancelling a node cancels its
+//! whole branch and nothing else; waiters on any node of a tree share the
+//! tree's wake-up, which fires (rarely) when something in it is cancelled.
+//!
+//! # What a call pays for
+//! Bookkeeping runs on every call, so the expensive parts are deferred
+//! until someone can use them. A node's path is written out on first use
+//! (an error, a span, a header for a remote provider, the SDK's
+//! `ctx.path()`); only then is the node indexed by path and its tree made
+//! findable by root id. Nobody outside the kernel can name a node, or a
+//! tree, whose path was never written, so nothing is lost: lookups by path
+//! (remote callers naming their parent, `CancelContext`) find every node
+//! that could be named, and `GetContext` lists every live node of the tree
+//! from the tree's member list, writing out the paths it shows.
 
 pub mod budget;
 pub mod headers;
+mod path;
+
+pub use path::parse_path;
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use smallvec::SmallVec;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use kernel_proto::v1::Failure;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::config::BudgetConfig;
 use crate::error::Error;
 use budget::{Budget, Exhausted};
+use path::{child_path, path_key, root_path};
 
 type RootMap = Mutex<HashMap<u64, Weak<Tree>>>;
 
-/// All live context trees of a node.
+/// All live context trees of a node that can be named.
 #[derive(Debug)]
 pub struct Contexts {
     roots: Arc<RootMap>,
     budgets: BudgetConfig,
 }
 
-/// One request's tree: its budget and an index of its live nodes.
+/// One request's tree: its budget, its members, and an index of the live
+/// nodes whose paths were written out.
 #[derive(Debug)]
 pub struct Tree {
     id: u64,
@@ -41,9 +58,20 @@ pub struct Tree {
     /// The trace this tree belongs to: the first `traceparent` seen, or one
     /// made up on first use (most in-process trees never need one).
     traceparent: OnceLock<String>,
-    nodes: Mutex<HashMap<String, Weak<Node>>>,
+    /// The node that started the tree, which for most trees is the only
+    /// top-level one: kept apart so a root call takes no lock.
+    first: Weak<Node>,
+    /// Every other node made in this tree, weakly; dead entries are swept
+    /// when the list would grow.
+    members: Mutex<SmallVec<[Weak<Node>; 2]>>,
+    /// Nodes whose path was written out, by path.
+    named: Mutex<HashMap<String, Weak<Node>>>,
     roots: Weak<RootMap>,
+    /// Whether the tree is in the roots map (findable by root id).
+    listed: AtomicBool,
     next_top: AtomicU32,
+    /// Wakes every waiter in the tree when any of its nodes is cancelled.
+    cancelled: Notify,
 }
 
 impl Tree {
@@ -51,10 +79,36 @@ impl Tree {
     pub fn traceparent(&self) -> &str {
         self.traceparent.get_or_init(headers::new_traceparent)
     }
+
+    /// Makes the tree findable by its root id (once a path of it is out).
+    fn list(self: &Arc<Self>) {
+        if self.listed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(roots) = self.roots.upgrade() {
+            let mut roots = roots.lock();
+            // A live tree already holds this id (a 1 in 2^64 draw, or a
+            // remote caller reusing a root): it keeps it.
+            if !roots.get(&self.id).is_some_and(|w| w.strong_count() > 0) {
+                roots.insert(self.id, Arc::downgrade(self));
+            }
+        }
+    }
+
+    fn join(&self, node: &Arc<Node>) {
+        let mut members = self.members.lock();
+        if members.len() == members.capacity() && members.len() >= 2 {
+            members.retain(|w| w.strong_count() > 0);
+        }
+        members.push(Arc::downgrade(node));
+    }
 }
 
 impl Drop for Tree {
     fn drop(&mut self) {
+        if !*self.listed.get_mut() {
+            return;
+        }
         if let Some(roots) = self.roots.upgrade() {
             let mut roots = roots.lock();
             if roots.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
@@ -70,16 +124,18 @@ pub struct Node {
     /// The tree this node belongs to.
     pub tree: Arc<Tree>,
     parent: Option<Arc<Node>>,
-    /// The dotted path, root id first.
-    pub path: String,
+    /// Its number among its parent's children (or the tree's top level).
+    number: u32,
+    /// The dotted path, written on first use (see [`Node::path`]).
+    path: OnceLock<String>,
     /// Hops below the root (a root-level call has depth 1).
     pub depth: u64,
-    /// The service called, or `event:<topic>` for a delivery.
-    pub service: String,
+    /// The service called (empty for a delivery).
+    pub service: Arc<str>,
     /// The provider plugin, once one was selected.
     pub plugin: OnceLock<Arc<str>>,
-    /// Cancelled when this call, or any ancestor, is cancelled.
-    pub cancel: CancellationToken,
+    /// Set when this node itself was cancelled (see [`Node::is_cancelled`]).
+    cancelled: AtomicBool,
     /// Absolute deadline, already the minimum of the parent's and the caller's.
     pub deadline: Option<Instant>,
     /// Why the branch was cancelled, when the kernel did it on purpose.
@@ -90,9 +146,12 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut nodes = self.tree.nodes.lock();
-        if nodes.get(&self.path).is_some_and(|w| w.strong_count() == 0) {
-            nodes.remove(&self.path);
+        let Some(path) = self.path.get() else {
+            return;
+        };
+        let mut named = self.tree.named.lock();
+        if named.get(path).is_some_and(|w| w.strong_count() == 0) {
+            named.remove(path);
         }
     }
 }
@@ -110,10 +169,13 @@ pub enum Parent {
 }
 
 /// What a new child needs besides its parent.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ChildSpec<'a> {
-    /// The service (or `event:<topic>`).
+    /// The service (empty for a delivery).
     pub service: &'a str,
+    /// The same name already shared (the registry keeps one per service),
+    /// so the node need not copy it.
+    pub shared_service: Option<&'a Arc<str>>,
     /// The calling plugin, for per-plugin budget overrides on a new root.
     pub caller: Option<&'a str>,
     /// The caller's requested deadline.
@@ -124,6 +186,8 @@ pub struct ChildSpec<'a> {
     pub traceparent: Option<&'a str>,
     /// Charge the `calls` budget (false for event deliveries).
     pub is_call: bool,
+    /// When the call entered the kernel, if the caller already read the clock.
+    pub started: Option<Instant>,
 }
 
 /// A snapshot of a live node for admin listings.
@@ -159,84 +223,86 @@ impl Contexts {
             Parent::Path(p) => Some(self.resolve(&p, &spec)?),
             Parent::None => None,
         };
-        let (tree, path, depth, parent_cancel, parent_deadline) = match &parent {
-            Some(p) => {
-                let n = p.next_child.fetch_add(1, Ordering::Relaxed) + 1;
-                (
-                    p.tree.clone(),
-                    child_path(&p.path, n),
-                    p.depth + 1,
-                    Some(&p.cancel),
-                    p.deadline,
-                )
-            }
+        // A new root's tree is built here and shared only with its first
+        // node (below), so it needs no lock to record that node.
+        let (tree, number, depth) = match &parent {
+            Some(p) => (
+                Ok(p.tree.clone()),
+                p.next_child.fetch_add(1, Ordering::Relaxed) + 1,
+                p.depth + 1,
+            ),
             None => {
-                let tree = self.new_tree(&spec);
-                let n = tree.next_top.fetch_add(1, Ordering::Relaxed) + 1;
-                let path = root_path(tree.id, n);
-                (tree, path, 1, None, None)
+                let mut tree = self.make_tree(rand::random(), &spec);
+                *tree.next_top.get_mut() = 1;
+                (Err(tree), 1, 1)
             }
         };
+        let (budget, tree_id) = match &tree {
+            Ok(t) => (&t.budget, t.id),
+            Err(t) => (&t.budget, t.id),
+        };
         if let Some(h) = spec.budget_header {
-            tree.budget.lower_from_header(h);
+            budget.lower_from_header(h);
             if let Some(d) = budget::parse_header(h).find(|(k, _)| *k == budget::DEPTH) {
-                tree.budget.lower_depth(depth.saturating_sub(1), d.1);
+                budget.lower_depth(depth.saturating_sub(1), d.1);
             }
         }
         let charged = if spec.is_call {
-            tree.budget.charge_call(depth)
+            budget.charge_call(depth)
         } else {
             Ok(())
         };
         if let Err(Exhausted { budget, limit }) = charged {
             // The parent overspent by starting this call: its branch goes.
-            if let Some(p) = &parent {
-                p.kill(Error::BudgetExhausted {
-                    budget: budget.clone(),
-                    context: p.path.clone(),
-                    limit,
-                });
-            }
+            let context = match &parent {
+                Some(p) => {
+                    p.kill(Error::BudgetExhausted {
+                        budget: budget.clone(),
+                        context: p.path().to_owned(),
+                        limit,
+                    });
+                    child_path(p.path(), number)
+                }
+                None => root_path(tree_id, number),
+            };
             return Err(Error::BudgetExhausted {
                 budget,
-                context: path,
+                context,
                 limit,
             });
         }
-        let deadline = match (spec.deadline, parent_deadline) {
+        let deadline = match (spec.deadline, parent.as_ref().and_then(|p| p.deadline)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let node = Arc::new(Node {
-            cancel: parent_cancel.map_or_else(CancellationToken::new, |c| c.child_token()),
-            tree: tree.clone(),
+        let node = |tree: Arc<Tree>, parent: Option<Arc<Node>>| Node {
+            cancelled: AtomicBool::new(false),
+            tree,
             parent,
-            path,
+            number,
+            path: OnceLock::new(),
             depth,
-            service: spec.service.to_owned(),
+            service: spec
+                .shared_service
+                .cloned()
+                .unwrap_or_else(|| spec.service.into()),
             plugin: OnceLock::new(),
             deadline,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
-            started: Instant::now(),
-        });
-        tree.nodes
-            .lock()
-            .insert(node.path.clone(), Arc::downgrade(&node));
-        Ok(node)
-    }
-
-    fn new_tree(&self, spec: &ChildSpec<'_>) -> Arc<Tree> {
-        let mut roots = self.roots.lock();
-        loop {
-            let id: u64 = rand::random();
-            if roots.get(&id).is_some_and(|w| w.strong_count() > 0) {
-                continue;
+            started: spec.started.unwrap_or_else(Instant::now),
+        };
+        Ok(match tree {
+            Ok(tree) => {
+                let n = Arc::new(node(tree, parent));
+                n.tree.join(&n);
+                n
             }
-            let tree = Arc::new(self.make_tree(id, spec));
-            roots.insert(id, Arc::downgrade(&tree));
-            return tree;
-        }
+            Err(mut tree) => Arc::new_cyclic(|me| {
+                tree.first = me.clone();
+                node(Arc::new(tree), None)
+            }),
+        })
     }
 
     fn make_tree(&self, id: u64, spec: &ChildSpec<'_>) -> Tree {
@@ -247,9 +313,13 @@ impl Contexts {
                 .traceparent
                 .map(|t| OnceLock::from(t.to_owned()))
                 .unwrap_or_default(),
-            nodes: Mutex::new(HashMap::default()),
+            first: Weak::new(),
+            members: Mutex::new(SmallVec::new()),
+            named: Mutex::new(HashMap::default()),
             roots: Arc::downgrade(&self.roots),
+            listed: AtomicBool::new(false),
             next_top: AtomicU32::new(0),
+            cancelled: Notify::new(),
         }
     }
 
@@ -268,39 +338,53 @@ impl Contexts {
                 Some(t) => t,
                 None => {
                     let t = Arc::new(self.make_tree(root, spec));
+                    t.listed.store(true, Ordering::Relaxed);
                     roots.insert(root, Arc::downgrade(&t));
                     t
                 }
             }
         };
-        if let Some(n) = tree.nodes.lock().get(path).and_then(Weak::upgrade) {
+        if let Some(n) = tree.named.lock().get(path).and_then(Weak::upgrade) {
             return Ok(n);
         }
         let node = Arc::new(Node {
             tree: tree.clone(),
             parent: None,
-            path: path.to_owned(),
+            number: 0,
+            path: OnceLock::from(path.to_owned()),
             depth,
-            service: String::new(),
+            service: "".into(),
             plugin: OnceLock::new(),
-            cancel: CancellationToken::new(),
+            cancelled: AtomicBool::new(false),
             deadline: None,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
             started: Instant::now(),
         });
-        tree.nodes
+        tree.named
             .lock()
             .insert(path.to_owned(), Arc::downgrade(&node));
+        tree.join(&node);
         Ok(node)
     }
 
-    /// The live node at `path`, if any.
+    /// The live node at `path`, if its path was ever written out.
     pub fn find(&self, path: &str) -> Option<Arc<Node>> {
         let (root, _) = parse_path(path)?;
         let tree = self.roots.lock().get(&root).and_then(Weak::upgrade)?;
-        let node = tree.nodes.lock().get(path).and_then(Weak::upgrade);
+        let node = tree.named.lock().get(path).and_then(Weak::upgrade);
         node
+    }
+
+    fn members(&self, root: u64) -> Vec<Arc<Node>> {
+        let Some(tree) = self.roots.lock().get(&root).and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        let members = tree.members.lock();
+        std::iter::once(&tree.first)
+            .chain(members.iter())
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Live nodes of a tree, parents before children.
@@ -308,16 +392,7 @@ impl Contexts {
         let Ok(id) = u64::from_str_radix(root, 16) else {
             return Vec::new();
         };
-        let Some(tree) = self.roots.lock().get(&id).and_then(Weak::upgrade) else {
-            return Vec::new();
-        };
-        let nodes: Vec<Arc<Node>> = tree
-            .nodes
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let mut out: Vec<NodeInfo> = nodes.iter().map(|n| n.info()).collect();
+        let mut out: Vec<NodeInfo> = self.members(id).iter().map(|n| n.info()).collect();
         out.sort_by_key(|n| path_key(&n.path));
         out
     }
@@ -329,12 +404,13 @@ impl Contexts {
             return 0;
         };
         let prefix = format!("{path}.");
-        let count = node
-            .tree
-            .nodes
-            .lock()
+        let count = self
+            .members(node.tree.id)
             .iter()
-            .filter(|(p, w)| (p.as_str() == path || p.starts_with(&prefix)) && w.strong_count() > 0)
+            .filter(|n| {
+                let p = n.path();
+                p == path || p.starts_with(&prefix)
+            })
             .count();
         node.kill(Error::Cancelled {
             context: format!("{path} (cancelled by operator)"),
@@ -342,7 +418,7 @@ impl Contexts {
         count as u32
     }
 
-    /// Live trees (for stats).
+    /// Live trees that can be named (for stats).
     pub fn live_trees(&self) -> usize {
         self.roots
             .lock()
@@ -353,23 +429,76 @@ impl Contexts {
 }
 
 impl Node {
+    /// The dotted path, root id first. Writing it out makes the node (and
+    /// its ancestors, and its tree) findable by path.
+    pub fn path(self: &Arc<Self>) -> &str {
+        if let Some(p) = self.path.get() {
+            return p;
+        }
+        let written = match &self.parent {
+            Some(p) => child_path(p.path(), self.number),
+            None => root_path(self.tree.id, self.number),
+        };
+        let path = self.path.get_or_init(|| written);
+        self.tree
+            .named
+            .lock()
+            .insert(path.clone(), Arc::downgrade(self));
+        self.tree.list();
+        path
+    }
+
     /// Cancels this node's branch, remembering why.
     pub fn kill(&self, why: Error) {
         let _ = self.reason.set(why.into_failure());
-        self.cancel.cancel();
+        self.cancel();
+    }
+
+    /// Cancels this node's branch.
+    pub fn cancel(&self) {
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            self.tree.cancelled.notify_waiters();
+        }
+    }
+
+    /// True once this node or an ancestor was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        let mut cur = Some(self);
+        while let Some(n) = cur {
+            if n.cancelled.load(Ordering::Acquire) {
+                return true;
+            }
+            cur = n.parent.as_deref();
+        }
+        false
+    }
+
+    /// Resolves once this node or an ancestor is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let woken = self.tree.cancelled.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a cancel between the two is
+            // not missed.
+            woken.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Why this node (or the nearest ancestor that was killed) was cancelled.
-    pub fn cancel_reason(&self) -> Failure {
+    pub fn cancel_reason(self: &Arc<Self>) -> Failure {
         let mut cur = Some(self);
         while let Some(n) = cur {
             if let Some(r) = n.reason.get() {
                 return r.clone();
             }
-            cur = n.parent.as_deref();
+            cur = n.parent.as_ref();
         }
         Error::Cancelled {
-            context: self.path.clone(),
+            context: self.path().to_owned(),
         }
         .into_failure()
     }
@@ -381,16 +510,16 @@ impl Node {
     }
 
     /// The root id, hex.
-    pub fn root(&self) -> &str {
-        self.path.split('.').next().unwrap_or_default()
+    pub fn root(&self) -> String {
+        format!("{:016x}", self.tree.id)
     }
 
-    fn info(&self) -> NodeInfo {
+    fn info(self: &Arc<Self>) -> NodeInfo {
         NodeInfo {
-            path: self.path.clone(),
-            service: self.service.clone(),
+            path: self.path().to_owned(),
+            service: self.service.to_string(),
             plugin: self.plugin.get().map(|p| p.to_string()).unwrap_or_default(),
-            state: if self.cancel.is_cancelled() {
+            state: if self.is_cancelled() {
                 "cancelled"
             } else {
                 "running"
@@ -400,72 +529,6 @@ impl Node {
     }
 }
 
-/// `<16 hex digits>.<n>`, without the formatting machinery (every root
-/// call builds one).
-fn root_path(id: u64, n: u32) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(28);
-    for shift in (0..16).rev() {
-        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
-    }
-    s.push('.');
-    push_decimal(&mut s, n);
-    s
-}
-
-/// `<parent>.<n>`.
-fn child_path(parent: &str, n: u32) -> String {
-    let mut s = String::with_capacity(parent.len() + 11);
-    s.push_str(parent);
-    s.push('.');
-    push_decimal(&mut s, n);
-    s
-}
-
-fn push_decimal(s: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for d in &digits[i..] {
-        s.push(*d as char);
-    }
-}
-
-/// Splits a path into its root id and depth; None when malformed.
-pub fn parse_path(path: &str) -> Option<(u64, u64)> {
-    if path.len() > 1024 {
-        return None;
-    }
-    let mut parts = path.split('.');
-    let root = parts.next()?;
-    if root.is_empty() || root.len() > 16 {
-        return None;
-    }
-    let id = u64::from_str_radix(root, 16).ok()?;
-    let mut depth = 0;
-    for p in parts {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 9 {
-            return None;
-        }
-        depth += 1;
-    }
-    Some((id, depth))
-}
-
-fn path_key(path: &str) -> Vec<u64> {
-    path.split('.')
-        .skip(1)
-        .map(|p| p.parse().unwrap_or(0))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,11 +536,8 @@ mod tests {
     fn spec(service: &str) -> ChildSpec<'_> {
         ChildSpec {
             service,
-            caller: None,
-            deadline: None,
-            budget_header: None,
-            traceparent: None,
             is_call: true,
+            ..ChildSpec::default()
         }
     }
 
@@ -485,17 +545,17 @@ mod tests {
     fn paths_number_children_in_order() {
         let c = Contexts::new(BudgetConfig::default());
         let a = c.child(Parent::None, spec("a")).expect("root call");
-        assert!(a.path.ends_with(".1"));
+        assert!(a.path().ends_with(".1"));
         let b1 = c.child(Parent::Node(a.clone()), spec("b")).expect("child");
         let b2 = c
-            .child(Parent::Path(a.path.clone()), spec("b"))
+            .child(Parent::Path(a.path().to_owned()), spec("b"))
             .expect("child by path");
-        assert_eq!(b1.path, format!("{}.1", a.path));
-        assert_eq!(b2.path, format!("{}.2", a.path));
+        assert_eq!(b1.path(), format!("{}.1", a.path()));
+        assert_eq!(b2.path(), format!("{}.2", a.path()));
         assert_eq!(b2.depth, 2);
-        assert_eq!(c.tree(a.root()).len(), 3);
+        assert_eq!(c.tree(&a.root()).len(), 3);
         drop((b1, b2));
-        assert_eq!(c.tree(a.root()).len(), 1);
+        assert_eq!(c.tree(&a.root()).len(), 1);
     }
 
     #[test]
@@ -507,10 +567,10 @@ mod tests {
         let s = c
             .child(Parent::Node(a.clone()), spec("s"))
             .expect("sibling");
-        assert_eq!(c.cancel(&b.path), 2);
-        assert!(b1.cancel.is_cancelled());
-        assert!(!s.cancel.is_cancelled());
-        assert!(!a.cancel.is_cancelled());
+        assert_eq!(c.cancel(b.path()), 2);
+        assert!(b1.is_cancelled());
+        assert!(!s.is_cancelled());
+        assert!(!a.is_cancelled());
         assert!(b1.cancel_reason().message.contains("operator"));
     }
 
@@ -529,28 +589,61 @@ mod tests {
             .child(Parent::Node(b.clone()), spec("c"))
             .expect_err("depth 3");
         assert!(err.to_string().contains("depth"), "{err}");
-        assert!(b.cancel.is_cancelled());
-        assert!(!a.cancel.is_cancelled());
+        assert!(b.is_cancelled());
+        assert!(!a.is_cancelled());
     }
 
     #[test]
-    fn path_formatting_matches_fmt() {
-        for (id, n) in [
-            (0u64, 1u32),
-            (0xff, 9),
-            (u64::MAX, 10),
-            (0x5f0c9a1e2b3d4c6f, u32::MAX),
-        ] {
-            assert_eq!(root_path(id, n), format!("{id:016x}.{n}"));
-            assert_eq!(child_path("ab.1", n), format!("ab.1.{n}"));
-        }
+    fn a_tree_is_findable_once_a_path_of_it_is_written_and_lists_every_member() {
+        let c = Contexts::new(BudgetConfig::default());
+        let a = c.child(Parent::None, spec("a")).expect("root");
+        let b = c.child(Parent::Node(a.clone()), spec("b")).expect("b");
+        // Nobody has seen a path yet: nothing can name this tree.
+        assert_eq!(c.live_trees(), 0);
+        assert!(c.tree(&a.root()).is_empty());
+        // The root's path goes out (a header, an error, a span)...
+        let path = a.path().to_owned();
+        assert!(c.find(&path).is_some());
+        // ...and the listing shows the unwritten child too, with its path.
+        let listed: Vec<String> = c.tree(&a.root()).into_iter().map(|n| n.path).collect();
+        assert_eq!(listed, vec![path.clone(), format!("{path}.1")]);
+        assert!(c.find(b.path()).is_some());
+        drop((a, b));
+        assert_eq!(
+            c.live_trees(),
+            0,
+            "the tree leaves the map with its last node"
+        );
+        assert!(c.find(&path).is_none());
     }
 
-    #[test]
-    fn malformed_paths_rejected() {
-        assert_eq!(parse_path("00000000000000ff.1.2"), Some((255, 2)));
-        for bad in ["", "zz", "ff..1", "ff.x", "ff.1.", "11111111111111111.1"] {
-            assert!(parse_path(bad).is_none(), "{bad}");
-        }
+    #[tokio::test]
+    async fn waiters_below_a_cancelled_node_wake_and_siblings_do_not() {
+        let c = Contexts::new(BudgetConfig::default());
+        let a = c.child(Parent::None, spec("a")).expect("root");
+        let b = c.child(Parent::Node(a.clone()), spec("b")).expect("b");
+        let deep = c
+            .child(Parent::Node(b.clone()), spec("deep"))
+            .expect("deep");
+        let sibling = c.child(Parent::Node(a.clone()), spec("s")).expect("s");
+        let waiter = tokio::spawn({
+            let deep = deep.clone();
+            async move { deep.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        b.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert!(deep.is_cancelled());
+        assert!(!sibling.is_cancelled());
+        let late = c
+            .child(Parent::Node(b.clone()), spec("late"))
+            .expect("late");
+        assert!(
+            late.is_cancelled(),
+            "a child of a cancelled node starts cancelled"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use kernel_proto::v1::{self as pb, Failure, RegisterMode};
+use kernel_proto::v1::{self as pb, RegisterMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::subscription::Subscription;
@@ -13,7 +13,7 @@ use crate::context::{Contexts, Node};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::middleware;
-use crate::provider::{Instance, Link, LocalHandler, Reply};
+use crate::provider::{Instance, Link, LocalHandler};
 use crate::registry::Registry;
 use crate::router::{Request, Router};
 use crate::stats::Stats;
@@ -109,8 +109,8 @@ impl Kernel {
     }
 
     /// Routes one call.
-    pub async fn call(&self, req: Request) -> Result<Reply, Failure> {
-        self.router.call(req).await
+    pub fn call(&self, req: Request) -> crate::router::CallFuture {
+        self.router.call(req)
     }
 
     /// Publishes one event.
@@ -154,14 +154,14 @@ impl Kernel {
 
     /// Charges a custom budget counter of `node`'s tree. On exhaustion the
     /// node's branch is cancelled and the error names the counter and path.
-    pub fn charge(&self, node: &Node, counter: &str, amount: u64) -> Result<u64, Error> {
+    pub fn charge(&self, node: &Arc<Node>, counter: &str, amount: u64) -> Result<u64, Error> {
         node.tree
             .budget
             .charge_custom(counter, amount)
             .map_err(|e| {
                 let err = || Error::BudgetExhausted {
                     budget: e.budget.clone(),
-                    context: node.path.clone(),
+                    context: node.path().to_owned(),
                     limit: e.limit,
                 };
                 node.kill(err());

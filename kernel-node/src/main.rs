@@ -8,6 +8,12 @@ use clap::Parser;
 use kernel_node::telemetry::Telemetry;
 use kernel_node::{server, telemetry, Config, Kernel};
 
+/// Every call and event allocates a few small, short-lived objects across
+/// worker threads; mimalloc's thread-local free lists serve that pattern at
+/// a fraction of glibc malloc's cost (see `docs/ARCHITECTURE.md`, Speed).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A microkernel runtime delivered as a gRPC node.
 #[derive(Debug, Parser)]
 #[command(version, about)]

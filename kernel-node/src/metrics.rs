@@ -6,8 +6,7 @@
 //! cannot grow the series set without bound.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -16,10 +15,30 @@ use rustc_hash::FxHashMap;
 use crate::kernel::Kernel;
 use crate::stats::Stats;
 
-/// Histogram bucket bounds, seconds.
+/// Histogram bucket bounds, seconds (as rendered).
 const BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 10.0,
+];
+
+/// The same bounds in nanoseconds, compared on the hot path.
+const BUCKETS_NS: [u64; 16] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
 ];
 
 /// gRPC status code names, by number.
@@ -44,81 +63,106 @@ const CODES: [&str; 17] = [
 ];
 
 /// The series of one service; a call holds it from start to end.
+///
+/// A call costs four relaxed atomic adds: `entered` when it starts, its
+/// status code, its bucket and the latency sum when it ends. Everything else
+/// (count, in-flight, node totals) is derived when scraped.
 #[derive(Debug, Default)]
 pub struct Series {
+    entered: AtomicU64,
     codes: [AtomicU64; 17],
     buckets: [AtomicU64; BUCKETS.len()],
     sum_ns: AtomicU64,
-    count: AtomicU64,
+}
+
+impl Series {
+    /// A call counted in this series started.
+    #[inline]
+    pub fn enter(&self) {
+        self.entered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call counted in this series ended with `code` after `elapsed`.
+    #[inline]
+    pub fn record(&self, code: i32, elapsed: Duration) {
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|c| *c < CODES.len())
+            .unwrap_or(2);
+        self.codes[code].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Calls ended, and those that failed.
+    fn ended(&self) -> (u64, u64) {
+        let ok = self.codes[0].load(Ordering::Relaxed);
+        let failed: u64 = self.codes[1..]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        (ok + failed, failed)
+    }
 }
 
 /// Call metrics of a node.
+///
+/// A series is never removed (Prometheus counters must not go back), so
+/// each is allocated once and leaked: a call then carries a plain
+/// `&'static Series` instead of a reference count it would bump and drop.
+/// The cost is one series per service name per kernel for the process's
+/// lifetime, which the map kept anyway.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    services: RwLock<FxHashMap<String, Arc<Series>>>,
-    in_flight: AtomicI64,
-    calls: AtomicU64,
-    errors: AtomicU64,
+    services: RwLock<FxHashMap<String, &'static Series>>,
 }
 
 /// Label for calls whose service is not registered.
 pub const UNKNOWN_SERVICE: &str = "_unknown";
 
 impl Metrics {
-    /// A call started.
-    #[inline]
-    pub fn enter(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The series a call to `service` is counted in; `known` (asked only
-    /// for a name without a series yet) says whether the service is
-    /// registered, else the call counts as `_unknown`.
-    pub fn series(&self, service: &str, known: impl FnOnce() -> bool) -> Arc<Series> {
+    /// The series of a registered service. Callers cache it (the registry
+    /// keeps it on the service's pool), so this map is read once per name
+    /// and registry change, not per call.
+    pub fn series(&self, service: &str) -> &'static Series {
         if let Some(s) = self.services.read().get(service) {
-            return s.clone();
+            return s;
         }
-        let name = if known() { service } else { UNKNOWN_SERVICE };
         self.services
             .write()
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+            .entry(service.to_owned())
+            .or_insert_with(|| Box::leak(Box::default()))
     }
 
-    /// A call counted in `series` ended with `code` after `elapsed`.
-    pub fn record(&self, series: &Series, code: i32, elapsed: Duration) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if code != 0 {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let code = usize::try_from(code)
-            .ok()
-            .filter(|c| *c < CODES.len())
-            .unwrap_or(2);
-        series.codes[code].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            series.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        series
-            .sum_ns
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        series.count.fetch_add(1, Ordering::Relaxed);
+    /// The series for calls to names nobody provides.
+    pub fn unknown(&self) -> &'static Series {
+        self.series(UNKNOWN_SERVICE)
     }
 
     /// Calls in flight now.
     pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.services
+            .read()
+            .values()
+            .map(|s| {
+                // Ended first: a call ends after it entered, so this order
+                // never yields a negative count.
+                let (ended, _) = s.ended();
+                s.entered.load(Ordering::Relaxed).saturating_sub(ended) as i64
+            })
+            .sum()
     }
 
     /// Calls finished and calls failed, since start.
     pub fn totals(&self) -> (u64, u64) {
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
+        self.services
+            .read()
+            .values()
+            .map(|s| s.ended())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// The whole node in Prometheus text format.
@@ -131,12 +175,12 @@ impl Metrics {
     /// The call series only (what this struct owns).
     pub fn render_calls(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let services: Vec<(String, Arc<Series>)> = {
+        let services: Vec<(String, &Series)> = {
             let mut v: Vec<_> = self
                 .services
                 .read()
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), *v))
                 .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
@@ -162,7 +206,7 @@ impl Metrics {
                 cumulative += s.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "kernel_call_duration_seconds_bucket{{service=\"{name}\",le=\"{b}\"}} {cumulative}");
             }
-            let count = s.count.load(Ordering::Relaxed);
+            let (count, _) = s.ended();
             let _ = writeln!(
                 out,
                 "kernel_call_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}"
@@ -180,7 +224,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP kernel_calls_in_flight Calls being dispatched now.\n# TYPE kernel_calls_in_flight gauge\nkernel_calls_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
+            self.in_flight()
         );
         out
     }

@@ -168,12 +168,16 @@ mod tests {
             _ = &mut call => panic!("finished before reaching the inner service"),
         };
         let node = inv.node.clone().expect("accounting set the context node");
-        assert!(!node.cancel.is_cancelled());
+        assert!(!node.is_cancelled());
         // ...and never answers: the accounting layer's deadline fires.
         tokio::time::advance(Duration::from_millis(60)).await;
         let err = call.await.expect_err("deadline");
         assert_eq!(err.code, tonic::Code::DeadlineExceeded as i32, "{err:?}");
-        assert_eq!(err.causality[0].context, node.path, "hop carries the path");
+        assert_eq!(
+            err.causality[0].context,
+            node.path(),
+            "hop carries the path"
+        );
         // The trace layer, outside, saw the timeout as the outcome.
         assert_eq!(metrics.totals(), (1, 1));
         assert!(metrics

@@ -8,30 +8,50 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use kernel_proto::v1::RegisterMode;
 use parking_lot::Mutex;
 
 use crate::error::Error;
+use crate::metrics::Series;
+use crate::middleware::validate::MethodSchemas;
 use crate::names;
 use crate::provider::{Instance, Link};
 
-/// Instances providing one name.
+/// Instances providing one name, and what every call to that name needs
+/// looked up once per registry change rather than once per call.
 #[derive(Debug, Default)]
 pub struct Pool {
+    /// The service name, shared with every call's context node.
+    pub name: Arc<str>,
     /// Active instances (draining ones are removed).
     pub instances: Vec<Arc<Instance>>,
+    /// Argument schemas by method, from the newest instance; None when it
+    /// declared none (validation then has nothing to do).
+    pub schemas: Option<Arc<MethodSchemas>>,
+    /// The name's metrics series, fetched on the first call.
+    series: OnceLock<&'static Series>,
     rr: AtomicUsize,
 }
 
 impl Pool {
-    fn with(instances: Vec<Arc<Instance>>) -> Pool {
+    fn with(name: &str, instances: Vec<Arc<Instance>>) -> Pool {
+        let schemas = instances.last().and_then(|i| i.schemas.get(name).cloned());
         Pool {
+            name: name.into(),
             instances,
+            schemas,
+            series: OnceLock::new(),
             rr: AtomicUsize::new(0),
         }
+    }
+
+    /// The name's metrics series; `fetch` runs once per pool.
+    #[inline]
+    pub fn series(&self, fetch: impl FnOnce() -> &'static Series) -> &'static Series {
+        self.series.get_or_init(fetch)
     }
 
     /// Least in-flight, ties broken round robin so equal instances share load.
@@ -103,7 +123,7 @@ impl Registry {
                 displaced.append(&mut members);
             }
             members.push(inst.clone());
-            next.insert(s.name.clone(), Arc::new(Pool::with(members)));
+            next.insert(s.name.clone(), Arc::new(Pool::with(&s.name, members)));
         }
         self.services.store(Arc::new(next));
         all.push(inst.clone());
@@ -141,7 +161,7 @@ impl Registry {
                     .cloned()
                     .collect();
                 if !members.is_empty() {
-                    next.insert(name.clone(), Arc::new(Pool::with(members)));
+                    next.insert(name.clone(), Arc::new(Pool::with(name, members)));
                 }
             } else {
                 next.insert(name.clone(), pool.clone());

@@ -49,6 +49,9 @@ pub struct Request {
     pub caller: Option<Arc<str>>,
 }
 
+/// The future of one call through the pipeline.
+pub type CallFuture = tower::util::Oneshot<Pipeline, Invocation>;
+
 /// Routes calls through the pipeline.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -63,8 +66,11 @@ impl Router {
 
     /// Runs one call to completion. The error carries the causality chain,
     /// with this hop appended.
-    pub async fn call(&self, req: Request) -> Result<Reply, Failure> {
-        self.pipeline.clone().oneshot(Invocation::new(req)).await
+    ///
+    /// The pipeline's own future, not wrapped in another `async` block:
+    /// every wrapper would copy the request into one more state machine.
+    pub fn call(&self, req: Request) -> CallFuture {
+        self.pipeline.clone().oneshot(Invocation::new(req))
     }
 }
 
@@ -139,7 +145,7 @@ impl Dispatch {
                         opentelemetry::KeyValue::new("kernel.service", service.clone()),
                         opentelemetry::KeyValue::new("kernel.plugin", inst.plugin.to_string()),
                         opentelemetry::KeyValue::new("kernel.instance", inst.id.to_string()),
-                        opentelemetry::KeyValue::new("kernel.context", node.path.clone()),
+                        opentelemetry::KeyValue::new("kernel.context", node.path().to_owned()),
                     ]
                 },
             )
@@ -278,7 +284,7 @@ impl Dispatch {
             });
             let acquired = tokio::select! {
                 p = inst.permits.clone().acquire_owned() => p.ok(),
-                _ = node.cancel.cancelled() => return Err(node.cancel_reason()),
+                _ = node.cancelled() => return Err(node.cancel_reason()),
                 _ = tokio::time::sleep_until(until.into()) => {
                     return Err(Error::Saturated {
                         service: service.to_owned(),
@@ -317,10 +323,10 @@ fn passthrough(mut h: Headers) -> Headers {
 }
 
 /// The header map a remote provider receives.
-fn provider_headers(node: &Node, mut h: Headers, caller: Option<&str>) -> Headers {
+fn provider_headers(node: &Arc<Node>, mut h: Headers, caller: Option<&str>) -> Headers {
     h.entry(headers::TRACEPARENT.to_owned())
         .or_insert_with(|| node.tree.traceparent().to_owned());
-    h.insert(headers::CONTEXT.to_owned(), node.path.clone());
+    h.insert(headers::CONTEXT.to_owned(), node.path().to_owned());
     h.insert(
         headers::BUDGET.to_owned(),
         node.tree.budget.remaining_header(node.depth),
@@ -370,7 +376,7 @@ impl Drop for Abandon<'_> {
             None => !self.done,
         };
         if abandoned {
-            self.node.cancel.cancel();
+            self.node.cancel();
         }
     }
 }

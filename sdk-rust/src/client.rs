@@ -408,7 +408,7 @@ fn origin_headers(origin: &Origin) -> HashMap<String, String> {
         }
         Origin::Local(node, headers) => {
             let mut hs = headers.clone();
-            hs.insert(h::CONTEXT.to_owned(), node.path.clone());
+            hs.insert(h::CONTEXT.to_owned(), node.path().to_owned());
             hs
         }
     }

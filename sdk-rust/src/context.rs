@@ -27,7 +27,8 @@ struct Inner {
     method: String,
     caller: Option<String>,
     origin: Origin,
-    cancel: CancellationToken,
+    /// A remote call's cancellation (an in-process call reads its node's).
+    cancel: Option<CancellationToken>,
 }
 
 impl Context {
@@ -52,13 +53,12 @@ impl Context {
                     deadline,
                     headers,
                 },
-                cancel,
+                cancel: Some(cancel),
             }),
         }
     }
 
     pub(crate) fn local(client: Client, call: kernel_node::provider::LocalCall) -> Context {
-        let cancel = call.context.cancel.clone();
         let headers = call.headers;
         Context {
             inner: Arc::new(Inner {
@@ -67,7 +67,7 @@ impl Context {
                 method: call.method,
                 caller: call.caller.map(|c| c.to_string()),
                 origin: Origin::Local(call.context, headers),
-                cancel,
+                cancel: None,
             }),
         }
     }
@@ -86,7 +86,7 @@ impl Context {
     pub fn path(&self) -> &str {
         match &self.inner.origin {
             Origin::Remote { path, .. } => path,
-            Origin::Local(node, _) => &node.path,
+            Origin::Local(node, _) => node.path(),
             Origin::Root => "",
         }
     }
@@ -135,12 +135,20 @@ impl Context {
     /// True once the caller went away, the deadline passed on the kernel's
     /// side, or the branch was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.inner.cancel.is_cancelled()
+        match (&self.inner.cancel, &self.inner.origin) {
+            (Some(token), _) => token.is_cancelled(),
+            (None, Origin::Local(node, _)) => node.is_cancelled(),
+            (None, _) => false,
+        }
     }
 
     /// Resolves when the call is cancelled.
     pub async fn cancelled(&self) {
-        self.inner.cancel.cancelled().await
+        match (&self.inner.cancel, &self.inner.origin) {
+            (Some(token), _) => token.cancelled().await,
+            (None, Origin::Local(node, _)) => node.cancelled().await,
+            (None, _) => std::future::pending().await,
+        }
     }
 
     /// A client for calls that are not part of this call's tree.

@@ -494,7 +494,7 @@ impl LocalHandler for LocalAdapter {
         let span = if self.telemetry.enabled() {
             call.headers.insert(
                 kernel_node::context::headers::CONTEXT.to_owned(),
-                call.context.path.clone(),
+                call.context.path().to_owned(),
             );
             let s = handler_span(
                 &self.telemetry,

@@ -124,11 +124,9 @@ struct State {
     closed: bool,
 }
 
-/// Why an event could not be buffered.
+/// Why a subscription cannot take events.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The buffer is at capacity.
-    Full,
     /// The subscription is gone.
     Closed,
 }
@@ -181,11 +179,12 @@ impl Subscription {
 
     /// Buffers an event regardless of capacity (used after space was checked,
     /// and for redistribution and dead letters, which must not be lost).
-    pub fn push(&self, q: Queued) -> Result<(), PushError> {
+    /// A closed subscription hands the event back, for another member.
+    pub fn push(&self, q: Queued) -> Result<(), Queued> {
         {
             let mut s = self.state.lock();
             if s.closed {
-                return Err(PushError::Closed);
+                return Err(q);
             }
             s.queue.push_back(q);
         }
@@ -269,9 +268,15 @@ impl Subscription {
                 if s.closed {
                     return None;
                 }
-                let now = Instant::now();
+                // The clock matters only with deliveries in flight or
+                // delayed, or about to be (explicit acks).
+                let timed =
+                    self.opts.explicit_ack || !s.unacked.is_empty() || !s.delayed.is_empty();
+                let now = timed.then(Instant::now);
                 let mut batch = Batch::default();
-                self.requeue_due(&mut s, now, &mut batch.dead);
+                if let Some(now) = now {
+                    self.requeue_due(&mut s, now, &mut batch.dead);
+                }
                 let window = if self.opts.explicit_ack {
                     (self.opts.window as usize + self.credit.load(Ordering::Relaxed) as usize)
                         .saturating_sub(s.unacked.len())
@@ -287,7 +292,7 @@ impl Subscription {
                     s.next_delivery += 1;
                     let id = s.next_delivery;
                     batch.events.push(to_wire(&q, id));
-                    if self.opts.explicit_ack {
+                    if let (true, Some(now)) = (self.opts.explicit_ack, now) {
                         s.unacked.insert(id, (q, now + self.opts.ack_wait));
                     }
                 }

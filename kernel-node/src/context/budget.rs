@@ -1,7 +1,7 @@
 //! Budget arithmetic: limits, the `x-kernel-budget` header, and what a tree
 //! has spent.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -44,12 +44,19 @@ pub struct Exhausted {
 impl Budget {
     /// A tree's budget from the node defaults and the starting plugin's overrides.
     pub fn new(config: &BudgetConfig, plugin: Option<&str>) -> Budget {
-        let over = plugin.and_then(|p| config.plugins.get(p));
-        let mut custom: HashMap<String, Counter> = config
-            .custom
-            .iter()
-            .map(|(k, v)| (k.clone(), Counter { limit: *v, used: 0 }))
-            .collect();
+        let over = match plugin {
+            Some(p) if !config.plugins.is_empty() => config.plugins.get(p),
+            _ => None,
+        };
+        let mut custom: HashMap<String, Counter> = HashMap::default();
+        if !config.custom.is_empty() {
+            custom.extend(
+                config
+                    .custom
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Counter { limit: *v, used: 0 })),
+            );
+        }
         if let Some(o) = over {
             for (k, v) in &o.custom {
                 custom.insert(k.clone(), Counter { limit: *v, used: 0 });

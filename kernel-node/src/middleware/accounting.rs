@@ -75,11 +75,13 @@ where
             parent,
             ChildSpec {
                 service: &inv.req.service,
+                shared_service: inv.pool.as_ref().map(|p| &p.name),
                 caller: inv.req.caller.as_deref(),
                 deadline: inv.req.deadline,
                 budget_header: header(&inv.req.headers, headers::BUDGET),
                 traceparent: header(&inv.req.headers, headers::TRACEPARENT),
                 is_call: true,
+                started: Some(inv.started),
             },
         );
         let node = match created {
@@ -93,15 +95,15 @@ where
         if let Some(cx) = &inv.trace {
             cx.span().set_attribute(opentelemetry::KeyValue::new(
                 "kernel.context",
-                node.path.clone(),
+                node.path().to_owned(),
             ));
         }
         inv.node = Some(node.clone());
-        let early = if node.cancel.is_cancelled() {
+        let early = if node.is_cancelled() {
             Some(node.cancel_reason())
         } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
             // Never forwarded: the deadline passed before the call could start.
-            Some(deadline_exceeded(&node.path, &node.service))
+            Some(deadline_exceeded(node.path(), &node.service))
         } else {
             None
         };
@@ -122,14 +124,14 @@ where
                     tokio::select! {
                         biased;
                         r = fut => r,
-                        _ = node.cancel.cancelled() => Err(node.cancel_reason()),
-                        _ = sleep => Err(deadline_exceeded(&node.path, &node.service)),
+                        _ = node.cancelled() => Err(node.cancel_reason()),
+                        _ = sleep => Err(deadline_exceeded(node.path(), &node.service)),
                     }
                 }
             };
             out.map_err(|mut f| {
                 let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
-                push_hop(&mut f, &node.path, &node.service, plugin);
+                push_hop(&mut f, node.path(), &node.service, plugin);
                 f
             })
         })

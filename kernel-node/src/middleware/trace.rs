@@ -46,18 +46,16 @@ impl<S> Layer<S> for TraceLayer {
     }
 }
 
-/// Records one call in the metrics when dropped.
+/// Records one call in its series when dropped.
 struct Count {
-    metrics: Arc<Metrics>,
-    series: Arc<Series>,
+    series: &'static Series,
     started: std::time::Instant,
     code: i32,
 }
 
 impl Drop for Count {
     fn drop(&mut self) {
-        self.metrics
-            .record(&self.series, self.code, self.started.elapsed());
+        self.series.record(self.code, self.started.elapsed());
     }
 }
 
@@ -83,12 +81,17 @@ where
     }
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
-        let metrics = self.layer.metrics.clone();
-        metrics.enter();
-        let registry = &self.layer.registry;
-        let series = metrics.series(&inv.req.service, || {
-            registry.pool(&inv.req.service).is_some()
-        });
+        // The pool lookup serves the layers below too (validate, dispatch).
+        let layer = &self.layer;
+        let series = match layer.registry.pool(&inv.req.service) {
+            Some(pool) => {
+                let s = pool.series(|| layer.metrics.series(&inv.req.service));
+                inv.pool = Some(pool);
+                s
+            }
+            None => layer.metrics.unknown(),
+        };
+        series.enter();
         inv.trace = self.layer.telemetry.start(
             "kernel.call",
             SpanKind::Server,
@@ -112,7 +115,6 @@ where
         // Counts the call even when its future is dropped (caller gone,
         // stream cancel): as CANCELLED, so in-flight never leaks.
         let count = Count {
-            metrics,
             series,
             started: inv.started,
             code: tonic::Code::Cancelled as i32,

@@ -28,14 +28,18 @@ use futures::future::{Either, Ready};
 /// Most validation errors listed in one message.
 pub const MAX_REPORTED: usize = 10;
 
-/// Compiled schemas of one instance: service → method → validator.
-pub type Schemas = FxHashMap<String, FxHashMap<String, Arc<jsonschema::Validator>>>;
+/// Compiled schemas of one service: method → validator.
+pub type MethodSchemas = FxHashMap<String, Arc<jsonschema::Validator>>;
+
+/// Compiled schemas of one instance, by service.
+pub type Schemas = FxHashMap<String, Arc<MethodSchemas>>;
 
 /// Compiles the schemas a provider declared; the error names the service,
 /// the method and what is wrong.
 pub fn compile(services: &[ServiceDecl]) -> Result<Schemas, Error> {
     let mut out = Schemas::default();
     for s in services {
+        let mut methods = MethodSchemas::default();
         for (method, text) in &s.method_schemas {
             let invalid = |detail: String| Error::InvalidArgument {
                 service: s.name.clone(),
@@ -45,9 +49,10 @@ pub fn compile(services: &[ServiceDecl]) -> Result<Schemas, Error> {
                 serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
             let validator = jsonschema::validator_for(&value)
                 .map_err(|e| invalid(format!("does not compile: {e}")))?;
-            out.entry(s.name.clone())
-                .or_default()
-                .insert(method.clone(), Arc::new(validator));
+            methods.insert(method.clone(), Arc::new(validator));
+        }
+        if !methods.is_empty() {
+            out.insert(s.name.clone(), Arc::new(methods));
         }
     }
     Ok(out)
@@ -123,19 +128,20 @@ impl<S> ValidateService<S> {
                 limit: self.layer.max_payload,
             });
         }
-        let Some(pool) = self.layer.registry.pool(&req.service) else {
+        // The trace layer above usually looked the pool up already.
+        if inv.pool.is_none() {
+            inv.pool = self.layer.registry.pool(&req.service);
+        }
+        let Some(pool) = &inv.pool else {
             // A registered name is valid by construction; an unknown one is
             // checked so a bad name gets INVALID_ARGUMENT, not NOT_FOUND.
             return names::validate_service(&req.service);
         };
         let schema = pool
-            .instances
-            .last()
-            .and_then(|i| i.schemas.get(&req.service))
+            .schemas
+            .as_ref()
             .and_then(|m| m.get(&req.method))
             .cloned();
-        inv.pool = Some(pool);
-        let req = &inv.req;
         let declared_json = req.content_type.eq_ignore_ascii_case("application/json");
         if schema.is_none() && !declared_json {
             return Ok(());
