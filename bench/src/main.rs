@@ -62,6 +62,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000_000)]
         iters: usize,
     },
+    /// Only in-process emit → delivery, for `iters` events (for profiling).
+    Emit {
+        /// Events to publish.
+        #[arg(long, default_value_t = 2_000_000)]
+        iters: usize,
+    },
     /// Only in-process calls, for `iters` iterations (for profiling).
     Inproc {
         /// Calls to make.
@@ -101,6 +107,10 @@ fn main() {
             Cmd::Contexts { iters } => {
                 let ns = local::contexts_only(iters).await;
                 println!("context node made + dropped: {ns:.0} ns");
+            }
+            Cmd::Emit { iters } => {
+                let ns = local::emit_only(iters).await;
+                println!("in-process emit → delivery: {ns:.0} ns");
             }
             Cmd::Inproc { iters } => {
                 let ns = local::inproc_only(iters).await;

@@ -140,13 +140,6 @@ impl Broker {
                 limit: self.max_payload,
             });
         }
-        // The clock is read only if a target is full.
-        let deadline = || {
-            p.deadline.unwrap_or_else(|| {
-                Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
-            })
-        };
-        let mut wait_until = None;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let event_id = hex_id(self.event_base.wrapping_add(seq));
         if let Parent::Node(n) = &p.parent {
@@ -163,19 +156,13 @@ impl Broker {
         }
         let targets = self.targets(&p.topic);
         // Wait until every target has room, so the event is accepted by all
-        // or by none.
-        loop {
-            let full = targets.iter().find(|s| matches!(s.has_space(), Ok(false)));
-            let Some(slow) = full else { break };
-            let until = *wait_until.get_or_insert_with(deadline);
-            let wait = tokio::time::timeout_at(until.into(), slow.wait_space()).await;
-            if wait.is_err() && matches!(slow.has_space(), Ok(false)) {
-                return Err(Error::Backpressure {
-                    subscription: slow.label(),
-                    buffered: slow.buffered(),
-                    topic: p.topic,
-                });
-            }
+        // or by none. Boxed: only a publisher that must wait pays for the
+        // larger future (and the clock read).
+        if targets.iter().any(|s| matches!(s.has_space(), Ok(false))) {
+            let deadline = p.deadline.unwrap_or_else(|| {
+                Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
+            });
+            Box::pin(wait_for_space(&targets, deadline, &p.topic)).await?;
         }
         let mut headers = p.headers;
         if !headers.is_empty() {
@@ -484,6 +471,24 @@ fn nonzero<T: PartialEq + Default>(v: T, default: T) -> T {
         default
     } else {
         v
+    }
+}
+
+/// Waits until every target has room, or fails naming the slow one.
+async fn wait_for_space(targets: &Targets, deadline: Instant, topic: &str) -> Result<(), Error> {
+    loop {
+        let full = targets.iter().find(|s| matches!(s.has_space(), Ok(false)));
+        let Some(slow) = full else {
+            return Ok(());
+        };
+        let wait = tokio::time::timeout_at(deadline.into(), slow.wait_space()).await;
+        if wait.is_err() && matches!(slow.has_space(), Ok(false)) {
+            return Err(Error::Backpressure {
+                subscription: slow.label(),
+                buffered: slow.buffered(),
+                topic: topic.to_owned(),
+            });
+        }
     }
 }
 

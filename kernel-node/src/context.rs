@@ -89,7 +89,7 @@ impl Tree {
             let mut roots = roots.lock();
             // A live tree already holds this id (a 1 in 2^64 draw, or a
             // remote caller reusing a root): it keeps it.
-            if !roots.get(&self.id).is_some_and(|w| w.strong_count() > 0) {
+            if roots.get(&self.id).is_none_or(|w| w.strong_count() == 0) {
                 roots.insert(self.id, Arc::downgrade(self));
             }
         }

@@ -1,7 +1,6 @@
 //! Events: a pull-style [`Subscriber`] with explicit or automatic acks, a
 //! handler-style `subscribe`, and a pipelined [`Publisher`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,7 +104,9 @@ enum Source {
 /// A subscription you pull events from.
 pub struct Subscriber {
     source: Source,
-    ready: VecDeque<Event>,
+    /// The rest of the last batch, handed out in order without copying it
+    /// into another queue.
+    ready: std::vec::IntoIter<Event>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -128,13 +129,13 @@ impl Subscriber {
     /// The next event; None when the subscription ended.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(e) = self.ready.pop_front() {
+            if let Some(e) = self.ready.next() {
                 return Some(e);
             }
             match &mut self.source {
                 Source::Remote { inbound, .. } => {
                     let frame = inbound.message().await.ok()??;
-                    self.ready.extend(frame.events);
+                    self.ready = frame.events.into_iter();
                 }
                 Source::Local { kernel, sub } => {
                     let batch = sub.next_batch(256).await?;
@@ -142,7 +143,7 @@ impl Subscriber {
                         kernel.broker.dead_letter(dl);
                     }
                     kernel.broker.count_delivered(&batch.events);
-                    self.ready.extend(batch.events);
+                    self.ready = batch.events.into_iter();
                 }
             }
         }
@@ -217,7 +218,7 @@ impl Client {
                     kernel: kernel.clone(),
                     sub,
                 },
-                ready: VecDeque::new(),
+                ready: Vec::new().into_iter(),
             });
         }
         let Some(remote) = self.remote() else {
@@ -259,7 +260,7 @@ impl Client {
                 inbound: Box::new(inbound),
                 up,
             },
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
         })
     }
 

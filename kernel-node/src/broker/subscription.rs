@@ -6,7 +6,7 @@
 //! and report acks and nacks back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,8 @@ pub struct Subscription {
     state: Mutex<State>,
     wake: Notify,
     space: Notify,
+    /// Publishers waiting on `space`; the consumer wakes them only if any.
+    space_waiters: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +124,17 @@ struct State {
     unacked: HashMap<u64, (Queued, Instant)>,
     next_delivery: u64,
     closed: bool,
+}
+
+/// What [`Subscription::take`] found.
+#[derive(Debug)]
+pub enum Take {
+    /// Events (or dead letters) to hand out.
+    Batch(Batch),
+    /// Nothing now; look again at this time (a redelivery due) or on wake-up.
+    Empty(Option<Instant>),
+    /// The subscription is closed.
+    Closed,
 }
 
 /// Why a subscription cannot take events.
@@ -141,6 +154,7 @@ impl Subscription {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             space: Notify::new(),
+            space_waiters: AtomicUsize::new(0),
         }
     }
 
@@ -212,6 +226,16 @@ impl Subscription {
 
     /// Waits until the buffer has room (or the subscription closes).
     pub async fn wait_space(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        // Counted before the check, so a consumer that frees space after
+        // the check (under the state lock) sees the count and wakes us.
+        self.space_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.space_waiters);
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -259,6 +283,25 @@ impl Subscription {
 
     /// Waits for events that may be sent now, up to `max`. None once closed.
     pub async fn next_batch(&self, max: usize) -> Option<Batch> {
+        // Events already waiting need no wake-up registration or timer.
+        match self.take(max) {
+            Take::Batch(b) => return Some(b),
+            Take::Closed => return None,
+            Take::Empty(_) => {}
+        }
+        Box::pin(self.wait_batch(max)).await
+    }
+
+    /// A batch now, or why there is none (and when to look again).
+    pub fn take(&self, max: usize) -> Take {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Take::Closed;
+        }
+        self.take_locked(&mut s, max)
+    }
+
+    async fn wait_batch(&self, max: usize) -> Option<Batch> {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -268,48 +311,11 @@ impl Subscription {
                 if s.closed {
                     return None;
                 }
-                // The clock matters only with deliveries in flight or
-                // delayed, or about to be (explicit acks).
-                let timed =
-                    self.opts.explicit_ack || !s.unacked.is_empty() || !s.delayed.is_empty();
-                let now = timed.then(Instant::now);
-                let mut batch = Batch::default();
-                if let Some(now) = now {
-                    self.requeue_due(&mut s, now, &mut batch.dead);
+                match self.take_locked(&mut s, max) {
+                    Take::Batch(b) => return Some(b),
+                    Take::Closed => return None,
+                    Take::Empty(at) => at,
                 }
-                let window = if self.opts.explicit_ack {
-                    (self.opts.window as usize + self.credit.load(Ordering::Relaxed) as usize)
-                        .saturating_sub(s.unacked.len())
-                } else {
-                    usize::MAX
-                };
-                let n = max.min(window).min(s.queue.len());
-                for _ in 0..n {
-                    let Some(mut q) = s.queue.pop_front() else {
-                        break;
-                    };
-                    q.attempts += 1;
-                    s.next_delivery += 1;
-                    let id = s.next_delivery;
-                    batch.events.push(to_wire(&q, id));
-                    if let (true, Some(now)) = (self.opts.explicit_ack, now) {
-                        s.unacked.insert(id, (q, now + self.opts.ack_wait));
-                    }
-                }
-                if !batch.events.is_empty() || !batch.dead.is_empty() {
-                    drop(s);
-                    if !batch.events.is_empty() {
-                        self.space.notify_waiters();
-                    }
-                    return Some(batch);
-                }
-                let next_due = s
-                    .unacked
-                    .values()
-                    .map(|(_, d)| *d)
-                    .chain(s.delayed.iter().filter_map(|q| q.ready_at))
-                    .min();
-                next_due
             };
             match wake_at {
                 Some(at) => {
@@ -321,6 +327,57 @@ impl Subscription {
                 None => notified.await,
             }
         }
+    }
+
+    fn take_locked(&self, s: &mut State, max: usize) -> Take {
+        // The clock matters only with deliveries in flight or delayed, or
+        // about to be (explicit acks).
+        let timed = self.opts.explicit_ack || !s.unacked.is_empty() || !s.delayed.is_empty();
+        let now = timed.then(Instant::now);
+        let mut batch = Batch::default();
+        if let Some(now) = now {
+            self.requeue_due(s, now, &mut batch.dead);
+        }
+        let window = if self.opts.explicit_ack {
+            (self.opts.window as usize + self.credit.load(Ordering::Relaxed) as usize)
+                .saturating_sub(s.unacked.len())
+        } else {
+            usize::MAX
+        };
+        let n = max.min(window).min(s.queue.len());
+        batch.events.reserve_exact(n);
+        for _ in 0..n {
+            let Some(mut q) = s.queue.pop_front() else {
+                break;
+            };
+            q.attempts += 1;
+            s.next_delivery += 1;
+            let id = s.next_delivery;
+            match (self.opts.explicit_ack, now) {
+                (true, Some(now)) => {
+                    batch.events.push(to_wire(&q, id));
+                    s.unacked.insert(id, (q, now + self.opts.ack_wait));
+                }
+                // Auto-ack: the kernel keeps nothing, so the delivery's own
+                // strings move to the wire.
+                _ => batch.events.push(into_wire(q, id)),
+            }
+        }
+        if !batch.events.is_empty() || !batch.dead.is_empty() {
+            // Checked under the state lock, after the pop: a publisher that
+            // counted itself before its own check is seen here.
+            if !batch.events.is_empty() && self.space_waiters.load(Ordering::SeqCst) > 0 {
+                self.space.notify_waiters();
+            }
+            return Take::Batch(batch);
+        }
+        let next_due = s
+            .unacked
+            .values()
+            .map(|(_, d)| *d)
+            .chain(s.delayed.iter().filter_map(|q| q.ready_at))
+            .min();
+        Take::Empty(next_due)
     }
 
     /// Moves expired unacked and ready delayed events back to the queue (or
@@ -384,6 +441,25 @@ impl Subscription {
         self.wake.notify_waiters();
         self.space.notify_waiters();
         out
+    }
+}
+
+fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
+    let e = &q.event;
+    let mut headers = e.headers.clone();
+    headers.insert(crate::context::headers::CONTEXT.to_owned(), q.context);
+    if let Some(tp) = q.traceparent {
+        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
+    }
+    pb::Event {
+        id: e.id.clone(),
+        topic: e.topic.clone(),
+        payload: e.payload.clone(),
+        content_type: e.content_type.clone(),
+        headers,
+        publish_time_unix_ns: e.publish_time_unix_ns,
+        attempt: q.attempts,
+        delivery_id,
     }
 }
 
