@@ -69,7 +69,6 @@ pub struct Tree {
     roots: Weak<RootMap>,
     /// Whether the tree is in the roots map (findable by root id).
     listed: AtomicBool,
-    next_top: AtomicU32,
     /// Wakes every waiter in the tree when any of its nodes is cancelled.
     cancelled: Notify,
 }
@@ -223,89 +222,65 @@ impl Contexts {
             Parent::Path(p) => Some(self.resolve(&p, &spec)?),
             Parent::None => None,
         };
-        // A new root's tree is built here and shared only with its first
-        // node (below), so it needs no lock to record that node.
-        let (tree, number, depth) = match &parent {
-            Some(p) => (
-                Ok(p.tree.clone()),
-                p.next_child.fetch_add(1, Ordering::Relaxed) + 1,
-                p.depth + 1,
-            ),
-            None => {
-                let mut tree = self.make_tree(rand::random(), &spec);
-                *tree.next_top.get_mut() = 1;
-                (Err(tree), 1, 1)
+        let node = match parent {
+            Some(p) => {
+                let number = p.next_child.fetch_add(1, Ordering::Relaxed) + 1;
+                let deadline = match (spec.deadline, p.deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let (tree, depth) = (p.tree.clone(), p.depth + 1);
+                Arc::new(Node::new(tree, Some(p), number, depth, deadline, &spec))
             }
+            // A new root: its tree is built in place and shared only with
+            // its first node, so recording that node takes no lock.
+            None => Arc::new_cyclic(|me| {
+                let tree = Arc::new(self.make_tree(rand::random(), &spec, Some(me.clone())));
+                Node::new(tree, None, 1, 1, spec.deadline, &spec)
+            }),
         };
-        let (budget, tree_id) = match &tree {
-            Ok(t) => (&t.budget, t.id),
-            Err(t) => (&t.budget, t.id),
-        };
+        self.charge(&node, &spec)?;
+        if node.parent.is_some() {
+            node.tree.join(&node);
+        }
+        Ok(node)
+    }
+
+    /// Applies the caller's budget header and charges the new node's call.
+    /// On exhaustion the parent's branch is cancelled (it overspent by
+    /// starting this call) and the error names the budget and the path.
+    fn charge(&self, node: &Arc<Node>, spec: &ChildSpec<'_>) -> Result<(), Error> {
+        let budget = &node.tree.budget;
         if let Some(h) = spec.budget_header {
             budget.lower_from_header(h);
             if let Some(d) = budget::parse_header(h).find(|(k, _)| *k == budget::DEPTH) {
-                budget.lower_depth(depth.saturating_sub(1), d.1);
+                budget.lower_depth(node.depth.saturating_sub(1), d.1);
             }
         }
-        let charged = if spec.is_call {
-            budget.charge_call(depth)
-        } else {
-            Ok(())
+        if !spec.is_call {
+            return Ok(());
+        }
+        let Err(Exhausted { budget, limit }) = budget.charge_call(node.depth) else {
+            return Ok(());
         };
-        if let Err(Exhausted { budget, limit }) = charged {
-            // The parent overspent by starting this call: its branch goes.
-            let context = match &parent {
-                Some(p) => {
-                    p.kill(Error::BudgetExhausted {
-                        budget: budget.clone(),
-                        context: p.path().to_owned(),
-                        limit,
-                    });
-                    child_path(p.path(), number)
-                }
-                None => root_path(tree_id, number),
-            };
-            return Err(Error::BudgetExhausted {
-                budget,
-                context,
+        if let Some(p) = &node.parent {
+            p.kill(Error::BudgetExhausted {
+                budget: budget.clone(),
+                context: p.path().to_owned(),
                 limit,
             });
         }
-        let deadline = match (spec.deadline, parent.as_ref().and_then(|p| p.deadline)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let node = |tree: Arc<Tree>, parent: Option<Arc<Node>>| Node {
-            cancelled: AtomicBool::new(false),
-            tree,
-            parent,
-            number,
-            path: OnceLock::new(),
-            depth,
-            service: spec
-                .shared_service
-                .cloned()
-                .unwrap_or_else(|| spec.service.into()),
-            plugin: OnceLock::new(),
-            deadline,
-            reason: OnceLock::new(),
-            next_child: AtomicU32::new(0),
-            started: spec.started.unwrap_or_else(Instant::now),
-        };
-        Ok(match tree {
-            Ok(tree) => {
-                let n = Arc::new(node(tree, parent));
-                n.tree.join(&n);
-                n
-            }
-            Err(mut tree) => Arc::new_cyclic(|me| {
-                tree.first = me.clone();
-                node(Arc::new(tree), None)
-            }),
+        Err(Error::BudgetExhausted {
+            budget,
+            context: node.path().to_owned(),
+            limit,
         })
     }
 
-    fn make_tree(&self, id: u64, spec: &ChildSpec<'_>) -> Tree {
+    /// A tree started by the node `first` (None for a tree made for a
+    /// path from elsewhere). A root-level call always starts a new tree, so
+    /// its node is always `<root>.1`.
+    fn make_tree(&self, id: u64, spec: &ChildSpec<'_>, first: Option<Weak<Node>>) -> Tree {
         Tree {
             id,
             budget: Budget::new(&self.budgets, spec.caller),
@@ -313,12 +288,11 @@ impl Contexts {
                 .traceparent
                 .map(|t| OnceLock::from(t.to_owned()))
                 .unwrap_or_default(),
-            first: Weak::new(),
+            first: first.unwrap_or_default(),
             members: Mutex::new(SmallVec::new()),
             named: Mutex::new(HashMap::default()),
             roots: Arc::downgrade(&self.roots),
             listed: AtomicBool::new(false),
-            next_top: AtomicU32::new(0),
             cancelled: Notify::new(),
         }
     }
@@ -337,7 +311,7 @@ impl Contexts {
             match roots.get(&root).and_then(Weak::upgrade) {
                 Some(t) => t,
                 None => {
-                    let t = Arc::new(self.make_tree(root, spec));
+                    let t = Arc::new(self.make_tree(root, spec, None));
                     t.listed.store(true, Ordering::Relaxed);
                     roots.insert(root, Arc::downgrade(&t));
                     t
@@ -429,6 +403,33 @@ impl Contexts {
 }
 
 impl Node {
+    fn new(
+        tree: Arc<Tree>,
+        parent: Option<Arc<Node>>,
+        number: u32,
+        depth: u64,
+        deadline: Option<Instant>,
+        spec: &ChildSpec<'_>,
+    ) -> Node {
+        Node {
+            cancelled: AtomicBool::new(false),
+            tree,
+            parent,
+            number,
+            path: OnceLock::new(),
+            depth,
+            service: spec
+                .shared_service
+                .cloned()
+                .unwrap_or_else(|| spec.service.into()),
+            plugin: OnceLock::new(),
+            deadline,
+            reason: OnceLock::new(),
+            next_child: AtomicU32::new(0),
+            started: spec.started.unwrap_or_else(Instant::now),
+        }
+    }
+
     /// The dotted path, root id first. Writing it out makes the node (and
     /// its ancestors, and its tree) findable by path.
     pub fn path(self: &Arc<Self>) -> &str {
