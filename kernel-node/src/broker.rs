@@ -511,7 +511,18 @@ fn event_context(event_id: &str, i: usize) -> String {
     let mut s = String::with_capacity(event_id.len() + 4);
     s.push_str(event_id);
     s.push('.');
-    let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{}", i + 1));
+    let mut n = i + 1;
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| d as char));
     s
 }
 

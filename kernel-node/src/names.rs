@@ -25,7 +25,46 @@ pub fn validate_pattern(name: &str, max_bytes: usize, max_tokens: usize) -> Resu
     check(name, "pattern", true, max_bytes, max_tokens)
 }
 
+/// One pass over the bytes for the common name: printable ASCII, no
+/// wildcard, no empty token, within the limits. Anything else (an error,
+/// a wildcard, non-ASCII) takes the detailed check.
+fn plain(name: &str, max_bytes: usize, max_tokens: usize) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > max_bytes {
+        return false;
+    }
+    let (mut tokens, mut empty) = (1, true);
+    for &b in bytes {
+        if b == b'.' {
+            if empty {
+                return false;
+            }
+            tokens += 1;
+            empty = true;
+        } else if b <= b' ' || b >= 0x7f || b == b'*' || b == b'>' {
+            return false;
+        } else {
+            empty = false;
+        }
+    }
+    !empty && tokens <= max_tokens
+}
+
 fn check(
+    name: &str,
+    what: &'static str,
+    wildcards: bool,
+    max_bytes: usize,
+    max_tokens: usize,
+) -> Result<(), Error> {
+    if plain(name, max_bytes, max_tokens) {
+        return Ok(());
+    }
+    detailed(name, what, wildcards, max_bytes, max_tokens)
+}
+
+/// The full check, which names what is wrong.
+fn detailed(
     name: &str,
     what: &'static str,
     wildcards: bool,
@@ -107,5 +146,20 @@ mod tests {
             .to_string();
         assert!(e.contains("`b*`"), "{e}");
         assert!(validate_topic("a.".repeat(20).trim_end_matches('.'), 256, 16).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_pass_accepts_only_what_the_full_check_accepts(
+            name in "[a.*> \u{e9}\t]{0,12}",
+            max_tokens in 1usize..6,
+        ) {
+            if plain(&name, 10, max_tokens) {
+                proptest::prop_assert!(detailed(&name, "topic", false, 10, max_tokens).is_ok());
+            } else if !name.contains('\u{e9}') {
+                // Plain ASCII the fast pass refused is refused in full too.
+                proptest::prop_assert!(detailed(&name, "topic", false, 10, max_tokens).is_err());
+            }
+        }
     }
 }
