@@ -6,13 +6,14 @@
 //! event is therefore either accepted by every target or refused with
 //! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
 
+mod stamp;
 pub mod subscription;
 pub mod trie;
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -27,6 +28,7 @@ use crate::stats::Stats;
 use crate::telemetry::{self, SpanKind, Telemetry};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
+use stamp::{event_context, hex_id, now_unix_ns};
 use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
 use trie::Trie;
 
@@ -494,44 +496,6 @@ async fn wait_for_space(targets: &Targets, deadline: Instant, topic: &str) -> Re
 
 /// The subscriptions one event goes to; inline for the common few.
 type Targets = SmallVec<[Arc<Subscription>; 4]>;
-
-/// `<16 hex digits>`, without the formatting machinery (one per event).
-fn hex_id(id: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(16);
-    for shift in (0..16).rev() {
-        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
-    }
-    s
-}
-
-/// `<event id>.<i + 1>`: the context of a delivery of an event published
-/// without one.
-fn event_context(event_id: &str, i: usize) -> String {
-    let mut s = String::with_capacity(event_id.len() + 4);
-    s.push_str(event_id);
-    s.push('.');
-    let mut n = i + 1;
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.extend(digits[at..].iter().map(|&d| d as char));
-    s
-}
-
-fn now_unix_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {

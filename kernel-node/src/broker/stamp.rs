@@ -1,0 +1,61 @@
+//! What the broker stamps on an event: its id, the context of a delivery
+//! published without one, and the publish time. Built by hand: one of each
+//! per event.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `<16 hex digits>`, without the formatting machinery (one per event).
+pub(super) fn hex_id(id: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(16);
+    for shift in (0..16).rev() {
+        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// `<event id>.<i + 1>`: the context of a delivery of an event published
+/// without one.
+pub(super) fn event_context(event_id: &str, i: usize) -> String {
+    let mut s = String::with_capacity(event_id.len() + 4);
+    s.push_str(event_id);
+    s.push('.');
+    let mut n = i + 1;
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| d as char));
+    s
+}
+
+pub(super) fn now_unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_contexts_match_fmt() {
+        for (id, i) in [
+            (0u64, 0usize),
+            (0xff, 8),
+            (u64::MAX, 9),
+            (0x5f0c9a1e2b3d4c6f, 12_345),
+        ] {
+            assert_eq!(hex_id(id), format!("{id:016x}"));
+            assert_eq!(event_context("ab", i), format!("ab.{}", i + 1));
+        }
+    }
+}

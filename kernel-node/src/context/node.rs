@@ -1,0 +1,212 @@
+//! One call or delivery in a context tree: its place (parent, number,
+//! path written on first use), deadline, cancellation and admin snapshot.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use kernel_proto::v1::Failure;
+
+use super::path::{child_path, root_path};
+use super::{ChildSpec, Tree};
+use crate::error::Error;
+
+/// One call or delivery in a context tree.
+#[derive(Debug)]
+pub struct Node {
+    /// The tree this node belongs to.
+    pub tree: Arc<Tree>,
+    pub(super) parent: Option<Arc<Node>>,
+    /// Its number among its parent's children (or the tree's top level).
+    pub(super) number: u32,
+    /// The dotted path, written on first use (see [`Node::path`]).
+    pub(super) path: OnceLock<String>,
+    /// Hops below the root (a root-level call has depth 1).
+    pub depth: u64,
+    /// The service called (empty for a delivery).
+    pub service: Arc<str>,
+    /// The provider plugin, once one was selected.
+    pub plugin: OnceLock<Arc<str>>,
+    /// Set when this node itself was cancelled (see [`Node::is_cancelled`]).
+    pub(super) cancelled: AtomicBool,
+    /// Absolute deadline, already the minimum of the parent's and the caller's.
+    pub deadline: Option<Instant>,
+    /// Why the branch was cancelled, when the kernel did it on purpose.
+    pub(super) reason: OnceLock<Failure>,
+    pub(super) next_child: AtomicU32,
+    pub(super) started: Instant,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Some(path) = self.path.get() else {
+            return;
+        };
+        let mut named = self.tree.named.lock();
+        if named.get(path).is_some_and(|w| w.strong_count() == 0) {
+            named.remove(path);
+        }
+    }
+}
+
+/// A snapshot of a live node for admin listings.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Path.
+    pub path: String,
+    /// Service.
+    pub service: String,
+    /// Provider plugin.
+    pub plugin: String,
+    /// `running` or `cancelled`.
+    pub state: &'static str,
+    /// Microseconds since start.
+    pub elapsed_us: u64,
+}
+
+impl Node {
+    pub(super) fn new(
+        tree: Arc<Tree>,
+        parent: Option<Arc<Node>>,
+        number: u32,
+        depth: u64,
+        deadline: Option<Instant>,
+        spec: &ChildSpec<'_>,
+    ) -> Node {
+        Node {
+            cancelled: AtomicBool::new(false),
+            tree,
+            parent,
+            number,
+            path: OnceLock::new(),
+            depth,
+            service: spec
+                .shared_service
+                .cloned()
+                .unwrap_or_else(|| spec.service.into()),
+            plugin: OnceLock::new(),
+            deadline,
+            reason: OnceLock::new(),
+            next_child: AtomicU32::new(0),
+            started: spec.started.unwrap_or_else(Instant::now),
+        }
+    }
+
+    /// A node for a path the kernel no longer (or never) knew, named by a
+    /// remote caller: indexed under that path at once.
+    pub(super) fn stand_in(tree: Arc<Tree>, path: String, depth: u64) -> Node {
+        Node {
+            tree,
+            parent: None,
+            number: 0,
+            path: OnceLock::from(path),
+            depth,
+            service: "".into(),
+            plugin: OnceLock::new(),
+            cancelled: AtomicBool::new(false),
+            deadline: None,
+            reason: OnceLock::new(),
+            next_child: AtomicU32::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The dotted path, root id first. Writing it out makes the node (and
+    /// its ancestors, and its tree) findable by path.
+    pub fn path(self: &Arc<Self>) -> &str {
+        if let Some(p) = self.path.get() {
+            return p;
+        }
+        let written = match &self.parent {
+            Some(p) => child_path(p.path(), self.number),
+            None => root_path(self.tree.id, self.number),
+        };
+        let path = self.path.get_or_init(|| written);
+        self.tree
+            .named
+            .lock()
+            .insert(path.clone(), Arc::downgrade(self));
+        self.tree.list();
+        path
+    }
+
+    /// Cancels this node's branch, remembering why.
+    pub fn kill(&self, why: Error) {
+        let _ = self.reason.set(why.into_failure());
+        self.cancel();
+    }
+
+    /// Cancels this node's branch.
+    pub fn cancel(&self) {
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            self.tree.cancelled.notify_waiters();
+        }
+    }
+
+    /// True once this node or an ancestor was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        let mut cur = Some(self);
+        while let Some(n) = cur {
+            if n.cancelled.load(Ordering::Acquire) {
+                return true;
+            }
+            cur = n.parent.as_deref();
+        }
+        false
+    }
+
+    /// Resolves once this node or an ancestor is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let woken = self.tree.cancelled.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a cancel between the two is
+            // not missed.
+            woken.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Why this node (or the nearest ancestor that was killed) was cancelled.
+    pub fn cancel_reason(self: &Arc<Self>) -> Failure {
+        let mut cur = Some(self);
+        while let Some(n) = cur {
+            if let Some(r) = n.reason.get() {
+                return r.clone();
+            }
+            cur = n.parent.as_ref();
+        }
+        Error::Cancelled {
+            context: self.path().to_owned(),
+        }
+        .into_failure()
+    }
+
+    /// The time left before the deadline (None = no deadline).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The root id, hex.
+    pub fn root(&self) -> String {
+        format!("{:016x}", self.tree.id)
+    }
+
+    pub(super) fn info(self: &Arc<Self>) -> NodeInfo {
+        NodeInfo {
+            path: self.path().to_owned(),
+            service: self.service.to_string(),
+            plugin: self.plugin.get().map(|p| p.to_string()).unwrap_or_default(),
+            state: if self.is_cancelled() {
+                "cancelled"
+            } else {
+                "running"
+            },
+            elapsed_us: self.started.elapsed().as_micros() as u64,
+        }
+    }
+}
