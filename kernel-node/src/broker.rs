@@ -6,6 +6,7 @@
 //! event is therefore either accepted by every target or refused with
 //! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
 
+pub mod schemas;
 mod stamp;
 pub mod subscription;
 pub mod trie;
@@ -104,6 +105,8 @@ pub struct Broker {
     next_sub: AtomicU64,
     event_base: u64,
     next_event: AtomicU64,
+    /// Event schemas declared by registered providers.
+    pub schemas: schemas::TopicSchemas,
 }
 
 impl Broker {
@@ -125,6 +128,7 @@ impl Broker {
             next_sub: AtomicU64::new(1),
             event_base: rand::random::<u64>() & 0xffff_ffff_0000_0000,
             next_event: AtomicU64::new(1),
+            schemas: schemas::TopicSchemas::default(),
         }
     }
 
@@ -142,6 +146,7 @@ impl Broker {
                 limit: self.max_payload,
             });
         }
+        self.schemas.check(&p.topic, &p.payload, &p.content_type)?;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let event_id = hex_id(self.event_base.wrapping_add(seq));
         if let Parent::Node(n) = &p.parent {

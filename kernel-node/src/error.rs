@@ -90,6 +90,14 @@ pub enum Error {
         /// The topic being published.
         topic: String,
     },
+    /// An event fails a schema registered for its topic.
+    #[error("invalid event on `{topic}`: {detail}")]
+    InvalidEvent {
+        /// The topic published.
+        topic: String,
+        /// What failed.
+        detail: String,
+    },
     /// The payload fails the service's schema or is not what its content type says.
     #[error("invalid argument for `{service}`: {detail}")]
     InvalidArgument {
@@ -114,9 +122,10 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::NoProvider { .. } => Code::NotFound,
-            Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::Protocol { .. } => {
-                Code::InvalidArgument
-            }
+            Error::InvalidName { .. }
+            | Error::InvalidArgument { .. }
+            | Error::InvalidEvent { .. }
+            | Error::Protocol { .. } => Code::InvalidArgument,
             Error::PayloadTooLarge { .. } => Code::OutOfRange,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::Saturated { .. }

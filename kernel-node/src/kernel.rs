@@ -64,6 +64,7 @@ impl LocalRegistration {
 impl Drop for LocalRegistration {
     fn drop(&mut self) {
         self.kernel.registry.deregister(&self.instance);
+        self.kernel.broker.schemas.remove(&self.instance.id);
     }
 }
 
@@ -131,6 +132,7 @@ impl Kernel {
         handler: Arc<dyn LocalHandler>,
         mode: RegisterMode,
         max_concurrency: u32,
+        topic_schemas: &std::collections::HashMap<String, String>,
     ) -> Result<LocalRegistration, Error> {
         let id: Arc<str> = format!("{plugin}-local-{:08x}", rand::random::<u32>()).into();
         let max = if max_concurrency == 0 {
@@ -138,14 +140,20 @@ impl Kernel {
         } else {
             max_concurrency
         };
-        let instance = Arc::new(Instance::new(
-            plugin.into(),
-            id,
-            services,
-            Link::Local(handler),
-            max as usize,
-        )?);
+        let instance = Arc::new(
+            Instance::new(
+                plugin.into(),
+                id,
+                services,
+                Link::Local(handler),
+                max as usize,
+            )?
+            .with_topic_schemas(topic_schemas)?,
+        );
         self.registry.register(instance.clone(), mode)?;
+        self.broker
+            .schemas
+            .add(&instance.id, &instance.topic_schemas);
         Ok(LocalRegistration {
             kernel: self.clone(),
             instance,

@@ -200,6 +200,8 @@ pub struct Instance {
     pub max_concurrency: usize,
     /// Compiled argument schemas (service → method → validator).
     pub schemas: crate::middleware::validate::Schemas,
+    /// Compiled event schemas it declared, by topic pattern.
+    pub topic_schemas: Vec<(String, Arc<jsonschema::Validator>)>,
 }
 
 impl Instance {
@@ -224,7 +226,18 @@ impl Instance {
             draining: AtomicBool::new(false),
             max_concurrency,
             schemas,
+            topic_schemas: Vec::new(),
         })
+    }
+
+    /// Adds the event schemas the instance declared (pattern → schema text);
+    /// fails when a pattern is malformed or a schema does not compile.
+    pub fn with_topic_schemas(
+        mut self,
+        declared: &std::collections::HashMap<String, String>,
+    ) -> Result<Instance, crate::error::Error> {
+        self.topic_schemas = crate::middleware::validate::compile_topics(declared)?;
+        Ok(self)
     }
 
     /// `remote` or `in-process`.

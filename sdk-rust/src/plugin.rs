@@ -51,6 +51,7 @@ pub struct Plugin {
     mode: RegisterMode,
     max_reply_bytes: usize,
     telemetry: Telemetry,
+    topic_schemas: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -83,6 +84,7 @@ impl Plugin {
             mode: RegisterMode::Pool,
             max_reply_bytes: 4 * 1024 * 1024,
             telemetry: Telemetry::disabled(),
+            topic_schemas: HashMap::new(),
         }
     }
 
@@ -132,6 +134,16 @@ impl Plugin {
         self
     }
 
+    /// Declares a JSON Schema for events on topics matching `pattern`
+    /// (`order.*`, `audit.>`): while this plugin is registered, the kernel
+    /// refuses (`INVALID_ARGUMENT`) any publish on a matching topic whose
+    /// payload does not validate, whoever publishes it.
+    pub fn topic_schema(mut self, pattern: &str, schema: &str) -> Plugin {
+        self.topic_schemas
+            .insert(pattern.to_owned(), schema.to_owned());
+        self
+    }
+
     /// How many invocations this instance runs at once (0 = kernel default).
     pub fn max_concurrency(mut self, n: u32) -> Plugin {
         self.max_concurrency = n;
@@ -176,6 +188,7 @@ impl Plugin {
                 adapter,
                 self.mode,
                 self.max_concurrency,
+                &self.topic_schemas,
             )
             .map_err(|e| Error::from(e.into_failure()))
     }
@@ -231,6 +244,7 @@ impl Plugin {
                 services: self.services.clone(),
                 max_concurrency: self.max_concurrency,
                 mode: self.mode as i32,
+                topic_schemas: self.topic_schemas.clone(),
             }),
             ..Default::default()
         };

@@ -58,6 +58,45 @@ pub fn compile(services: &[ServiceDecl]) -> Result<Schemas, Error> {
     Ok(out)
 }
 
+/// Compiles the topic schemas a provider declared (pattern → schema text);
+/// the error names the pattern and what is wrong.
+pub fn compile_topics(
+    schemas: &std::collections::HashMap<String, String>,
+) -> Result<Vec<(String, Arc<jsonschema::Validator>)>, Error> {
+    let mut out = Vec::with_capacity(schemas.len());
+    for (pattern, text) in schemas {
+        names::validate_pattern(pattern, names::MAX_NAME_BYTES, names::MAX_TOKENS)?;
+        let invalid = |detail: String| Error::InvalidEvent {
+            topic: pattern.clone(),
+            detail: format!("schema {detail}"),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
+        let validator = jsonschema::validator_for(&value)
+            .map_err(|e| invalid(format!("does not compile: {e}")))?;
+        out.push((pattern.clone(), Arc::new(validator)));
+    }
+    Ok(out)
+}
+
+/// Each way `value` fails `schema` (at most [`MAX_REPORTED`]), as
+/// "at `<path>`: <reason>".
+pub fn schema_errors(schema: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    schema
+        .iter_errors(value)
+        .take(MAX_REPORTED)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let at = if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path
+            };
+            format!("at `{at}`: {e}")
+        })
+        .collect()
+}
+
 /// Adds [`ValidateService`].
 #[derive(Debug, Clone)]
 pub struct ValidateLayer {
@@ -164,19 +203,7 @@ impl<S> ValidateService<S> {
         let Some(schema) = schema else {
             return Ok(());
         };
-        let errors: Vec<String> = schema
-            .iter_errors(&value)
-            .take(MAX_REPORTED)
-            .map(|e| {
-                let path = e.instance_path().to_string();
-                let at = if path.is_empty() {
-                    "/".to_owned()
-                } else {
-                    path
-                };
-                format!("at `{at}`: {e}")
-            })
-            .collect();
+        let errors = schema_errors(&schema, &value);
         if errors.is_empty() {
             Ok(())
         } else {

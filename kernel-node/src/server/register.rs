@@ -56,14 +56,18 @@ pub(crate) async fn session(
         n => n,
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let inst = Arc::new(Instance::new(
-        hello.plugin.into(),
-        id.clone(),
-        hello.services,
-        Link::Remote(RemoteLink::new(tx)),
-        max as usize,
-    )?);
+    let inst = Arc::new(
+        Instance::new(
+            hello.plugin.into(),
+            id.clone(),
+            hello.services,
+            Link::Remote(RemoteLink::new(tx)),
+            max as usize,
+        )?
+        .with_topic_schemas(&hello.topic_schemas)?,
+    );
     kernel.registry.register(inst.clone(), mode)?;
+    kernel.broker.schemas.add(&inst.id, &inst.topic_schemas);
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, services = ?inst.services.iter().map(|s| &s.name).collect::<Vec<_>>(), ?mode, "provider registered");
 
     let welcome = ProviderDown {
@@ -132,6 +136,7 @@ async fn read_results(
         }
     };
     kernel.registry.deregister(&inst);
+    kernel.broker.schemas.remove(&inst.id);
     link.close();
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, reason = %why, "provider deregistered");
 }
