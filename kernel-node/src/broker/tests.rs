@@ -1,0 +1,99 @@
+//! Broker unit tests: selection, rerouting and redistribution.
+
+use super::*;
+use crate::config::BudgetConfig;
+
+fn broker(buffer: usize) -> Broker {
+    let config = BrokerConfig {
+        buffer,
+        ..BrokerConfig::default()
+    };
+    Broker::new(
+        config,
+        1024,
+        Arc::new(Contexts::new(BudgetConfig::default())),
+        Arc::new(Stats::default()),
+        Telemetry::disabled(),
+    )
+}
+
+fn member(b: &Broker, name: &str) -> Arc<Subscription> {
+    b.subscribe(SubscribeRequest {
+        name: name.into(),
+        patterns: vec!["jobs.*".into()],
+        group: "g".into(),
+        ..Default::default()
+    })
+    .expect("subscribe")
+}
+
+fn publication(n: u32) -> Publication {
+    Publication {
+        topic: "jobs.run".into(),
+        payload: Bytes::from(n.to_string()),
+        deadline: Some(Instant::now() + Duration::from_secs(5)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_member_leaving_while_a_publisher_waits_loses_nothing() {
+    let b = Arc::new(broker(1));
+    let a = member(&b, "a");
+    let c = member(&b, "c");
+    b.publish(publication(1)).await.expect("first");
+    b.publish(publication(2)).await.expect("second");
+    assert_eq!((a.buffered(), c.buffered()), (1, 1), "both members full");
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.publish(publication(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "the publisher waits for space");
+    // The member the publisher waits on (or the other) leaves: its event
+    // goes to the survivor, and so does the waiting publisher's.
+    b.unsubscribe(&a);
+    let accepted = waiting.await.expect("join").expect("accepted");
+    assert_eq!(accepted.matched, 1);
+    let mut got = Vec::new();
+    while let Ok(Some(batch)) =
+        tokio::time::timeout(Duration::from_millis(50), c.next_batch(10)).await
+    {
+        got.extend(
+            batch
+                .events
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.payload).into_owned()),
+        );
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["1", "2", "3"],
+        "every accepted event reached the survivor"
+    );
+}
+
+#[tokio::test]
+async fn handed_over_events_go_before_newer_ones() {
+    let b = broker(16);
+    let a = member(&b, "a");
+    let c = member(&b, "c");
+    for n in 1..=4 {
+        b.publish(publication(n)).await.expect("publish");
+    }
+    // Round robin: a holds 1 and 3, c holds 2 and 4.
+    b.unsubscribe(&a);
+    let batch = c.next_batch(10).await.expect("open");
+    let order: Vec<String> = batch
+        .events
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .collect();
+    assert_eq!(order.len(), 4);
+    assert_eq!(
+        &order[..2],
+        ["1", "3"],
+        "the departed member's events first: {order:?}"
+    );
+}
