@@ -21,7 +21,7 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::config::BrokerConfig;
-use crate::context::{headers, ChildSpec, Contexts, Parent};
+use crate::context::{headers, ChildSpec, Contexts, Node, Parent};
 use crate::error::Error;
 use crate::names;
 use crate::provider::Headers;
@@ -211,8 +211,8 @@ impl Broker {
         });
         let mut matched = 0;
         for (i, sub) in targets.iter().enumerate() {
-            let context = self.delivery_context(&p.parent, &event, i, &p.caller);
-            let mut q = Queued::new(event.clone(), context);
+            let (context, node) = self.delivery_context(&p.parent, &event, i, &p.caller);
+            let mut q = Queued::new(event.clone(), context, node);
             if let Some(cx) = &publish_span {
                 if let Some(d) = self.telemetry.start(
                     "kernel.deliver",
@@ -267,18 +267,19 @@ impl Broker {
         false
     }
 
-    /// The context path of one delivery: a child of the publisher's live
-    /// context, or `<event id>.<n>` for an event published without one (or
-    /// with a context the kernel does not know).
+    /// The context of one delivery: a live child node of the publisher's
+    /// context (held while the delivery is queued, so cancelling that
+    /// branch drops it), or just a path, `<event id>.<n>`, for an event
+    /// published without one (or with a context the kernel does not know).
     fn delivery_context(
         &self,
         parent: &Parent,
         event: &EventData,
         i: usize,
         caller: &Option<Arc<str>>,
-    ) -> String {
+    ) -> (String, Option<Arc<Node>>) {
         if !matches!(parent, Parent::Node(_)) {
-            return event_context(&event.id, i);
+            return (event_context(&event.id, i), None);
         }
         let spec = ChildSpec {
             caller: caller.as_deref(),
@@ -286,8 +287,8 @@ impl Broker {
             ..ChildSpec::default()
         };
         match self.contexts.child(parent.clone(), spec) {
-            Ok(n) => n.path().to_owned(),
-            Err(_) => event_context(&event.id, i),
+            Ok(n) => (n.path().to_owned(), Some(n)),
+            Err(_) => (event_context(&event.id, i), None),
         }
     }
 
@@ -435,11 +436,23 @@ impl Broker {
             let _ = sub.push(Queued::new(
                 event.clone(),
                 format!("{}.{}", event.id, i + 1),
+                None,
             ));
         }
     }
 
-    /// Counts a delivery batch in the stats.
+    /// Counts a delivery batch in the stats: what it sends, and the queued
+    /// deliveries it dropped because their branch was cancelled.
+    pub fn count_batch(&self, events: &[kernel_proto::v1::Event], cancelled: usize) {
+        if cancelled > 0 {
+            self.stats
+                .events_cancelled
+                .fetch_add(cancelled as u64, Ordering::Relaxed);
+        }
+        self.count_delivered(events);
+    }
+
+    /// Counts deliveries handed to a transport.
     pub fn count_delivered(&self, events: &[kernel_proto::v1::Event]) {
         for e in events {
             Stats::inc(&self.stats.events_delivered);

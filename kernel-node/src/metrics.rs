@@ -267,6 +267,13 @@ impl Metrics {
         );
         gauge(
             out,
+            "kernel_events_cancelled_total",
+            "Queued deliveries dropped because their context branch was cancelled.",
+            "counter",
+            Stats::get(&st.events_cancelled) as f64,
+        );
+        gauge(
+            out,
             "kernel_plugins_connected",
             "Connected provider instances.",
             "gauge",

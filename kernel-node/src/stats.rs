@@ -14,6 +14,8 @@ pub struct Stats {
     pub events_redelivered: AtomicU64,
     /// Dead-lettered events.
     pub events_dead_lettered: AtomicU64,
+    /// Queued deliveries dropped because their context branch was cancelled.
+    pub events_cancelled: AtomicU64,
 }
 
 impl Stats {

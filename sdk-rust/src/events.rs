@@ -139,10 +139,10 @@ impl Subscriber {
                 }
                 Source::Local { kernel, sub } => {
                     let batch = sub.next_batch(256).await?;
+                    kernel.broker.count_batch(&batch.events, batch.cancelled);
                     for dl in batch.dead {
                         kernel.broker.dead_letter(dl);
                     }
-                    kernel.broker.count_delivered(&batch.events);
                     self.ready = batch.events.into_iter();
                 }
             }

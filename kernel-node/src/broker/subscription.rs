@@ -15,6 +15,7 @@ use kernel_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::context::Node;
 use crate::provider::Headers;
 
 /// An accepted event, shared by all its deliveries.
@@ -45,19 +46,29 @@ pub struct Queued {
     pub context: String,
     /// The delivery span's `traceparent`, when tracing is on.
     pub traceparent: Option<String>,
+    /// The delivery's live context node, for an event published in a
+    /// context: held while the delivery waits, so it shows in the tree, and
+    /// dropped instead of sent once its branch is cancelled.
+    pub node: Option<Arc<Node>>,
     ready_at: Option<Instant>,
 }
 
 impl Queued {
     /// A first-time entry.
-    pub fn new(event: Arc<EventData>, context: String) -> Queued {
+    pub fn new(event: Arc<EventData>, context: String, node: Option<Arc<Node>>) -> Queued {
         Queued {
             event,
             attempts: 0,
             context,
             traceparent: None,
+            node,
             ready_at: None,
         }
+    }
+
+    /// Whether the delivery's context branch was cancelled.
+    fn cancelled(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.is_cancelled())
     }
 }
 
@@ -79,6 +90,8 @@ pub struct Batch {
     pub events: Vec<pb::Event>,
     /// Events to send to the dead-letter topic.
     pub dead: Vec<DeadLetter>,
+    /// Queued deliveries dropped because their context branch was cancelled.
+    pub cancelled: usize,
 }
 
 /// Settings fixed at open.
@@ -344,12 +357,16 @@ impl Subscription {
         } else {
             usize::MAX
         };
-        let n = max.min(window).min(s.queue.len());
-        batch.events.reserve_exact(n);
-        for _ in 0..n {
+        let limit = max.min(window);
+        batch.events.reserve_exact(limit.min(s.queue.len()));
+        while batch.events.len() < limit {
             let Some(mut q) = s.queue.pop_front() else {
                 break;
             };
+            if q.cancelled() {
+                batch.cancelled += 1;
+                continue;
+            }
             q.attempts += 1;
             s.next_delivery += 1;
             let id = s.next_delivery;
@@ -363,10 +380,11 @@ impl Subscription {
                 _ => batch.events.push(into_wire(q, id)),
             }
         }
-        if !batch.events.is_empty() || !batch.dead.is_empty() {
+        if !batch.events.is_empty() || !batch.dead.is_empty() || batch.cancelled > 0 {
             // Checked under the state lock, after the pop: a publisher that
             // counted itself before its own check is seen here.
-            if !batch.events.is_empty() && self.space_waiters.load(Ordering::SeqCst) > 0 {
+            let freed = !batch.events.is_empty() || batch.cancelled > 0;
+            if freed && self.space_waiters.load(Ordering::SeqCst) > 0 {
                 self.space.notify_waiters();
             }
             return Take::Batch(batch);

@@ -205,11 +205,11 @@ pub(crate) async fn subscribe(
             }
             loop {
                 let batch = sub.next_batch(DELIVERY_BATCH).await?;
+                kernel.broker.count_batch(&batch.events, batch.cancelled);
                 for dl in batch.dead {
                     kernel.broker.dead_letter(dl);
                 }
                 if !batch.events.is_empty() {
-                    kernel.broker.count_delivered(&batch.events);
                     let frame = SubscribeDown {
                         ready: None,
                         events: batch.events,
