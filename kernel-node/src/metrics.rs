@@ -6,7 +6,7 @@
 //! cannot grow the series set without bound.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -62,6 +62,72 @@ const CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// A latency histogram in atomics: one bucket add and one sum add per
+/// observation.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    #[inline]
+    fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Prometheus lines for one labelled histogram of `count` observations.
+    fn render(&self, out: &mut String, name: &str, label: &str, count: u64) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{label},le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{label}}} {count}");
+    }
+}
+
+/// Requests through the transport edge for one gRPC path.
+#[derive(Debug, Default)]
+pub struct EdgeSeries {
+    requests: AtomicU64,
+    heads: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicI64,
+    head_latency: Histogram,
+}
+
+impl EdgeSeries {
+    /// A request arrived; it is in flight until the guard drops.
+    pub(crate) fn enter(&'static self) -> crate::server::edge_metrics::InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        crate::server::edge_metrics::InFlight(self)
+    }
+
+    /// The response head went out after `elapsed` (`ok`: not a transport
+    /// error).
+    pub fn head(&self, elapsed: Duration, ok: bool) {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.head_latency.observe(elapsed);
+    }
+
+    /// The request left (answered, or dropped by the client).
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The series of one service; a call holds it from start to end.
 ///
 /// A call costs four relaxed atomic adds: `entered` when it starts, its
@@ -71,8 +137,7 @@ const CODES: [&str; 17] = [
 pub struct Series {
     entered: AtomicU64,
     codes: [AtomicU64; 17],
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_ns: AtomicU64,
+    latency: Histogram,
 }
 
 impl Series {
@@ -90,11 +155,7 @@ impl Series {
             .filter(|c| *c < CODES.len())
             .unwrap_or(2);
         self.codes[code].fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.latency.observe(elapsed);
     }
 
     /// Calls ended, and those that failed.
@@ -118,6 +179,7 @@ impl Series {
 #[derive(Debug, Default)]
 pub struct Metrics {
     services: RwLock<FxHashMap<String, &'static Series>>,
+    edge: RwLock<FxHashMap<String, &'static EdgeSeries>>,
 }
 
 /// Label for calls whose service is not registered.
@@ -134,6 +196,17 @@ impl Metrics {
         self.services
             .write()
             .entry(service.to_owned())
+            .or_insert_with(|| Box::leak(Box::default()))
+    }
+
+    /// The edge series of a gRPC path (already bounded by the caller).
+    pub fn edge(&self, path: &str) -> &'static EdgeSeries {
+        if let Some(s) = self.edge.read().get(path) {
+            return s;
+        }
+        self.edge
+            .write()
+            .entry(path.to_owned())
             .or_insert_with(|| Box::leak(Box::default()))
     }
 
@@ -200,33 +273,67 @@ impl Metrics {
         }
         out.push_str("# HELP kernel_call_duration_seconds Call latency through the kernel.\n# TYPE kernel_call_duration_seconds histogram\n");
         for (name, s) in &services {
-            let name = escape(name);
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                cumulative += s.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "kernel_call_duration_seconds_bucket{{service=\"{name}\",le=\"{b}\"}} {cumulative}");
-            }
             let (count, _) = s.ended();
-            let _ = writeln!(
-                out,
-                "kernel_call_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "kernel_call_duration_seconds_sum{{service=\"{name}\"}} {}",
-                s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "kernel_call_duration_seconds_count{{service=\"{name}\"}} {count}"
-            );
+            let label = format!("service=\"{}\"", escape(name));
+            s.latency
+                .render(&mut out, "kernel_call_duration_seconds", &label, count);
         }
         let _ = writeln!(
             out,
             "# HELP kernel_calls_in_flight Calls being dispatched now.\n# TYPE kernel_calls_in_flight gauge\nkernel_calls_in_flight {}",
             self.in_flight()
         );
+        self.render_edge(&mut out);
         out
+    }
+
+    /// The transport edge's series, by gRPC path.
+    fn render_edge(&self, out: &mut String) {
+        let mut paths: Vec<(String, &EdgeSeries)> = self
+            .edge
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.push_str("# HELP kernel_edge_requests_total HTTP/2 requests by gRPC path.\n# TYPE kernel_edge_requests_total counter\n");
+        for (p, s) in &paths {
+            let _ = writeln!(
+                out,
+                "kernel_edge_requests_total{{path=\"{}\"}} {}",
+                escape(p),
+                load(&s.requests)
+            );
+        }
+        out.push_str("# HELP kernel_edge_failed_total Requests that ended in a transport error before a response head.\n# TYPE kernel_edge_failed_total counter\n");
+        for (p, s) in &paths {
+            let _ = writeln!(
+                out,
+                "kernel_edge_failed_total{{path=\"{}\"}} {}",
+                escape(p),
+                load(&s.failed)
+            );
+        }
+        out.push_str("# HELP kernel_edge_in_flight Requests open now (streams included).\n# TYPE kernel_edge_in_flight gauge\n");
+        for (p, s) in &paths {
+            let _ = writeln!(
+                out,
+                "kernel_edge_in_flight{{path=\"{}\"}} {}",
+                escape(p),
+                s.in_flight.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP kernel_edge_response_head_seconds Time from request to response head (the whole call for unary RPCs).\n# TYPE kernel_edge_response_head_seconds histogram\n");
+        for (p, s) in &paths {
+            let label = format!("path=\"{}\"", escape(p));
+            s.head_latency.render(
+                out,
+                "kernel_edge_response_head_seconds",
+                &label,
+                load(&s.heads),
+            );
+        }
     }
 
     fn render_node(&self, kernel: &Kernel, out: &mut String) {

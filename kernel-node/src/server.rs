@@ -12,6 +12,7 @@
 mod admin;
 mod admin_http;
 mod call;
+pub(crate) mod edge_metrics;
 mod events;
 mod metadata;
 mod register;
@@ -176,10 +177,14 @@ pub async fn run(
     let grace = Duration::from_millis(kernel.config.server.shutdown_grace_ms);
     let stop = kernel.shutdown.clone();
     let signal_kernel = kernel.clone();
-    // The transport edge (tier 1). Limits first: they are cheap and protect
-    // everything after them; then identity of the request; then the HTTP
-    // span, innermost, so it logs the request id it was given.
+    // The transport edge (tier 1): metrics outermost; then identity of the
+    // request; then the HTTP span, innermost, so it logs the request id it
+    // was given. The limits (streams and concurrency per connection,
+    // keepalive, message sizes) are set on the server and the services.
     let edge = tower::ServiceBuilder::new()
+        // Outermost, so every request is counted and timed, whatever the
+        // layers and services inside do with it.
+        .layer(edge_metrics::EdgeMetricsLayer::new(kernel.metrics.clone()))
         // Every request gets an `x-request-id` (kept when the client sent
         // one), before anything logs about it...
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

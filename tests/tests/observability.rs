@@ -479,6 +479,10 @@ async fn metrics_health_and_reflection() {
         "kernel_events_delivered_total 3",
         "kernel_plugins_connected 1",
         "kernel_subscription_buffered{subscription=\"metrics-sub\"} 0",
+        // The transport edge counts every RPC by path, admin included.
+        "kernel_edge_requests_total{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
+        "kernel_edge_in_flight{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
+        "kernel_edge_response_head_seconds_count{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
     ] {
         assert!(body.contains(needle), "missing `{needle}` in\n{body}");
     }
