@@ -148,7 +148,8 @@ impl Broker {
         }
         self.schemas.check(&p.topic, &p.payload, &p.content_type)?;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let event_id = hex_id(self.event_base.wrapping_add(seq));
+        let id = self.event_base.wrapping_add(seq);
+        let event_id = hex_id(id);
         if let Parent::Node(n) = &p.parent {
             if let Err(e) = n.tree.budget.charge_event() {
                 // As for calls: the branch that overspent is cancelled.
@@ -202,7 +203,7 @@ impl Broker {
             headers.insert(headers::CALLER.to_owned(), c.to_string());
         }
         let event = Arc::new(EventData {
-            id: event_id.clone(),
+            id,
             topic: p.topic,
             payload: p.payload,
             content_type: p.content_type,
@@ -279,7 +280,7 @@ impl Broker {
         caller: &Option<Arc<str>>,
     ) -> (String, Option<Arc<Node>>) {
         if !matches!(parent, Parent::Node(_)) {
-            return (event_context(&event.id, i), None);
+            return (event_context(event.id, i), None);
         }
         let spec = ChildSpec {
             caller: caller.as_deref(),
@@ -288,7 +289,7 @@ impl Broker {
         };
         match self.contexts.child(parent.clone(), spec) {
             Ok(n) => (n.path().to_owned(), Some(n)),
-            Err(_) => (event_context(&event.id, i), None),
+            Err(_) => (event_context(event.id, i), None),
         }
     }
 
@@ -421,7 +422,7 @@ impl Broker {
         headers.insert(headers::DLQ_REASON.to_owned(), dl.reason.clone());
         headers.insert(headers::DLQ_ATTEMPTS.to_owned(), dl.attempts.to_string());
         let event = Arc::new(EventData {
-            id: dl.event.id.clone(),
+            id: dl.event.id,
             topic: topic.clone(),
             payload: dl.event.payload.clone(),
             content_type: dl.event.content_type.clone(),
@@ -430,14 +431,10 @@ impl Broker {
         });
         let targets = self.targets(&topic);
         if targets.is_empty() {
-            tracing::warn!(event = %event.id, topic = %dl.event.topic, reason = %dl.reason, "dead letter has no subscriber on {topic}");
+            tracing::warn!(event = %hex_id(event.id), topic = %dl.event.topic, reason = %dl.reason, "dead letter has no subscriber on {topic}");
         }
         for (i, sub) in targets.iter().enumerate() {
-            let _ = sub.push(Queued::new(
-                event.clone(),
-                format!("{}.{}", event.id, i + 1),
-                None,
-            ));
+            let _ = sub.push(Queued::new(event.clone(), event_context(event.id, i), None));
         }
     }
 

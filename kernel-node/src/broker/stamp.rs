@@ -6,19 +6,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `<16 hex digits>`, without the formatting machinery (one per event).
 pub(super) fn hex_id(id: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(16);
+    push_hex(&mut s, id);
+    s
+}
+
+fn push_hex(s: &mut String, id: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for shift in (0..16).rev() {
         s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
     }
-    s
 }
 
 /// `<event id>.<i + 1>`: the context of a delivery of an event published
 /// without one.
-pub(super) fn event_context(event_id: &str, i: usize) -> String {
-    let mut s = String::with_capacity(event_id.len() + 4);
-    s.push_str(event_id);
+pub(super) fn event_context(event_id: u64, i: usize) -> String {
+    let mut s = String::with_capacity(24);
+    push_hex(&mut s, event_id);
     s.push('.');
     let mut n = i + 1;
     let mut digits = [0u8; 20];
@@ -55,7 +59,7 @@ mod tests {
             (0x5f0c9a1e2b3d4c6f, 12_345),
         ] {
             assert_eq!(hex_id(id), format!("{id:016x}"));
-            assert_eq!(event_context("ab", i), format!("ab.{}", i + 1));
+            assert_eq!(event_context(id, i), format!("{id:016x}.{}", i + 1));
         }
     }
 }

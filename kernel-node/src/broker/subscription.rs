@@ -21,8 +21,9 @@ use crate::provider::Headers;
 /// An accepted event, shared by all its deliveries.
 #[derive(Debug)]
 pub struct EventData {
-    /// Kernel-assigned id.
-    pub id: String,
+    /// Kernel-assigned id; on the wire as 16 hex digits, written per
+    /// delivery (each wire event owns its string anyway).
+    pub id: u64,
     /// The topic it was published on.
     pub topic: String,
     /// Body.
@@ -470,7 +471,7 @@ fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
         headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
     }
     pb::Event {
-        id: e.id.clone(),
+        id: super::stamp::hex_id(e.id),
         topic: e.topic.clone(),
         payload: e.payload.clone(),
         content_type: e.content_type.clone(),
@@ -492,7 +493,7 @@ fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
         headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp.clone());
     }
     pb::Event {
-        id: e.id.clone(),
+        id: super::stamp::hex_id(e.id),
         topic: e.topic.clone(),
         payload: e.payload.clone(),
         content_type: e.content_type.clone(),
