@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use kernel_node::broker::trie::Trie;
 use kernel_node::context::{ChildSpec, Parent};
+use kernel_node::kernel::LocalRegistration;
 use kernel_node::middleware::accounting::AccountingLayer;
 use kernel_node::middleware::Invocation;
 use kernel_node::router::{Dispatch, Request};
@@ -82,14 +83,20 @@ fn root_spec(started: Instant, service: &Arc<str>) -> ChildSpec<'_> {
     }
 }
 
-/// In-process calls through the full pipeline, alone (for profiling).
-pub(crate) async fn inproc_only(iters: usize) -> f64 {
+/// A kernel with an in-process `bench.echo` provider, and a client of it.
+fn echo_kernel() -> (Arc<Kernel>, LocalRegistration, Client) {
     let kernel = Kernel::new(Config::default());
-    let _reg = Plugin::new("inproc")
+    let reg = Plugin::new("inproc")
         .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
         .attach(&kernel)
         .expect("attach");
     let local = Client::in_process(kernel.clone());
+    (kernel, reg, local)
+}
+
+/// In-process calls through the full pipeline, alone (for profiling).
+pub(crate) async fn inproc_only(iters: usize) -> f64 {
+    let (_kernel, _reg, local) = echo_kernel();
     let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
     mean_ns(iters, || {
         let (l, p) = (&local, payload.clone());
@@ -114,12 +121,7 @@ pub(crate) async fn contexts_only(iters: usize) -> f64 {
 /// Every in-process row of the report.
 pub(crate) async fn all(rows: &mut Vec<Row>) {
     let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
-    let kernel = Kernel::new(Config::default());
-    let _reg = Plugin::new("inproc")
-        .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
-        .attach(&kernel)
-        .expect("attach");
-    let local = Client::in_process(kernel.clone());
+    let (kernel, _reg, local) = echo_kernel();
     let p = payload.clone();
     let inproc = mean_ns(1_000_000, || {
         let (l, p) = (&local, p.clone());

@@ -296,34 +296,38 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         paths.sort_by(|a, b| a.0.cmp(&b.0));
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP kernel_edge_requests_total HTTP/2 requests by gRPC path.\n# TYPE kernel_edge_requests_total counter\n");
-        for (p, s) in &paths {
-            let _ = writeln!(
-                out,
-                "kernel_edge_requests_total{{path=\"{}\"}} {}",
-                escape(p),
-                load(&s.requests)
-            );
-        }
-        out.push_str("# HELP kernel_edge_failed_total Requests that ended in a transport error before a response head.\n# TYPE kernel_edge_failed_total counter\n");
-        for (p, s) in &paths {
-            let _ = writeln!(
-                out,
-                "kernel_edge_failed_total{{path=\"{}\"}} {}",
-                escape(p),
-                load(&s.failed)
-            );
-        }
-        out.push_str("# HELP kernel_edge_in_flight Requests open now (streams included).\n# TYPE kernel_edge_in_flight gauge\n");
-        for (p, s) in &paths {
-            let _ = writeln!(
-                out,
-                "kernel_edge_in_flight{{path=\"{}\"}} {}",
-                escape(p),
-                s.in_flight.load(Ordering::Relaxed)
-            );
-        }
+        let per_path = |out: &mut String,
+                        name: &str,
+                        help: &str,
+                        kind: &str,
+                        value: &dyn Fn(&EdgeSeries) -> i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (p, s) in &paths {
+                let _ = writeln!(out, "{name}{{path=\"{}\"}} {}", escape(p), value(s));
+            }
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        per_path(
+            out,
+            "kernel_edge_requests_total",
+            "HTTP/2 requests by gRPC path.",
+            "counter",
+            &|s| load(&s.requests),
+        );
+        per_path(
+            out,
+            "kernel_edge_failed_total",
+            "Requests that ended in a transport error before a response head.",
+            "counter",
+            &|s| load(&s.failed),
+        );
+        per_path(
+            out,
+            "kernel_edge_in_flight",
+            "Requests open now (streams included).",
+            "gauge",
+            &|s| s.in_flight.load(Ordering::Relaxed),
+        );
         out.push_str("# HELP kernel_edge_response_head_seconds Time from request to response head (the whole call for unary RPCs).\n# TYPE kernel_edge_response_head_seconds histogram\n");
         for (p, s) in &paths {
             let label = format!("path=\"{}\"", escape(p));
@@ -331,7 +335,7 @@ impl Metrics {
                 out,
                 "kernel_edge_response_head_seconds",
                 &label,
-                load(&s.heads),
+                s.heads.load(Ordering::Relaxed),
             );
         }
     }

@@ -463,11 +463,29 @@ impl Subscription {
     }
 }
 
+/// A delivery as the wire carries it, taking its own strings (auto ack:
+/// the kernel keeps nothing).
 fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
-    let e = &q.event;
+    wire(&q.event, q.context, q.traceparent, q.attempts, delivery_id)
+}
+
+/// A delivery as the wire carries it, copying (explicit ack: the kernel
+/// keeps the delivery until it is acked).
+fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
+    let (context, traceparent) = (q.context.clone(), q.traceparent.clone());
+    wire(&q.event, context, traceparent, q.attempts, delivery_id)
+}
+
+fn wire(
+    e: &EventData,
+    context: String,
+    traceparent: Option<String>,
+    attempt: u32,
+    delivery_id: u64,
+) -> pb::Event {
     let mut headers = e.headers.clone();
-    headers.insert(crate::context::headers::CONTEXT.to_owned(), q.context);
-    if let Some(tp) = q.traceparent {
+    headers.insert(crate::context::headers::CONTEXT.to_owned(), context);
+    if let Some(tp) = traceparent {
         headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
     }
     pb::Event {
@@ -477,29 +495,7 @@ fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
         content_type: e.content_type.clone(),
         headers,
         publish_time_unix_ns: e.publish_time_unix_ns,
-        attempt: q.attempts,
-        delivery_id,
-    }
-}
-
-fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
-    let e = &q.event;
-    let mut headers = e.headers.clone();
-    headers.insert(
-        crate::context::headers::CONTEXT.to_owned(),
-        q.context.clone(),
-    );
-    if let Some(tp) = &q.traceparent {
-        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp.clone());
-    }
-    pb::Event {
-        id: super::stamp::hex_id(e.id),
-        topic: e.topic.clone(),
-        payload: e.payload.clone(),
-        content_type: e.content_type.clone(),
-        headers,
-        publish_time_unix_ns: e.publish_time_unix_ns,
-        attempt: q.attempts,
+        attempt,
         delivery_id,
     }
 }
