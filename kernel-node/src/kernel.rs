@@ -114,9 +114,12 @@ impl Kernel {
         self.router.call(req)
     }
 
-    /// Publishes one event.
-    pub async fn publish(&self, p: Publication) -> Result<Accepted, Error> {
-        self.broker.publish(p).await
+    /// Publishes one event (the broker's future as is, like [`Kernel::call`]).
+    pub fn publish(
+        &self,
+        p: Publication,
+    ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
+        self.broker.publish(p)
     }
 
     /// Opens a subscription.

@@ -13,9 +13,12 @@ pub(super) fn hex_id(id: u64) -> String {
 
 fn push_hex(s: &mut String, id: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((id >> ((15 - i) * 4)) & 0xf) as usize];
     }
+    // ASCII by construction, so the check cannot fail.
+    s.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 /// `<event id>.<i + 1>`: the context of a delivery of an event published
@@ -35,7 +38,7 @@ pub(super) fn event_context(event_id: u64, i: usize) -> String {
             break;
         }
     }
-    s.extend(digits[at..].iter().map(|&d| d as char));
+    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
     s
 }
 
