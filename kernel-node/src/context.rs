@@ -21,7 +21,7 @@
 pub mod budget;
 pub mod headers;
 mod node;
-mod path;
+pub(crate) mod path;
 
 pub use node::{Node, NodeInfo};
 

@@ -190,24 +190,12 @@ impl Metrics {
     /// keeps it on the service's pool), so this map is read once per name
     /// and registry change, not per call.
     pub fn series(&self, service: &str) -> &'static Series {
-        if let Some(s) = self.services.read().get(service) {
-            return s;
-        }
-        self.services
-            .write()
-            .entry(service.to_owned())
-            .or_insert_with(|| Box::leak(Box::default()))
+        leaked(&self.services, service)
     }
 
     /// The edge series of a gRPC path (already bounded by the caller).
     pub fn edge(&self, path: &str) -> &'static EdgeSeries {
-        if let Some(s) = self.edge.read().get(path) {
-            return s;
-        }
-        self.edge
-            .write()
-            .entry(path.to_owned())
-            .or_insert_with(|| Box::leak(Box::default()))
+        leaked(&self.edge, path)
     }
 
     /// The series for calls to names nobody provides.
@@ -410,6 +398,16 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The series under `key`, made (and leaked, see [`Metrics`]) on first use.
+fn leaked<T: Default>(map: &RwLock<FxHashMap<String, &'static T>>, key: &str) -> &'static T {
+    if let Some(s) = map.read().get(key) {
+        return s;
+    }
+    map.write()
+        .entry(key.to_owned())
+        .or_insert_with(|| Box::leak(Box::default()))
 }
 
 /// Escapes a label value (backslash, quote, newline).

@@ -1,45 +1,22 @@
 //! What the broker stamps on an event: its id, the context of a delivery
 //! published without one, and the publish time. Built by hand: one of each
-//! per event.
+//! per event, with the context module's digit writers.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `<16 hex digits>`, without the formatting machinery (one per event).
+use crate::context::path::{push_hex, root_path};
+
+/// `<16 hex digits>` (one per event).
 pub(super) fn hex_id(id: u64) -> String {
     let mut s = String::with_capacity(16);
     push_hex(&mut s, id);
     s
 }
 
-fn push_hex(s: &mut String, id: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((id >> ((15 - i) * 4)) & 0xf) as usize];
-    }
-    // ASCII by construction, so the check cannot fail.
-    s.push_str(std::str::from_utf8(&digits).unwrap_or_default());
-}
-
 /// `<event id>.<i + 1>`: the context of a delivery of an event published
-/// without one.
+/// without one, shaped like a root-level context path.
 pub(super) fn event_context(event_id: u64, i: usize) -> String {
-    let mut s = String::with_capacity(24);
-    push_hex(&mut s, event_id);
-    s.push('.');
-    let mut n = i + 1;
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-    s
+    root_path(event_id, i as u64 + 1)
 }
 
 pub(super) fn now_unix_ns() -> i64 {

@@ -119,7 +119,7 @@ impl Node {
         }
         let written = match &self.parent {
             Some(p) => child_path(p.path(), self.number),
-            None => root_path(self.tree.id, self.number),
+            None => root_path(self.tree.id, self.number.into()),
         };
         let path = self.path.get_or_init(|| written);
         self.tree

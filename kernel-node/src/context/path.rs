@@ -1,13 +1,11 @@
 //! Context paths: `<16 hex digits>(.<n>)*`, built by hand (every call that
 //! names its context builds one) and parsed from remote callers' headers.
 
-/// `<16 hex digits>.<n>`.
-pub(crate) fn root_path(id: u64, n: u32) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `<16 hex digits>.<n>` (a root-level path; also an event delivery's
+/// `<event id>.<n>`).
+pub(crate) fn root_path(id: u64, n: u64) -> String {
     let mut s = String::with_capacity(28);
-    for shift in (0..16).rev() {
-        s.push(HEX[((id >> (shift * 4)) & 0xf) as usize] as char);
-    }
+    push_hex(&mut s, id);
     s.push('.');
     push_decimal(&mut s, n);
     s
@@ -18,24 +16,34 @@ pub(crate) fn child_path(parent: &str, n: u32) -> String {
     let mut s = String::with_capacity(parent.len() + 11);
     s.push_str(parent);
     s.push('.');
-    push_decimal(&mut s, n);
+    push_decimal(&mut s, n.into());
     s
 }
 
-fn push_decimal(s: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
+/// Appends `id` as 16 lowercase hex digits.
+pub(crate) fn push_hex(s: &mut String, id: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((id >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    // ASCII by construction, so the check cannot fail.
+    s.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
     loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for d in &digits[i..] {
-        s.push(*d as char);
-    }
+    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Splits a path into its root id and depth; None when malformed.
@@ -79,7 +87,7 @@ mod tests {
             (u64::MAX, 10),
             (0x5f0c9a1e2b3d4c6f, u32::MAX),
         ] {
-            assert_eq!(root_path(id, n), format!("{id:016x}.{n}"));
+            assert_eq!(root_path(id, n.into()), format!("{id:016x}.{n}"));
             assert_eq!(child_path("ab.1", n), format!("ab.1.{n}"));
         }
     }

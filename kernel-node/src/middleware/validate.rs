@@ -41,15 +41,11 @@ pub fn compile(services: &[ServiceDecl]) -> Result<Schemas, Error> {
     for s in services {
         let mut methods = MethodSchemas::default();
         for (method, text) in &s.method_schemas {
-            let invalid = |detail: String| Error::InvalidArgument {
+            let validator = compile_one(text, |detail| Error::InvalidArgument {
                 service: s.name.clone(),
                 detail: format!("schema for method `{method}` {detail}"),
-            };
-            let value: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
-            let validator = jsonschema::validator_for(&value)
-                .map_err(|e| invalid(format!("does not compile: {e}")))?;
-            methods.insert(method.clone(), Arc::new(validator));
+            })?;
+            methods.insert(method.clone(), validator);
         }
         if !methods.is_empty() {
             out.insert(s.name.clone(), Arc::new(methods));
@@ -66,17 +62,26 @@ pub fn compile_topics(
     let mut out = Vec::with_capacity(schemas.len());
     for (pattern, text) in schemas {
         names::validate_pattern(pattern, names::MAX_NAME_BYTES, names::MAX_TOKENS)?;
-        let invalid = |detail: String| Error::InvalidEvent {
+        let validator = compile_one(text, |detail| Error::InvalidEvent {
             topic: pattern.clone(),
             detail: format!("schema {detail}"),
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
-        let validator = jsonschema::validator_for(&value)
-            .map_err(|e| invalid(format!("does not compile: {e}")))?;
-        out.push((pattern.clone(), Arc::new(validator)));
+        })?;
+        out.push((pattern.clone(), validator));
     }
     Ok(out)
+}
+
+/// Compiles one schema text; `invalid` turns "is not JSON: …" or "does not
+/// compile: …" into the caller's error.
+fn compile_one(
+    text: &str,
+    invalid: impl Fn(String) -> Error,
+) -> Result<Arc<jsonschema::Validator>, Error> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("is not JSON: {e}")))?;
+    let validator =
+        jsonschema::validator_for(&value).map_err(|e| invalid(format!("does not compile: {e}")))?;
+    Ok(Arc::new(validator))
 }
 
 /// Each way `value` fails `schema` (at most [`MAX_REPORTED`]), as
