@@ -277,26 +277,23 @@ pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
         .subscriber(SubscribeOptions::new("bench.ev.>"))
         .await
         .expect("subscribe");
-    let publisher = pub_client.publisher().await.expect("publisher");
+    let mut publisher = pub_client
+        .bulk_publisher()
+        .await
+        .expect("publisher")
+        .timeout(Duration::from_secs(30));
     let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
     let start = Instant::now();
+    // Every event must be confirmed accepted: a refusal fails the bench.
     let pubs = tokio::spawn(async move {
-        let mut pending = Vec::with_capacity(4096);
         for _ in 0..n {
-            pending.push(publisher.send(
-                "bench.ev.x",
-                payload.clone(),
-                Some(Duration::from_secs(30)),
-            ));
-            if pending.len() == 4096 {
-                for a in futures::future::join_all(pending.drain(..)).await {
-                    a.expect("accepted");
-                }
-            }
+            publisher
+                .publish("bench.ev.x", payload.clone())
+                .await
+                .expect("publish stream");
         }
-        for a in futures::future::join_all(pending).await {
-            a.expect("accepted");
-        }
+        let refused = publisher.flush().await.expect("flush");
+        assert!(refused.is_empty(), "refused: {refused:?}");
     });
     let mut got = 0;
     while got < n {

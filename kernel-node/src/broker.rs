@@ -55,10 +55,18 @@ pub struct Publication {
 /// What a publish returns.
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    /// The event id.
-    pub event_id: String,
+    /// The event id as a number; [`Accepted::event_id`] writes the wire
+    /// form, so a bulk publisher that never asks for it pays nothing.
+    pub id: u64,
     /// Matched subscriptions (a queue group counts once).
     pub matched: u32,
+}
+
+impl Accepted {
+    /// The event id as the wire carries it (16 hex digits).
+    pub fn event_id(&self) -> String {
+        hex_id(self.id)
+    }
 }
 
 /// What a subscriber asks for.
@@ -149,7 +157,6 @@ impl Broker {
         self.schemas.check(&p.topic, &p.payload, &p.content_type)?;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let id = self.event_base.wrapping_add(seq);
-        let event_id = hex_id(id);
         if let Parent::Node(n) = &p.parent {
             if let Err(e) = n.tree.budget.charge_event() {
                 // As for calls: the branch that overspent is cancelled.
@@ -191,10 +198,10 @@ impl Broker {
                         match &p.parent {
                             Parent::Node(n) => n.path().to_owned(),
                             Parent::Path(path) => path.clone(),
-                            Parent::None => event_id.clone(),
+                            Parent::None => hex_id(id),
                         },
                     ),
-                    KeyValue::new("kernel.event_id", event_id.clone()),
+                    KeyValue::new("kernel.event_id", hex_id(id)),
                     KeyValue::new("kernel.matched", targets.len() as i64),
                 ]
             },
@@ -239,7 +246,7 @@ impl Broker {
             cx.span().end();
         }
         Stats::inc(&self.stats.events_published);
-        Ok(Accepted { event_id, matched })
+        Ok(Accepted { id, matched })
     }
 
     /// Buffers `q` in `sub`; when `sub` closed meanwhile (a queue-group

@@ -46,6 +46,14 @@ const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
 /// CallStream do not count: they are multiplexed inside one stream).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
+/// HTTP/2 flow-control windows and the largest frame the node accepts.
+/// Larger than hyper's defaults (1 MiB windows, 16 KiB frames) so a bulk
+/// publisher or a busy subscription moves batches of events in few frames
+/// and few syscalls; memory per stream stays bounded by the window.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+const MAX_FRAME: u32 = 256 << 10;
+
 /// The Kernel RPCs over a [`Kernel`].
 #[derive(Debug, Clone)]
 pub struct KernelService {
@@ -205,6 +213,9 @@ pub async fn run(
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .layer(edge)
         .add_service(health)
         .add_service(reflection)

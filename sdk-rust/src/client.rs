@@ -122,6 +122,9 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(8 << 20))
+                .max_frame_size(Some(256 << 10))
         })
         .map_err(|source| Error::Connect {
             url: url.to_owned(),
@@ -326,7 +329,7 @@ impl Client {
                     .await
                     .map_err(|e| Error::from(e.into_failure()))?;
                 Ok(Published {
-                    event_id: a.event_id,
+                    event_id: a.event_id(),
                     matched: a.matched,
                 })
             }

@@ -439,5 +439,8 @@ fn fold_sub_up(items: Vec<pb::SubscribeUp>) -> pb::SubscribeUp {
 }
 
 fn fold_publish(items: Vec<pb::PublishItem>) -> pb::PublishStreamUp {
-    pb::PublishStreamUp { items }
+    pb::PublishStreamUp {
+        items,
+        compact_acks: false,
+    }
 }

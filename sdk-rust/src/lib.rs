@@ -24,9 +24,11 @@
 //! - [`context`]: [`Context`]: a handler's place in the context tree, deadline,
 //!   cancellation, nested calls, emits, budget charges.
 //! - [`events`]: [`Subscriber`], [`Publisher`], [`SubscribeOptions`].
+//! - [`bulk`]: [`BulkPublisher`]: many events in flight, confirmed in bulk.
 //! - [`transaction`]: [`Transaction`]: emits buffered until commit.
 //! - [`error`]: the SDK error type, [`Error`].
 
+pub mod bulk;
 pub mod client;
 pub mod context;
 pub mod error;
@@ -41,6 +43,7 @@ pub use bytes::Bytes;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+pub use bulk::{BulkPublisher, Refused};
 pub use client::{CallOptions, Client, Published, Reply};
 pub use context::Context;
 pub use error::Error;
