@@ -74,6 +74,13 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000_000)]
         iters: usize,
     },
+    /// Only NATS core pub/sub with the events measurement's shape, against
+    /// the nats-server on 127.0.0.1:4222 (the baseline alone).
+    NatsEvents {
+        /// Events to send.
+        #[arg(long, default_value_t = 500_000)]
+        count: usize,
+    },
     /// Only the events-over-gRPC measurement against a node at `url`
     /// (for profiling the kernel in isolation).
     Events {
@@ -116,6 +123,10 @@ fn main() {
                 let ns = local::inproc_only(iters).await;
                 println!("in-process call: {ns:.0} ns");
             }
+            Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count).await {
+                Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),
+                None => println!("nats-server not reachable on 127.0.0.1:4222"),
+            },
             Cmd::Events { url, count } => {
                 let (rate, lost) = scenarios::events_grpc(&url, count).await;
                 println!("events: {rate:.0} msg/s, lost {lost}");

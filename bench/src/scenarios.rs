@@ -308,7 +308,7 @@ pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
 }
 
 /// NATS core pub/sub with the same shape; returns (msg/s, lost).
-async fn nats_pubsub(n: usize) -> Option<(f64, usize)> {
+pub(crate) async fn nats_pubsub(n: usize) -> Option<(f64, usize)> {
     use futures::StreamExt;
     let sub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
     let pub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;

@@ -141,8 +141,35 @@ impl Broker {
     }
 
     /// Publishes one event; waits for buffer space up to the deadline (or
-    /// `broker.publish_timeout_ms`).
-    pub async fn publish(&self, p: Publication) -> Result<Accepted, Error> {
+    /// `broker.publish_timeout_ms`). The checks, the match and, when every
+    /// target has room, the acceptance all happen before this returns: only
+    /// a publisher that must wait gets a (boxed) future that does work.
+    pub fn publish(
+        &self,
+        p: Publication,
+    ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
+        use futures::future::{ready, Either};
+        let (p, id, targets) = match self.prepare(p) {
+            Ok(prepared) => prepared,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        // Wait until every target has room, so the event is accepted by all
+        // or by none.
+        if !targets.iter().any(|s| matches!(s.has_space(), Ok(false))) {
+            return Either::Left(ready(Ok(self.accept(p, id, &targets))));
+        }
+        Either::Right(Box::pin(async move {
+            let deadline = p.deadline.unwrap_or_else(|| {
+                Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
+            });
+            wait_for_space(&targets, deadline, &p.topic).await?;
+            Ok(self.accept(p, id, &targets))
+        }))
+    }
+
+    /// Checks an event, charges its tree's events budget, gives it an id
+    /// and finds its targets.
+    fn prepare(&self, p: Publication) -> Result<(Publication, u64, Targets), Error> {
         names::validate_topic(
             &p.topic,
             self.config.max_topic_bytes,
@@ -170,15 +197,11 @@ impl Broker {
             }
         }
         let targets = self.targets(&p.topic);
-        // Wait until every target has room, so the event is accepted by all
-        // or by none. Boxed: only a publisher that must wait pays for the
-        // larger future (and the clock read).
-        if targets.iter().any(|s| matches!(s.has_space(), Ok(false))) {
-            let deadline = p.deadline.unwrap_or_else(|| {
-                Instant::now() + Duration::from_millis(self.config.publish_timeout_ms)
-            });
-            Box::pin(wait_for_space(&targets, deadline, &p.topic)).await?;
-        }
+        Ok((p, id, targets))
+    }
+
+    /// Buffers an accepted event in every target (each has room).
+    fn accept(&self, p: Publication, id: u64, targets: &Targets) -> Accepted {
         let mut headers = p.headers;
         if !headers.is_empty() {
             headers.retain(|k, _| k != headers::CONTEXT && k != headers::CALLER);
@@ -246,7 +269,7 @@ impl Broker {
             cx.span().end();
         }
         Stats::inc(&self.stats.events_published);
-        Ok(Accepted { id, matched })
+        Accepted { id, matched }
     }
 
     /// Buffers `q` in `sub`; when `sub` closed meanwhile (a queue-group

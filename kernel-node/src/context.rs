@@ -184,7 +184,7 @@ impl Contexts {
             // A new root: its tree is built in place and shared only with
             // its first node, so recording that node takes no lock.
             None => Arc::new_cyclic(|me| {
-                let tree = Arc::new(self.make_tree(rand::random(), &spec, Some(me.clone())));
+                let tree = Arc::new(self.make_tree(path::new_root_id(), &spec, Some(me.clone())));
                 Node::new(tree, None, 1, 1, spec.deadline, &spec)
             }),
         };

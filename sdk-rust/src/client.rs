@@ -46,10 +46,34 @@ pub struct Reply {
 /// What a publish returns.
 #[derive(Debug, Clone)]
 pub struct Published {
-    /// Kernel-assigned event id.
-    pub event_id: String,
+    id: PublishedId,
     /// Subscriptions that got it.
     pub matched: u32,
+}
+
+/// An in-process publish gets the id as a number and writes it only when
+/// asked; a remote one gets the wire form.
+#[derive(Debug, Clone)]
+enum PublishedId {
+    Wire(String),
+    Local(kernel_node::broker::Accepted),
+}
+
+impl Published {
+    /// The kernel-assigned event id (16 hex digits).
+    pub fn event_id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.id {
+            PublishedId::Wire(s) => s.as_str().into(),
+            PublishedId::Local(a) => a.event_id().into(),
+        }
+    }
+
+    pub(crate) fn from_wire(event_id: String, matched: u32) -> Published {
+        Published {
+            id: PublishedId::Wire(event_id),
+            matched,
+        }
+    }
 }
 
 /// Where a call or event comes from in the context tree (set by [`crate::Context`]).
@@ -221,25 +245,24 @@ impl Client {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
-    /// Publishes an event (unary; see [`crate::Publisher`] for pipelining).
-    pub async fn publish(
+    /// Publishes an event (unary; see [`crate::Publisher`] for pipelining
+    /// and [`crate::BulkPublisher`] for bulk).
+    pub fn publish(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<Published, Error> {
+    ) -> impl std::future::Future<Output = Result<Published, Error>> + Send + '_ {
         self.publish_in(&Origin::Root, topic, payload.into(), None)
-            .await
     }
 
     /// Publishes, waiting at most `timeout` for subscriber buffer space.
-    pub async fn publish_with_timeout(
+    pub fn publish_with_timeout(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<Published, Error> {
+    ) -> impl std::future::Future<Output = Result<Published, Error>> + Send + '_ {
         self.publish_in(&Origin::Root, topic, payload.into(), Some(timeout))
-            .await
     }
 
     pub(crate) async fn call_in(
@@ -306,32 +329,36 @@ impl Client {
         }
     }
 
-    pub(crate) async fn publish_in(
+    /// The local branch is the kernel's own publish future (ready at once
+    /// unless a subscriber is full); the remote one is boxed, so an
+    /// in-process publish never builds or moves the larger gRPC future.
+    pub(crate) fn publish_in(
         &self,
         origin: &Origin,
         topic: &str,
         payload: Bytes,
         timeout: Option<Duration>,
-    ) -> Result<Published, Error> {
+    ) -> impl std::future::Future<Output = Result<Published, Error>> + Send + '_ {
+        use futures::future::{Either, FutureExt};
         match &self.transport {
             Transport::Local(kernel) => {
                 let (parent, headers) = local_parent(origin);
-                let a = kernel
-                    .publish(Publication {
-                        topic: topic.to_owned(),
-                        payload,
-                        content_type: String::new(),
-                        headers,
-                        parent,
-                        deadline: timeout.map(|t| Instant::now() + t),
-                        caller: self.plugin.clone(),
-                    })
-                    .await
-                    .map_err(|e| Error::from(e.into_failure()))?;
-                Ok(Published {
-                    event_id: a.event_id(),
-                    matched: a.matched,
-                })
+                let publish = kernel.publish(Publication {
+                    topic: topic.to_owned(),
+                    payload,
+                    content_type: String::new(),
+                    headers,
+                    parent,
+                    deadline: timeout.map(|t| Instant::now() + t),
+                    caller: self.plugin.clone(),
+                });
+                Either::Left(publish.map(|r| match r {
+                    Ok(a) => Ok(Published {
+                        matched: a.matched,
+                        id: PublishedId::Local(a),
+                    }),
+                    Err(e) => Err(Error::from(e.into_failure())),
+                }))
             }
             Transport::Remote(remote) => {
                 let mut req = tonic::Request::new(pb::PublishRequest {
@@ -349,14 +376,11 @@ impl Client {
                 if let Some(t) = timeout {
                     req.set_timeout(t);
                 }
-                let r = KernelClient::new(remote.channel.clone())
-                    .publish(req)
-                    .await?
-                    .into_inner();
-                Ok(Published {
-                    event_id: r.event_id,
-                    matched: r.matched,
-                })
+                let channel = remote.channel.clone();
+                Either::Right(Box::pin(async move {
+                    let r = KernelClient::new(channel).publish(req).await?.into_inner();
+                    Ok(Published::from_wire(r.event_id, r.matched))
+                }))
             }
         }
     }

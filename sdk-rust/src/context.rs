@@ -194,11 +194,14 @@ impl Context {
     }
 
     /// Emits an event from this context (charged to its `events` budget).
-    pub async fn emit(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Published, Error> {
+    pub fn emit(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Published, Error>> + Send + '_ {
         self.inner
             .client
             .publish_in(&self.inner.origin, topic, payload.into(), self.remaining())
-            .await
     }
 
     /// Charges a custom budget counter (e.g. `sql`). When the budget is spent

@@ -328,10 +328,7 @@ impl Client {
                 for a in frame.acks {
                     let r = match a.error {
                         Some(f) => Err(f),
-                        None => Ok(Published {
-                            event_id: a.event_id,
-                            matched: a.matched,
-                        }),
+                        None => Ok(Published::from_wire(a.event_id, a.matched)),
                     };
                     reader.complete(a.seq, r);
                 }

@@ -464,9 +464,26 @@ impl Subscription {
 }
 
 /// A delivery as the wire carries it, taking its own strings (auto ack:
-/// the kernel keeps nothing).
+/// the kernel keeps nothing). The last holder of the event (the only
+/// target, usually) takes the event's own strings and headers too.
 fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
-    wire(&q.event, q.context, q.traceparent, q.attempts, delivery_id)
+    match Arc::try_unwrap(q.event) {
+        Ok(e) => {
+            let mut headers = wire_headers(e.headers);
+            add_delivery_headers(&mut headers, q.context, q.traceparent);
+            pb::Event {
+                id: super::stamp::hex_id(e.id),
+                topic: e.topic,
+                payload: e.payload,
+                content_type: e.content_type,
+                headers,
+                publish_time_unix_ns: e.publish_time_unix_ns,
+                attempt: q.attempts,
+                delivery_id,
+            }
+        }
+        Err(shared) => wire(&shared, q.context, q.traceparent, q.attempts, delivery_id),
+    }
 }
 
 /// A delivery as the wire carries it, copying (explicit ack: the kernel
@@ -483,11 +500,15 @@ fn wire(
     attempt: u32,
     delivery_id: u64,
 ) -> pb::Event {
-    let mut headers = e.headers.clone();
-    headers.insert(crate::context::headers::CONTEXT.to_owned(), context);
-    if let Some(tp) = traceparent {
-        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
-    }
+    let mut headers = if e.headers.is_empty() {
+        WireHeaders::new()
+    } else {
+        e.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    add_delivery_headers(&mut headers, context, traceparent);
     pb::Event {
         id: super::stamp::hex_id(e.id),
         topic: e.topic.clone(),
@@ -497,5 +518,24 @@ fn wire(
         publish_time_unix_ns: e.publish_time_unix_ns,
         attempt,
         delivery_id,
+    }
+}
+
+/// A delivered event's header map (see `proto/build.rs` for why a B-tree).
+type WireHeaders = std::collections::BTreeMap<String, String>;
+
+fn wire_headers(h: Headers) -> WireHeaders {
+    if h.is_empty() {
+        WireHeaders::new()
+    } else {
+        h.into_iter().collect()
+    }
+}
+
+/// The delivery's own headers: its context path, and its span when traced.
+fn add_delivery_headers(headers: &mut WireHeaders, context: String, traceparent: Option<String>) {
+    headers.insert(crate::context::headers::CONTEXT.to_owned(), context);
+    if let Some(tp) = traceparent {
+        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
     }
 }

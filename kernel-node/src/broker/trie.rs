@@ -104,9 +104,9 @@ impl<V: Copy + PartialEq> Trie<V> {
         const INLINE: usize = 16;
         let mut inline = [""; INLINE];
         let mut n = 0;
-        for t in topic.split('.') {
+        for t in crate::names::tokens(topic) {
             if n == INLINE {
-                let tokens: Vec<&str> = topic.split('.').collect();
+                let tokens: Vec<&str> = crate::names::tokens(topic).collect();
                 walk(&self.root, &tokens, &mut f);
                 return;
             }

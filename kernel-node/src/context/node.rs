@@ -32,7 +32,8 @@ pub struct Node {
     /// Absolute deadline, already the minimum of the parent's and the caller's.
     pub deadline: Option<Instant>,
     /// Why the branch was cancelled, when the kernel did it on purpose.
-    pub(super) reason: OnceLock<Failure>,
+    /// Boxed: set only on a kill, and a smaller node is cheaper to make.
+    pub(super) reason: OnceLock<Box<Failure>>,
     pub(super) next_child: AtomicU32,
     pub(super) started: Instant,
 }
@@ -132,7 +133,7 @@ impl Node {
 
     /// Cancels this node's branch, remembering why.
     pub fn kill(&self, why: Error) {
-        let _ = self.reason.set(why.into_failure());
+        let _ = self.reason.set(Box::new(why.into_failure()));
         self.cancel();
     }
 
@@ -175,7 +176,7 @@ impl Node {
         let mut cur = Some(self);
         while let Some(n) = cur {
             if let Some(r) = n.reason.get() {
-                return r.clone();
+                return (**r).clone();
             }
             cur = n.parent.as_ref();
         }

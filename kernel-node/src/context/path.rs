@@ -1,38 +1,64 @@
 //! Context paths: `<16 hex digits>(.<n>)*`, built by hand (every call that
 //! names its context builds one) and parsed from remote callers' headers.
 
+/// A new tree's root id: SplitMix64 over a per-thread state seeded from the
+/// OS-seeded `rand` generator once. Ids only need to be unique and spread
+/// out (they are not secrets), and this costs a few nanoseconds where
+/// `rand::random` refills a ChaCha block now and then on the call path.
+pub(crate) fn new_root_id() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random());
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
 /// `<16 hex digits>.<n>` (a root-level path; also an event delivery's
 /// `<event id>.<n>`).
 pub(crate) fn root_path(id: u64, n: u64) -> String {
-    let mut s = String::with_capacity(28);
-    push_hex(&mut s, id);
-    s.push('.');
-    push_decimal(&mut s, n);
-    s
+    let mut buf = [0u8; 37];
+    write_hex(&mut buf, id);
+    buf[16] = b'.';
+    let len = 17 + write_decimal(&mut buf[17..], n);
+    ascii(&buf[..len]).to_owned()
 }
 
 /// `<parent>.<n>`.
 pub(crate) fn child_path(parent: &str, n: u32) -> String {
-    let mut s = String::with_capacity(parent.len() + 11);
+    let mut digits = [0u8; 20];
+    let len = write_decimal(&mut digits, n.into());
+    let mut s = String::with_capacity(parent.len() + 1 + len);
     s.push_str(parent);
     s.push('.');
-    push_decimal(&mut s, n.into());
+    s.push_str(ascii(&digits[..len]));
     s
 }
 
 /// Appends `id` as 16 lowercase hex digits.
 pub(crate) fn push_hex(s: &mut String, id: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((id >> ((15 - i) * 4)) & 0xf) as usize];
-    }
-    // ASCII by construction, so the check cannot fail.
-    s.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    let mut buf = [0u8; 16];
+    write_hex(&mut buf, id);
+    s.push_str(ascii(&buf));
 }
 
-/// Appends `n` in decimal.
-fn push_decimal(s: &mut String, mut n: u64) {
+/// Writes `id` as 16 lowercase hex digits at the start of `buf`.
+fn write_hex(buf: &mut [u8], id: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, d) in buf[..16].iter_mut().enumerate() {
+        *d = HEX[((id >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+}
+
+/// Writes `n` in decimal at the start of `buf` (20 bytes fit any u64);
+/// returns how many bytes it wrote.
+fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -43,7 +69,15 @@ fn push_decimal(s: &mut String, mut n: u64) {
             break;
         }
     }
-    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    let len = digits.len() - at;
+    buf[..len].copy_from_slice(&digits[at..]);
+    len
+}
+
+/// The text of bytes this module wrote (ASCII digits and dots, so the
+/// check cannot fail).
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Splits a path into its root id and depth; None when malformed.
@@ -78,6 +112,21 @@ pub(crate) fn path_key(path: &str) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_ids_do_not_repeat_and_use_every_bit() {
+        let ids: Vec<u64> = (0..10_000).map(|_| new_root_id()).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let (ones, zeros) = ids
+            .iter()
+            .fold((0u64, 0u64), |(o, z), id| (o | id, z | !id));
+        assert_eq!(
+            (ones, zeros),
+            (u64::MAX, u64::MAX),
+            "some bit never changes"
+        );
+    }
 
     #[test]
     fn path_formatting_matches_fmt() {
