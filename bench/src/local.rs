@@ -14,12 +14,11 @@ use kernel_node::broker::trie::Trie;
 use kernel_node::context::{ChildSpec, Parent};
 use kernel_node::kernel::LocalRegistration;
 use kernel_node::middleware::accounting::AccountingLayer;
-use kernel_node::middleware::Invocation;
+use kernel_node::middleware::{Invocation, Stage};
 use kernel_node::router::{Dispatch, Request};
 use kernel_node::telemetry::Telemetry;
 use kernel_node::{Config, Kernel};
 use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
-use tower::ServiceExt;
 
 use crate::measure::mean_ns;
 use crate::scenarios::{row, Row};
@@ -138,7 +137,8 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
     );
 
     // The shares: the full pipeline vs the minimum that still works
-    // (accounting + dispatch: no trace, metrics or validation), and a
+    // (accounting + dispatch: no trace, metrics or validation; run the way
+    // the kernel runs its pipeline, through `Stage`), and a
     // context node made and dropped, interleaved with the whole call.
     let bare = tower::ServiceBuilder::new()
         .layer(AccountingLayer::new(kernel.contexts.clone()))
@@ -164,8 +164,7 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
         }),
         Box::new(move || {
             Box::pin(async move {
-                b.clone()
-                    .oneshot(Invocation::new(echo_request(p.clone())))
+                b.run(Invocation::new(echo_request(p.clone())))
                     .await
                     .expect("bare");
             })

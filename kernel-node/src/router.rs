@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kernel_proto::v1::{self as pb, Failure};
 use tokio::sync::OwnedSemaphorePermit;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::config::RouterConfig;
 use crate::context::{headers, Node, Parent};
 use crate::error::Error;
-use crate::middleware::{Invocation, Pipeline};
+use crate::middleware::{Invocation, Pipeline, Stage};
 use crate::provider::{BoxFuture, Headers, Instance, Link, LocalCall, Reply};
 use crate::registry::Registry;
 use crate::telemetry::{self, SpanKind, Telemetry};
@@ -50,7 +50,7 @@ pub struct Request {
 }
 
 /// The future of one call through the pipeline.
-pub type CallFuture = tower::util::Oneshot<Pipeline, Invocation>;
+pub type CallFuture = <Pipeline as Stage>::Future;
 
 /// Routes calls through the pipeline.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ impl Router {
     /// The pipeline's own future, not wrapped in another `async` block:
     /// every wrapper would copy the request into one more state machine.
     pub fn call(&self, req: Request) -> CallFuture {
-        self.pipeline.clone().oneshot(Invocation::new(req))
+        self.pipeline.run(Invocation::new(req))
     }
 }
 
@@ -101,7 +101,7 @@ impl Dispatch {
     }
 }
 
-impl Service<Invocation> for Dispatch {
+impl Service<Box<Invocation>> for Dispatch {
     type Response = Reply;
     type Error = Failure;
     type Future = BoxFuture<Result<Reply, Failure>>;
@@ -110,14 +110,22 @@ impl Service<Invocation> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, inv: Invocation) -> Self::Future {
+    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
+        self.run(inv)
+    }
+}
+
+impl Stage for Dispatch {
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn run(&self, inv: Box<Invocation>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { this.dispatch(inv).await })
     }
 }
 
 impl Dispatch {
-    async fn dispatch(&self, inv: Invocation) -> Result<Reply, Failure> {
+    async fn dispatch(&self, inv: Box<Invocation>) -> Result<Reply, Failure> {
         let Some(node) = inv.node.clone() else {
             return Err(Error::Protocol {
                 detail: "dispatch without a context (pipeline misassembled)".into(),

@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use crate::context::{headers, ChildSpec, Contexts};
 use crate::error::{push_hop, Error};
-use crate::middleware::Invocation;
+use crate::middleware::{Invocation, Stage};
 use crate::provider::{BoxFuture, Headers, Reply};
 
 /// Adds [`AccountingService`].
@@ -56,9 +56,9 @@ fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
     }
 }
 
-impl<S> Service<Invocation> for AccountingService<S>
+impl<S> Service<Box<Invocation>> for AccountingService<S>
 where
-    S: Service<Invocation, Response = Reply, Error = Failure> + Clone + Send + 'static,
+    S: Service<Box<Invocation>, Response = Reply, Error = Failure> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Reply;
@@ -69,73 +69,99 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut inv: Invocation) -> Self::Future {
-        let parent = std::mem::take(&mut inv.req.parent);
-        let created = self.contexts.child(
-            parent,
-            ChildSpec {
-                service: &inv.req.service,
-                shared_service: inv.pool.as_ref().map(|p| &p.name),
-                caller: inv.req.caller.as_deref(),
-                deadline: inv.req.deadline,
-                budget_header: header(&inv.req.headers, headers::BUDGET),
-                traceparent: header(&inv.req.headers, headers::TRACEPARENT),
-                is_call: true,
-                started: Some(inv.started),
-            },
-        );
-        let node = match created {
-            Ok(n) => n,
-            Err(e) => {
-                let mut f = e.into_failure();
-                push_hop(&mut f, "", &inv.req.service, "");
-                return Box::pin(async move { Err(f) });
+    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
+        let AccountingService { inner, contexts } = self;
+        account(contexts, inv, |inv| inner.call(inv))
+    }
+}
+
+impl<S> Stage for AccountingService<S>
+where
+    S: Stage,
+    S::Future: Send + 'static,
+{
+    type Future = BoxFuture<Result<Reply, Failure>>;
+
+    fn run(&self, inv: Box<Invocation>) -> Self::Future {
+        account(&self.contexts, inv, |inv| self.inner.run(inv))
+    }
+}
+
+/// The layer's work around `inner`, shared by the tower `Service` and the
+/// [`Stage`] impl.
+fn account<F>(
+    contexts: &Contexts,
+    mut inv: Box<Invocation>,
+    inner: impl FnOnce(Box<Invocation>) -> F,
+) -> BoxFuture<Result<Reply, Failure>>
+where
+    F: std::future::Future<Output = Result<Reply, Failure>> + Send + 'static,
+{
+    let parent = std::mem::take(&mut inv.req.parent);
+    let created = contexts.child(
+        parent,
+        ChildSpec {
+            service: &inv.req.service,
+            shared_service: inv.pool.as_ref().map(|p| &p.name),
+            caller: inv.req.caller.as_deref(),
+            deadline: inv.req.deadline,
+            budget_header: header(&inv.req.headers, headers::BUDGET),
+            traceparent: header(&inv.req.headers, headers::TRACEPARENT),
+            is_call: true,
+            started: Some(inv.started),
+        },
+    );
+    let node = match created {
+        Ok(n) => n,
+        Err(e) => {
+            let mut f = e.into_failure();
+            push_hop(&mut f, "", &inv.req.service, "");
+            return Box::pin(async move { Err(f) });
+        }
+    };
+    if let Some(cx) = &inv.trace {
+        cx.span().set_attribute(opentelemetry::KeyValue::new(
+            "kernel.context",
+            node.path().to_owned(),
+        ));
+    }
+    inv.node = Some(node.clone());
+    let early = if node.is_cancelled() {
+        Some(node.cancel_reason())
+    } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
+        // Never forwarded: the deadline passed before the call could start.
+        Some(deadline_exceeded(node.path(), &node.service))
+    } else {
+        None
+    };
+    let fut = match early {
+        Some(f) => None.ok_or(f),
+        None => Ok(inner(inv)),
+    };
+    Box::pin(async move {
+        let out = match fut {
+            Err(f) => Err(f),
+            Ok(fut) => {
+                let sleep = async {
+                    match node.deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = fut => r,
+                    _ = node.cancelled() => Err(node.cancel_reason()),
+                    _ = sleep => Err(deadline_exceeded(node.path(), &node.service)),
+                }
             }
         };
-        if let Some(cx) = &inv.trace {
-            cx.span().set_attribute(opentelemetry::KeyValue::new(
-                "kernel.context",
-                node.path().to_owned(),
-            ));
-        }
-        inv.node = Some(node.clone());
-        let early = if node.is_cancelled() {
-            Some(node.cancel_reason())
-        } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
-            // Never forwarded: the deadline passed before the call could start.
-            Some(deadline_exceeded(node.path(), &node.service))
-        } else {
-            None
-        };
-        let fut = match early {
-            Some(f) => None.ok_or(f),
-            None => Ok(self.inner.call(inv)),
-        };
-        Box::pin(async move {
-            let out = match fut {
-                Err(f) => Err(f),
-                Ok(fut) => {
-                    let sleep = async {
-                        match node.deadline {
-                            Some(d) => tokio::time::sleep_until(d.into()).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        biased;
-                        r = fut => r,
-                        _ = node.cancelled() => Err(node.cancel_reason()),
-                        _ = sleep => Err(deadline_exceeded(node.path(), &node.service)),
-                    }
-                }
-            };
-            out.map_err(|mut f| {
-                let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
-                push_hop(&mut f, node.path(), &node.service, plugin);
-                f
-            })
+        out.map_err(|mut f| {
+            let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
+            push_hop(&mut f, node.path(), &node.service, plugin);
+            f
         })
-    }
+    })
 }
 
 fn deadline_exceeded(path: &str, service: &str) -> Failure {

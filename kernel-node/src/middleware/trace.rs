@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 
 use crate::context::headers;
 use crate::metrics::{Metrics, Series};
-use crate::middleware::Invocation;
+use crate::middleware::{Invocation, Stage};
 use crate::provider::Reply;
 use crate::registry::Registry;
 use crate::telemetry::{Parent, SpanKind, Telemetry};
@@ -67,9 +67,9 @@ pub struct TraceService<S> {
     layer: Arc<TraceLayer>,
 }
 
-impl<S> Service<Invocation> for TraceService<S>
+impl<S> Service<Box<Invocation>> for TraceService<S>
 where
-    S: Service<Invocation, Response = Reply, Error = Failure> + Clone + Send + 'static,
+    S: Service<Box<Invocation>, Response = Reply, Error = Failure> + Clone + Send + 'static,
     S::Future: Unpin + Send + 'static,
 {
     type Response = Reply;
@@ -80,51 +80,72 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut inv: Invocation) -> Self::Future {
-        // The pool lookup serves the layers below too (validate, dispatch).
-        let layer = &self.layer;
-        let series = match layer.registry.pool(&inv.req.service) {
-            Some(pool) => {
-                let s = pool.series(|| layer.metrics.series(&inv.req.service));
-                inv.pool = Some(pool);
-                s
-            }
-            None => layer.metrics.unknown(),
-        };
-        series.enter();
-        inv.trace = self.layer.telemetry.start(
-            "kernel.call",
-            SpanKind::Server,
-            Parent::Header(
-                inv.req
-                    .headers
-                    .get(headers::TRACEPARENT)
-                    .map(String::as_str),
-            ),
-            || {
-                vec![
-                    KeyValue::new("kernel.service", inv.req.service.clone()),
-                    KeyValue::new("kernel.method", inv.req.method.clone()),
-                    KeyValue::new(
-                        "kernel.caller",
-                        inv.req.caller.as_deref().unwrap_or_default().to_owned(),
-                    ),
-                ]
-            },
-        );
-        // Counts the call even when its future is dropped (caller gone,
-        // stream cancel): as CANCELLED, so in-flight never leaks.
-        let count = Count {
-            series,
-            started: inv.started,
-            code: tonic::Code::Cancelled as i32,
-        };
-        let span = inv.trace.clone();
-        Traced {
-            inner: self.inner.call(inv),
-            count: Some(count),
-            span,
+    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
+        let TraceService { inner, layer } = self;
+        traced(layer, inv, |inv| inner.call(inv))
+    }
+}
+
+impl<S: Stage> Stage for TraceService<S>
+where
+    S::Future: Unpin,
+{
+    type Future = Traced<S::Future>;
+
+    fn run(&self, inv: Box<Invocation>) -> Self::Future {
+        traced(&self.layer, inv, |inv| self.inner.run(inv))
+    }
+}
+
+/// Starts the span and the metrics, then runs `inner`; shared by the
+/// tower `Service` and the [`Stage`] impl.
+fn traced<F>(
+    layer: &TraceLayer,
+    mut inv: Box<Invocation>,
+    inner: impl FnOnce(Box<Invocation>) -> F,
+) -> Traced<F> {
+    // The pool lookup serves the layers below too (validate, dispatch).
+    let series = match layer.registry.pool(&inv.req.service) {
+        Some(pool) => {
+            let s = pool.series(|| layer.metrics.series(&inv.req.service));
+            inv.pool = Some(pool);
+            s
         }
+        None => layer.metrics.unknown(),
+    };
+    series.enter();
+    inv.trace = layer.telemetry.start(
+        "kernel.call",
+        SpanKind::Server,
+        Parent::Header(
+            inv.req
+                .headers
+                .get(headers::TRACEPARENT)
+                .map(String::as_str),
+        ),
+        || {
+            vec![
+                KeyValue::new("kernel.service", inv.req.service.clone()),
+                KeyValue::new("kernel.method", inv.req.method.clone()),
+                KeyValue::new(
+                    "kernel.caller",
+                    inv.req.caller.as_deref().unwrap_or_default().to_owned(),
+                ),
+            ]
+        },
+    );
+    // Counts the call even when its future is dropped (caller gone,
+    // stream cancel): as CANCELLED, so in-flight never leaks.
+    let count = Count {
+        series,
+        started: inv.started,
+        code: tonic::Code::Cancelled as i32,
+    };
+    let span = inv.trace.clone();
+    Traced {
+        inner: inner(inv),
+        count: Some(count),
+        span,
     }
 }
 

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use tower::{Layer, Service};
 
 use crate::error::{push_hop, Error};
-use crate::middleware::Invocation;
+use crate::middleware::{Invocation, Stage};
 use crate::names;
 use crate::provider::Reply;
 use crate::registry::Registry;
@@ -137,9 +137,9 @@ pub struct ValidateService<S> {
     layer: Arc<ValidateLayer>,
 }
 
-impl<S> Service<Invocation> for ValidateService<S>
+impl<S> Service<Box<Invocation>> for ValidateService<S>
 where
-    S: Service<Invocation, Response = Reply, Error = Failure>,
+    S: Service<Box<Invocation>, Response = Reply, Error = Failure>,
     S::Future: Send + 'static,
 {
     type Response = Reply;
@@ -151,30 +151,50 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut inv: Invocation) -> Self::Future {
-        match self.check(&mut inv) {
-            Ok(()) => Either::Right(self.inner.call(inv)),
-            Err(e) => {
-                let mut f = e.into_failure();
-                push_hop(&mut f, "", &inv.req.service, "");
-                Either::Left(futures::future::ready(Err(f)))
-            }
+    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
+        let ValidateService { inner, layer } = self;
+        validated(layer, inv, |inv| inner.call(inv))
+    }
+}
+
+impl<S: Stage> Stage for ValidateService<S> {
+    /// The inner future as is when the arguments pass; no allocation.
+    type Future = Either<Ready<Result<Reply, Failure>>, S::Future>;
+
+    fn run(&self, inv: Box<Invocation>) -> Self::Future {
+        validated(&self.layer, inv, |inv| self.inner.run(inv))
+    }
+}
+
+/// Runs `inner` if the arguments pass; shared by the tower `Service` and
+/// the [`Stage`] impl.
+fn validated<F>(
+    layer: &ValidateLayer,
+    mut inv: Box<Invocation>,
+    inner: impl FnOnce(Box<Invocation>) -> F,
+) -> Either<Ready<Result<Reply, Failure>>, F> {
+    match layer.check(&mut inv) {
+        Ok(()) => Either::Right(inner(inv)),
+        Err(e) => {
+            let mut f = e.into_failure();
+            push_hop(&mut f, "", &inv.req.service, "");
+            Either::Left(futures::future::ready(Err(f)))
         }
     }
 }
 
-impl<S> ValidateService<S> {
+impl ValidateLayer {
     fn check(&self, inv: &mut Invocation) -> Result<(), Error> {
         let req = &inv.req;
-        if req.payload.len() > self.layer.max_payload {
+        if req.payload.len() > self.max_payload {
             return Err(Error::PayloadTooLarge {
                 size: req.payload.len(),
-                limit: self.layer.max_payload,
+                limit: self.max_payload,
             });
         }
         // The trace layer above usually looked the pool up already.
         if inv.pool.is_none() {
-            inv.pool = self.layer.registry.pool(&req.service);
+            inv.pool = self.registry.pool(&req.service);
         }
         let Some(pool) = &inv.pool else {
             // A registered name is valid by construction; an unknown one is
