@@ -106,6 +106,39 @@ pub(crate) async fn inproc_only(iters: usize) -> f64 {
     .await
 }
 
+/// Calls through the kernel's pipeline, or through accounting + dispatch
+/// alone, by themselves (for profiling the middleware's share).
+pub(crate) async fn pipeline_only(iters: usize, bare: bool) -> f64 {
+    let (kernel, _reg, _local) = echo_kernel();
+    let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
+    let b = bare_stack(&kernel);
+    mean_ns(iters, || {
+        let (k, b, p) = (&kernel, &b, payload.clone());
+        async move {
+            let out = if bare {
+                b.run(Invocation::new(echo_request(p))).await
+            } else {
+                k.call(echo_request(p)).await
+            };
+            out.expect("pipeline call");
+        }
+    })
+    .await
+}
+
+/// Accounting + dispatch: the least of the pipeline that still works.
+fn bare_stack(
+    kernel: &Kernel,
+) -> kernel_node::middleware::accounting::AccountingService<Dispatch> {
+    tower::ServiceBuilder::new()
+        .layer(AccountingLayer::new(kernel.contexts.clone()))
+        .service(Dispatch::new(
+            kernel.registry.clone(),
+            Config::default().router,
+            Telemetry::disabled(),
+        ))
+}
+
 /// Root context nodes made and dropped, alone (for profiling).
 pub(crate) async fn contexts_only(iters: usize) -> f64 {
     let kernel = Kernel::new(Config::default());
@@ -140,13 +173,7 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
     // (accounting + dispatch: no trace, metrics or validation; run the way
     // the kernel runs its pipeline, through `Stage`), and a
     // context node made and dropped, interleaved with the whole call.
-    let bare = tower::ServiceBuilder::new()
-        .layer(AccountingLayer::new(kernel.contexts.clone()))
-        .service(Dispatch::new(
-            kernel.registry.clone(),
-            Config::default().router,
-            Telemetry::disabled(),
-        ));
+    let bare = bare_stack(&kernel);
     let contexts = kernel.contexts.clone();
     let (name, t): (Arc<str>, _) = (Arc::from("bench.echo"), Instant::now());
     let (k, l, b, c, name) = (&kernel, &local, &bare, &contexts, &name);

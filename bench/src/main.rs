@@ -74,6 +74,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000_000)]
         iters: usize,
     },
+    /// Only kernel calls through the pipeline (`--bare`: accounting and
+    /// dispatch alone), for `iters` iterations (for profiling the
+    /// middleware's share).
+    Pipeline {
+        /// Calls to make.
+        #[arg(long, default_value_t = 5_000_000)]
+        iters: usize,
+        /// Accounting + dispatch only.
+        #[arg(long)]
+        bare: bool,
+    },
     /// Only NATS core pub/sub with the events measurement's shape, against
     /// the nats-server on 127.0.0.1:4222 (the baseline alone).
     NatsEvents {
@@ -122,6 +133,10 @@ fn main() {
             Cmd::Inproc { iters } => {
                 let ns = local::inproc_only(iters).await;
                 println!("in-process call: {ns:.0} ns");
+            }
+            Cmd::Pipeline { iters, bare } => {
+                let ns = local::pipeline_only(iters, bare).await;
+                println!("pipeline call (bare: {bare}): {ns:.0} ns");
             }
             Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count).await {
                 Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),

@@ -185,7 +185,7 @@ impl Broker {
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let id = self.event_base.wrapping_add(seq);
         if let Parent::Node(n) = &p.parent {
-            if let Err(e) = n.tree.budget.charge_event() {
+            if let Err(e) = n.tree().budget.charge_event() {
                 // As for calls: the branch that overspent is cancelled.
                 let err = || Error::BudgetExhausted {
                     budget: e.budget.clone(),

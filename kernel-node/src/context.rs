@@ -46,7 +46,15 @@ type RootMap = Mutex<HashMap<u64, Weak<Tree>>>;
 /// All live context trees of a node that can be named.
 #[derive(Debug)]
 pub struct Contexts {
-    roots: Arc<RootMap>,
+    shared: Arc<Shared>,
+}
+
+/// What every tree of a node refers to: the index of nameable trees and
+/// the budget defaults (a root that makes its tree on first use keeps a
+/// handle to this, see [`Node::tree`]).
+#[derive(Debug)]
+struct Shared {
+    roots: RootMap,
     budgets: BudgetConfig,
 }
 
@@ -68,7 +76,7 @@ pub struct Tree {
     members: Mutex<SmallVec<[Weak<Node>; 2]>>,
     /// Nodes whose path was written out, by path.
     named: Mutex<HashMap<String, Weak<Node>>>,
-    roots: Weak<RootMap>,
+    roots: Weak<Shared>,
     /// Whether the tree is in the roots map (findable by root id).
     listed: AtomicBool,
     /// Wakes every waiter in the tree when any of its nodes is cancelled.
@@ -86,8 +94,8 @@ impl Tree {
         if self.listed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(roots) = self.roots.upgrade() {
-            let mut roots = roots.lock();
+        if let Some(shared) = self.roots.upgrade() {
+            let mut roots = shared.roots.lock();
             // A live tree already holds this id (a 1 in 2^64 draw, or a
             // remote caller reusing a root): it keeps it.
             if roots.get(&self.id).is_none_or(|w| w.strong_count() == 0) {
@@ -110,8 +118,8 @@ impl Drop for Tree {
         if !*self.listed.get_mut() {
             return;
         }
-        if let Some(roots) = self.roots.upgrade() {
-            let mut roots = roots.lock();
+        if let Some(shared) = self.roots.upgrade() {
+            let mut roots = shared.roots.lock();
             if roots.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
                 roots.remove(&self.id);
             }
@@ -157,8 +165,10 @@ impl Contexts {
     /// An empty registry of trees with the node's budget defaults.
     pub fn new(budgets: BudgetConfig) -> Contexts {
         Contexts {
-            roots: Arc::new(Mutex::new(HashMap::default())),
-            budgets,
+            shared: Arc::new(Shared {
+                roots: Mutex::new(HashMap::default()),
+                budgets,
+            }),
         }
     }
 
@@ -178,19 +188,41 @@ impl Contexts {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let (tree, depth) = (p.tree.clone(), p.depth + 1);
-                Arc::new(Node::new(tree, Some(p), number, depth, deadline, &spec))
+                let (tree, depth) = (p.tree().clone(), p.depth + 1);
+                Arc::new(Node::new(
+                    Place::Tree(tree),
+                    Some(p),
+                    number,
+                    depth,
+                    deadline,
+                    &spec,
+                ))
+            }
+            // A plain root call (no budget header, trace or per-plugin
+            // budget to record): its tree is made on first use, already
+            // charged for this call, so a call that never nests, names its
+            // context or waits for cancellation makes no tree at all.
+            None if self.lazy_root(&spec) => {
+                let place = Place::Lazy(self.shared.clone(), OnceLock::new());
+                return Ok(Arc::new(Node::new(place, None, 1, 1, spec.deadline, &spec)));
             }
             // A new root: its tree is built in place and shared only with
             // its first node, so recording that node takes no lock.
             None => Arc::new_cyclic(|me| {
-                let tree = Arc::new(self.make_tree(path::new_root_id(), &spec, Some(me.clone())));
-                Node::new(tree, None, 1, 1, spec.deadline, &spec)
+                let tree = make_tree(&self.shared, path::new_root_id(), &spec, Some(me.clone()));
+                Node::new(
+                    Place::Tree(Arc::new(tree)),
+                    None,
+                    1,
+                    1,
+                    spec.deadline,
+                    &spec,
+                )
             }),
         };
         self.charge(&node, &spec)?;
         if node.parent.is_some() {
-            node.tree.join(&node);
+            node.tree().join(&node);
         }
         Ok(node)
     }
@@ -199,7 +231,7 @@ impl Contexts {
     /// On exhaustion the parent's branch is cancelled (it overspent by
     /// starting this call) and the error names the budget and the path.
     fn charge(&self, node: &Arc<Node>, spec: &ChildSpec<'_>) -> Result<(), Error> {
-        let budget = &node.tree.budget;
+        let budget = &node.tree().budget;
         if let Some(h) = spec.budget_header {
             budget.lower_from_header(h);
             if let Some(d) = budget::parse_header(h).find(|(k, _)| *k == budget::DEPTH) {
@@ -226,24 +258,16 @@ impl Contexts {
         })
     }
 
-    /// A tree started by the node `first` (None for a tree made for a
-    /// path from elsewhere). A root-level call always starts a new tree, so
-    /// its node is always `<root>.1`.
-    fn make_tree(&self, id: u64, spec: &ChildSpec<'_>, first: Option<Weak<Node>>) -> Tree {
-        Tree {
-            id,
-            budget: Budget::new(&self.budgets, spec.caller),
-            traceparent: spec
-                .traceparent
-                .map(|t| OnceLock::from(t.to_owned()))
-                .unwrap_or_default(),
-            first: first.unwrap_or_default(),
-            members: Mutex::new(SmallVec::new()),
-            named: Mutex::new(HashMap::default()),
-            roots: Arc::downgrade(&self.roots),
-            listed: AtomicBool::new(false),
-            cancelled: Notify::new(),
-        }
+    /// Whether a root call can make its tree on first use: nothing about
+    /// it needs recording now, and the default limits allow one call.
+    fn lazy_root(&self, spec: &ChildSpec<'_>) -> bool {
+        let b = &self.shared.budgets;
+        spec.is_call
+            && spec.budget_header.is_none()
+            && spec.traceparent.is_none()
+            && (spec.caller.is_none() || b.plugins.is_empty())
+            && b.calls >= 1
+            && b.depth >= 1
     }
 
     /// Finds the live node a remote caller names, or stands one in for a path
@@ -256,11 +280,11 @@ impl Contexts {
             reason: "expected `<16 hex digits>(.<number>)*`".into(),
         })?;
         let tree = {
-            let mut roots = self.roots.lock();
+            let mut roots = self.shared.roots.lock();
             match roots.get(&root).and_then(Weak::upgrade) {
                 Some(t) => t,
                 None => {
-                    let t = Arc::new(self.make_tree(root, spec, None));
+                    let t = Arc::new(make_tree(&self.shared, root, spec, None));
                     t.listed.store(true, Ordering::Relaxed);
                     roots.insert(root, Arc::downgrade(&t));
                     t
@@ -281,13 +305,18 @@ impl Contexts {
     /// The live node at `path`, if its path was ever written out.
     pub fn find(&self, path: &str) -> Option<Arc<Node>> {
         let (root, _) = parse_path(path)?;
-        let tree = self.roots.lock().get(&root).and_then(Weak::upgrade)?;
+        let tree = self
+            .shared
+            .roots
+            .lock()
+            .get(&root)
+            .and_then(Weak::upgrade)?;
         let node = tree.named.lock().get(path).and_then(Weak::upgrade);
         node
     }
 
     fn members(&self, root: u64) -> Vec<Arc<Node>> {
-        let Some(tree) = self.roots.lock().get(&root).and_then(Weak::upgrade) else {
+        let Some(tree) = self.shared.roots.lock().get(&root).and_then(Weak::upgrade) else {
             return Vec::new();
         };
         let members = tree.members.lock();
@@ -315,7 +344,7 @@ impl Contexts {
         };
         let prefix = format!("{path}.");
         let count = self
-            .members(node.tree.id)
+            .members(node.tree().id)
             .iter()
             .filter(|n| {
                 let p = n.path();
@@ -330,12 +359,61 @@ impl Contexts {
 
     /// Live trees that can be named (for stats).
     pub fn live_trees(&self) -> usize {
-        self.roots
+        self.shared
+            .roots
             .lock()
             .values()
             .filter(|w| w.strong_count() > 0)
             .count()
     }
+}
+
+/// A tree started by the node `first` (None for a tree made for a path
+/// from elsewhere). A root-level call always starts a new tree, so its node
+/// is always `<root>.1`.
+fn make_tree(
+    shared: &Arc<Shared>,
+    id: u64,
+    spec: &ChildSpec<'_>,
+    first: Option<Weak<Node>>,
+) -> Tree {
+    Tree {
+        id,
+        budget: Budget::new(&shared.budgets, spec.caller),
+        traceparent: spec
+            .traceparent
+            .map(|t| OnceLock::from(t.to_owned()))
+            .unwrap_or_default(),
+        first: first.unwrap_or_default(),
+        members: Mutex::new(SmallVec::new()),
+        named: Mutex::new(HashMap::default()),
+        roots: Arc::downgrade(shared),
+        listed: AtomicBool::new(false),
+        cancelled: Notify::new(),
+    }
+}
+
+/// The tree of a root that made it on first use: default budgets, already
+/// charged for the root's own call (see [`Contexts::lazy_root`]).
+fn lazy_tree(shared: &Arc<Shared>, first: Weak<Node>) -> Tree {
+    let tree = make_tree(
+        shared,
+        path::new_root_id(),
+        &ChildSpec::default(),
+        Some(first),
+    );
+    // Cannot fail: `lazy_root` checked the limits allow one call.
+    let _ = tree.budget.charge_call(1);
+    tree
+}
+
+/// Where a node's tree is.
+#[derive(Debug)]
+enum Place {
+    /// Made with the node (children, and roots with something to record).
+    Tree(Arc<Tree>),
+    /// A plain root's: made on first use.
+    Lazy(Arc<Shared>, OnceLock<Arc<Tree>>),
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ impl Kernel {
     /// Charges a custom budget counter of `node`'s tree. On exhaustion the
     /// node's branch is cancelled and the error names the counter and path.
     pub fn charge(&self, node: &Arc<Node>, counter: &str, amount: u64) -> Result<u64, Error> {
-        node.tree
+        node.tree()
             .budget
             .charge_custom(counter, amount)
             .map_err(|e| {

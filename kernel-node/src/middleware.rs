@@ -162,7 +162,11 @@ mod tests {
         (svc, handle)
     }
 
-    fn request(service: &str, payload: &'static [u8], deadline: Option<Duration>) -> Box<Invocation> {
+    fn request(
+        service: &str,
+        payload: &'static [u8],
+        deadline: Option<Duration>,
+    ) -> Box<Invocation> {
         Invocation::new(Request {
             service: service.into(),
             payload: bytes::Bytes::from_static(payload),

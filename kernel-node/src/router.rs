@@ -333,11 +333,11 @@ fn passthrough(mut h: Headers) -> Headers {
 /// The header map a remote provider receives.
 fn provider_headers(node: &Arc<Node>, mut h: Headers, caller: Option<&str>) -> Headers {
     h.entry(headers::TRACEPARENT.to_owned())
-        .or_insert_with(|| node.tree.traceparent().to_owned());
+        .or_insert_with(|| node.tree().traceparent().to_owned());
     h.insert(headers::CONTEXT.to_owned(), node.path().to_owned());
     h.insert(
         headers::BUDGET.to_owned(),
-        node.tree.budget.remaining_header(node.depth),
+        node.tree().budget.remaining_header(node.depth),
     );
     if let Some(c) = caller {
         h.insert(headers::CALLER.to_owned(), c.to_owned());

@@ -116,7 +116,7 @@ impl Context {
         match (self.header(h::TRACEPARENT), &self.inner.origin) {
             (Some(tp), _) => h::trace_id(tp),
             // In-process calls inherit the tree's trace without copying it.
-            (None, Origin::Local(node, _)) => h::trace_id(node.tree.traceparent()),
+            (None, Origin::Local(node, _)) => h::trace_id(node.tree().traceparent()),
             (None, _) => None,
         }
     }

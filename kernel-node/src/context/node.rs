@@ -1,21 +1,21 @@
 //! One call or delivery in a context tree: its place (parent, number,
 //! path written on first use), deadline, cancellation and admin snapshot.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use kernel_proto::v1::Failure;
 
 use super::path::{child_path, root_path};
-use super::{ChildSpec, Tree};
+use super::{lazy_tree, ChildSpec, Place, Tree};
 use crate::error::Error;
 
 /// One call or delivery in a context tree.
 #[derive(Debug)]
 pub struct Node {
-    /// The tree this node belongs to.
-    pub tree: Arc<Tree>,
+    /// The tree this node belongs to (see [`Node::tree`]).
+    place: Place,
     pub(super) parent: Option<Arc<Node>>,
     /// Its number among its parent's children (or the tree's top level).
     pub(super) number: u32,
@@ -40,10 +40,11 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let Some(path) = self.path.get() else {
+        // A written path implies a made tree.
+        let (Some(path), Some(tree)) = (self.path.get(), self.made_tree()) else {
             return;
         };
-        let mut named = self.tree.named.lock();
+        let mut named = tree.named.lock();
         if named.get(path).is_some_and(|w| w.strong_count() == 0) {
             named.remove(path);
         }
@@ -67,7 +68,7 @@ pub struct NodeInfo {
 
 impl Node {
     pub(super) fn new(
-        tree: Arc<Tree>,
+        place: Place,
         parent: Option<Arc<Node>>,
         number: u32,
         depth: u64,
@@ -76,7 +77,7 @@ impl Node {
     ) -> Node {
         Node {
             cancelled: AtomicBool::new(false),
-            tree,
+            place,
             parent,
             number,
             path: OnceLock::new(),
@@ -97,7 +98,7 @@ impl Node {
     /// remote caller: indexed under that path at once.
     pub(super) fn stand_in(tree: Arc<Tree>, path: String, depth: u64) -> Node {
         Node {
-            tree,
+            place: Place::Tree(tree),
             parent: None,
             number: 0,
             path: OnceLock::from(path),
@@ -120,15 +121,37 @@ impl Node {
         }
         let written = match &self.parent {
             Some(p) => child_path(p.path(), self.number),
-            None => root_path(self.tree.id, self.number.into()),
+            None => root_path(self.tree().id, self.number.into()),
         };
         let path = self.path.get_or_init(|| written);
-        self.tree
-            .named
-            .lock()
-            .insert(path.clone(), Arc::downgrade(self));
-        self.tree.list();
+        let tree = self.tree();
+        tree.named.lock().insert(path.clone(), Arc::downgrade(self));
+        tree.list();
         path
+    }
+
+    /// The node's tree: its budget, trace and index. A plain root call
+    /// makes it here, on first use.
+    pub fn tree(self: &Arc<Self>) -> &Arc<Tree> {
+        match &self.place {
+            Place::Tree(t) => t,
+            Place::Lazy(shared, slot) => slot.get_or_init(|| {
+                let tree = Arc::new(lazy_tree(shared, Arc::downgrade(self)));
+                // Pairs with the fence in `cancel`: a canceller that did not
+                // see this tree (so woke nobody) set its flag before, and
+                // the waiter that made it checks the flag after.
+                fence(Ordering::SeqCst);
+                tree
+            }),
+        }
+    }
+
+    /// The tree, if it was made.
+    fn made_tree(&self) -> Option<&Arc<Tree>> {
+        match &self.place {
+            Place::Tree(t) => Some(t),
+            Place::Lazy(_, slot) => slot.get(),
+        }
     }
 
     /// Cancels this node's branch, remembering why.
@@ -140,7 +163,11 @@ impl Node {
     /// Cancels this node's branch.
     pub fn cancel(&self) {
         if !self.cancelled.swap(true, Ordering::AcqRel) {
-            self.tree.cancelled.notify_waiters();
+            // Nobody can wait on a tree that was never made (see `tree`).
+            fence(Ordering::SeqCst);
+            if let Some(tree) = self.made_tree() {
+                tree.cancelled.notify_waiters();
+            }
         }
     }
 
@@ -157,9 +184,10 @@ impl Node {
     }
 
     /// Resolves once this node or an ancestor is cancelled.
-    pub async fn cancelled(&self) {
+    pub async fn cancelled(self: &Arc<Self>) {
+        let tree = self.tree();
         loop {
-            let woken = self.tree.cancelled.notified();
+            let woken = tree.cancelled.notified();
             tokio::pin!(woken);
             // Registered before the check, so a cancel between the two is
             // not missed.
@@ -193,8 +221,8 @@ impl Node {
     }
 
     /// The root id, hex.
-    pub fn root(&self) -> String {
-        format!("{:016x}", self.tree.id)
+    pub fn root(self: &Arc<Self>) -> String {
+        format!("{:016x}", self.tree().id)
     }
 
     pub(super) fn info(self: &Arc<Self>) -> NodeInfo {
