@@ -127,9 +127,7 @@ pub(crate) async fn pipeline_only(iters: usize, bare: bool) -> f64 {
 }
 
 /// Accounting + dispatch: the least of the pipeline that still works.
-fn bare_stack(
-    kernel: &Kernel,
-) -> kernel_node::middleware::accounting::AccountingService<Dispatch> {
+fn bare_stack(kernel: &Kernel) -> kernel_node::middleware::accounting::AccountingService<Dispatch> {
     tower::ServiceBuilder::new()
         .layer(AccountingLayer::new(kernel.contexts.clone()))
         .service(Dispatch::new(
