@@ -6,7 +6,7 @@
 //! and report acks and nacks back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,11 @@ pub struct Subscription {
     pub opts: SubOptions,
     credit: AtomicU32,
     state: Mutex<State>,
+    /// The buffer's length and whether it closed, mirrored out of `state`
+    /// after every change, so a publisher checks for room without the lock
+    /// (the bound is soft anyway, by the number of concurrent publishers).
+    queued: AtomicUsize,
+    closed: AtomicBool,
     wake: Notify,
     space: Notify,
     /// Publishers waiting on `space`; the consumer wakes them only if any.
@@ -166,6 +171,8 @@ impl Subscription {
             opts,
             credit: AtomicU32::new(0),
             state: Mutex::new(State::default()),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             wake: Notify::new(),
             space: Notify::new(),
             space_waiters: AtomicUsize::new(0),
@@ -198,11 +205,15 @@ impl Subscription {
 
     /// Whether there is room for one more event now.
     pub fn has_space(&self) -> Result<bool, PushError> {
-        let s = self.state.lock();
-        if s.closed {
+        if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
-        Ok(s.queue.len() < self.opts.capacity)
+        Ok(self.queued.load(Ordering::SeqCst) < self.opts.capacity)
+    }
+
+    /// Mirrors the buffer's length after a change (under the state lock).
+    fn mirror(&self, s: &State) {
+        self.queued.store(s.queue.len(), Ordering::Release);
     }
 
     /// Buffers an event regardless of capacity (used after space was checked,
@@ -215,6 +226,7 @@ impl Subscription {
                 return Err(q);
             }
             s.queue.push_back(q);
+            self.mirror(&s);
         }
         self.wake.notify_one();
         Ok(())
@@ -234,6 +246,7 @@ impl Subscription {
             for q in events.into_iter().rev() {
                 s.queue.push_front(q);
             }
+            self.mirror(&s);
         }
         self.wake.notify_one();
     }
@@ -286,6 +299,7 @@ impl Subscription {
         }
         if delay.is_zero() {
             s.queue.push_front(q);
+            self.mirror(&s);
         } else {
             q.ready_at = Some(Instant::now() + delay);
             s.delayed.push(q);
@@ -382,9 +396,12 @@ impl Subscription {
             }
         }
         if !batch.events.is_empty() || !batch.dead.is_empty() || batch.cancelled > 0 {
-            // Checked under the state lock, after the pop: a publisher that
-            // counted itself before its own check is seen here.
+            self.mirror(s);
+            // After the new length is out: a publisher that counted itself
+            // before its own check of the length is seen here (the fence
+            // pairs with the counting in `wait_space`).
             let freed = !batch.events.is_empty() || batch.cancelled > 0;
+            fence(Ordering::SeqCst);
             if freed && self.space_waiters.load(Ordering::SeqCst) > 0 {
                 self.space.notify_waiters();
             }
@@ -441,6 +458,7 @@ impl Subscription {
         for q in back.into_iter().rev() {
             s.queue.push_front(q);
         }
+        self.mirror(s);
     }
 
     /// Closes the subscription and returns everything it still held
@@ -448,6 +466,7 @@ impl Subscription {
     pub fn close(&self) -> Vec<Queued> {
         let mut s = self.state.lock();
         s.closed = true;
+        self.closed.store(true, Ordering::Release);
         let mut out: Vec<Queued> = s.unacked.drain().map(|(_, (q, _))| q).collect();
         out.sort_by(|a, b| {
             a.event
@@ -456,6 +475,7 @@ impl Subscription {
         });
         out.append(&mut s.delayed);
         out.extend(s.queue.drain(..));
+        self.mirror(&s);
         drop(s);
         self.wake.notify_waiters();
         self.space.notify_waiters();
