@@ -413,3 +413,32 @@ async fn window_limits_unacked_and_credit_or_acks_open_it() {
         .collect();
     assert_eq!(all, ["0", "1", "2", "3", "4"]);
 }
+
+#[tokio::test]
+async fn publish_returns_distinct_16_hex_digit_event_ids_the_subscriber_sees() {
+    let node = Node::start().await;
+    let clients = [node.client(), Client::in_process(node.kernel.clone())];
+    for (n, client) in clients.into_iter().enumerate() {
+        // A topic per client: the first one's subscription may outlive its
+        // loop turn briefly (its stream closes in the background).
+        let (pattern, topic) = (format!("ids{n}.*"), format!("ids{n}.x"));
+        let mut sub = client
+            .subscriber(SubscribeOptions::new(&pattern))
+            .await
+            .expect("subscribe");
+        let mut ids = HashSet::new();
+        for i in 0..3 {
+            let p = client
+                .publish(&topic, i.to_string())
+                .await
+                .expect("publish");
+            let id = p.event_id().into_owned();
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert_eq!(p.matched, 1);
+            let e = next(&mut sub).await;
+            assert_eq!(e.id, id, "the subscriber sees the id the publisher got");
+            assert!(ids.insert(id), "ids are distinct");
+        }
+    }
+}
