@@ -72,7 +72,7 @@ fn echo_request(payload: Bytes) -> Request {
 
 /// A root call's node as the pipeline asks for it: the call's start time
 /// was read by the trace layer, the service name comes from its pool.
-fn root_spec(started: Instant, service: &Arc<str>) -> ChildSpec<'_> {
+fn root_spec(started: quanta::Instant, service: &Arc<str>) -> ChildSpec<'_> {
     ChildSpec {
         service,
         shared_service: Some(service),
@@ -140,7 +140,11 @@ fn bare_stack(kernel: &Kernel) -> kernel_node::middleware::accounting::Accountin
 /// Root context nodes made and dropped, alone (for profiling).
 pub(crate) async fn contexts_only(iters: usize) -> f64 {
     let kernel = Kernel::new(Config::default());
-    let (c, name, t) = (&kernel.contexts, Arc::from("bench.echo"), Instant::now());
+    let (c, name, t) = (
+        &kernel.contexts,
+        Arc::from("bench.echo"),
+        quanta::Instant::now(),
+    );
     let name = &name;
     mean_ns(iters, || async move {
         drop(c.child(Parent::None, root_spec(t, name)));
@@ -173,7 +177,7 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
     // context node made and dropped, interleaved with the whole call.
     let bare = bare_stack(&kernel);
     let contexts = kernel.contexts.clone();
-    let (name, t): (Arc<str>, _) = (Arc::from("bench.echo"), Instant::now());
+    let (name, t): (Arc<str>, _) = (Arc::from("bench.echo"), quanta::Instant::now());
     let (k, l, b, c, name) = (&kernel, &local, &bare, &contexts, &name);
     let p = &payload;
     let mut ops: Vec<Op<'_>> = vec![

@@ -158,7 +158,7 @@ pub struct ChildSpec<'a> {
     /// Charge the `calls` budget (false for event deliveries).
     pub is_call: bool,
     /// When the call entered the kernel, if the caller already read the clock.
-    pub started: Option<Instant>,
+    pub started: Option<quanta::Instant>,
 }
 
 impl Contexts {

@@ -35,7 +35,7 @@ pub struct Node {
     /// Boxed: set only on a kill, and a smaller node is cheaper to make.
     pub(super) reason: OnceLock<Box<Failure>>,
     pub(super) next_child: AtomicU32,
-    pub(super) started: Instant,
+    pub(super) started: quanta::Instant,
 }
 
 impl Drop for Node {
@@ -90,7 +90,7 @@ impl Node {
             deadline,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
-            started: spec.started.unwrap_or_else(Instant::now),
+            started: spec.started.unwrap_or_else(quanta::Instant::now),
         }
     }
 
@@ -109,7 +109,7 @@ impl Node {
             deadline: None,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
-            started: Instant::now(),
+            started: quanta::Instant::now(),
         }
     }
 

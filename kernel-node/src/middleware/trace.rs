@@ -49,7 +49,7 @@ impl<S> Layer<S> for TraceLayer {
 /// Records one call in its series when dropped.
 struct Count {
     series: &'static Series,
-    started: std::time::Instant,
+    started: quanta::Instant,
     code: i32,
 }
 
