@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kernel_proto::v1::{self as pb, kernel_client::KernelClient};
+use kernel_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tonic::Code;
 
-use crate::client::{insert_meta, Client};
+use crate::client::Client;
 use crate::error::Error;
 use kernel_node::batch::batched;
 
@@ -96,14 +96,7 @@ impl Client {
             items,
             compact_acks: true,
         });
-        let mut req = tonic::Request::new(frames);
-        if let Some(p) = self.plugin_name() {
-            insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
-        }
-        let mut inbound = KernelClient::new(remote.channel.clone())
-            .publish_stream(req)
-            .await?
-            .into_inner();
+        let mut inbound = self.open_publish_stream(remote, frames).await?;
         let shared = Arc::new(Shared::default());
         let reader = shared.clone();
         tokio::spawn(async move {

@@ -314,14 +314,9 @@ impl Client {
             return Err(Error::internal("client has no transport"));
         };
         let (mux, rx) = Mux::new();
-        let mut req = tonic::Request::new(batched(rx, None, fold_publish));
-        if let Some(p) = self.plugin_name() {
-            insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
-        }
-        let mut inbound = KernelClient::new(remote.channel.clone())
-            .publish_stream(req)
-            .await?
-            .into_inner();
+        let mut inbound = self
+            .open_publish_stream(remote, batched(rx, None, fold_publish))
+            .await?;
         let reader: Arc<PubMux> = mux.clone();
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
@@ -342,6 +337,25 @@ impl Client {
             });
         });
         Ok(Publisher(PubInner::Remote(mux)))
+    }
+}
+
+impl Client {
+    /// Opens a PublishStream carrying `frames`, with this client's plugin
+    /// identity; used by [`Publisher`] and [`crate::BulkPublisher`].
+    pub(crate) async fn open_publish_stream(
+        &self,
+        remote: &crate::client::Remote,
+        frames: impl futures::Stream<Item = pb::PublishStreamUp> + Send + 'static,
+    ) -> Result<tonic::Streaming<pb::PublishStreamDown>, Error> {
+        let mut req = tonic::Request::new(frames);
+        if let Some(p) = self.plugin_name() {
+            insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
+        }
+        Ok(KernelClient::new(remote.channel.clone())
+            .publish_stream(req)
+            .await?
+            .into_inner())
     }
 }
 
