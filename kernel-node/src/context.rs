@@ -429,6 +429,33 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_root_makes_its_tree_on_first_use_already_charged() {
+        let cfg = BudgetConfig {
+            calls: 2,
+            ..BudgetConfig::default()
+        };
+        let c = Contexts::new(cfg);
+        let root = c.child(Parent::None, spec("a")).expect("root call");
+        assert!(root.made_tree().is_none(), "a leaf root makes no tree");
+        // The root's own call counts: root + one nested call = 2 calls.
+        let child = c
+            .child(Parent::Node(root.clone()), spec("b"))
+            .expect("nested");
+        assert!(Arc::ptr_eq(root.tree(), child.tree()), "one tree");
+        let err = c
+            .child(Parent::Node(root.clone()), spec("c"))
+            .expect_err("a third call is over calls = 2");
+        assert!(err.to_string().contains("calls"), "{err}");
+        // A root with a budget header records it at once.
+        let with_header = ChildSpec {
+            budget_header: Some("calls=5"),
+            ..spec("d")
+        };
+        let eager = c.child(Parent::None, with_header).expect("root call");
+        assert!(eager.made_tree().is_some());
+    }
+
+    #[test]
     fn paths_number_children_in_order() {
         let c = Contexts::new(BudgetConfig::default());
         let a = c.child(Parent::None, spec("a")).expect("root call");

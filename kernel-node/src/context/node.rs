@@ -147,7 +147,7 @@ impl Node {
     }
 
     /// The tree, if it was made.
-    fn made_tree(&self) -> Option<&Arc<Tree>> {
+    pub(super) fn made_tree(&self) -> Option<&Arc<Tree>> {
         match &self.place {
             Place::Tree(t) => Some(t),
             Place::Lazy(_, slot) => slot.get(),
