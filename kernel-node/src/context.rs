@@ -76,7 +76,7 @@ pub struct Tree {
     members: Mutex<SmallVec<[Weak<Node>; 2]>>,
     /// Nodes whose path was written out, by path.
     named: Mutex<HashMap<String, Weak<Node>>>,
-    roots: Weak<Shared>,
+    shared: Weak<Shared>,
     /// Whether the tree is in the roots map (findable by root id).
     listed: AtomicBool,
     /// Wakes every waiter in the tree when any of its nodes is cancelled.
@@ -94,7 +94,7 @@ impl Tree {
         if self.listed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(shared) = self.roots.upgrade() {
+        if let Some(shared) = self.shared.upgrade() {
             let mut roots = shared.roots.lock();
             // A live tree already holds this id (a 1 in 2^64 draw, or a
             // remote caller reusing a root): it keeps it.
@@ -118,7 +118,7 @@ impl Drop for Tree {
         if !*self.listed.get_mut() {
             return;
         }
-        if let Some(shared) = self.roots.upgrade() {
+        if let Some(shared) = self.shared.upgrade() {
             let mut roots = shared.roots.lock();
             if roots.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
                 roots.remove(&self.id);
@@ -387,7 +387,7 @@ fn make_tree(
         first: first.unwrap_or_default(),
         members: Mutex::new(SmallVec::new()),
         named: Mutex::new(HashMap::default()),
-        roots: Arc::downgrade(shared),
+        shared: Arc::downgrade(shared),
         listed: AtomicBool::new(false),
         cancelled: Notify::new(),
     }

@@ -19,7 +19,7 @@ use crate::context::Node;
 use crate::provider::Headers;
 
 /// An accepted event, shared by all its deliveries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EventData {
     /// Kernel-assigned id; on the wire as 16 hex digits, written per
     /// delivery (each wire event owns its string anyway).
@@ -125,10 +125,12 @@ pub struct Subscription {
     pub opts: SubOptions,
     credit: AtomicU32,
     state: Mutex<State>,
-    /// The buffer's length and whether it closed, mirrored out of `state`
-    /// after every change, so a publisher checks for room without the lock
-    /// (the bound is soft anyway, by the number of concurrent publishers).
+    /// The buffer's length, mirrored out of `state` after every change, so
+    /// a publisher checks for room without the lock (the bound is soft
+    /// anyway, by the number of concurrent publishers).
     queued: AtomicUsize,
+    /// Set once, under the state lock (so lock holders see it in order);
+    /// read without it by publishers checking for room.
     closed: AtomicBool,
     wake: Notify,
     space: Notify,
@@ -142,7 +144,6 @@ struct State {
     delayed: Vec<Queued>,
     unacked: HashMap<u64, (Queued, Instant)>,
     next_delivery: u64,
-    closed: bool,
 }
 
 /// What [`Subscription::take`] found.
@@ -200,12 +201,12 @@ impl Subscription {
 
     /// True once closed.
     pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether there is room for one more event now.
     pub fn has_space(&self) -> Result<bool, PushError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(PushError::Closed);
         }
         Ok(self.queued.load(Ordering::SeqCst) < self.opts.capacity)
@@ -222,7 +223,7 @@ impl Subscription {
     pub fn push(&self, q: Queued) -> Result<(), Queued> {
         {
             let mut s = self.state.lock();
-            if s.closed {
+            if self.is_closed() {
                 return Err(q);
             }
             s.queue.push_back(q);
@@ -240,7 +241,7 @@ impl Subscription {
         }
         {
             let mut s = self.state.lock();
-            if s.closed {
+            if self.is_closed() {
                 return;
             }
             for q in events.into_iter().rev() {
@@ -323,7 +324,7 @@ impl Subscription {
     /// A batch now, or why there is none (and when to look again).
     pub fn take(&self, max: usize) -> Take {
         let mut s = self.state.lock();
-        if s.closed {
+        if self.is_closed() {
             return Take::Closed;
         }
         self.take_locked(&mut s, max)
@@ -336,7 +337,7 @@ impl Subscription {
             notified.as_mut().enable();
             let wake_at = {
                 let mut s = self.state.lock();
-                if s.closed {
+                if self.is_closed() {
                     return None;
                 }
                 match self.take_locked(&mut s, max) {
@@ -465,7 +466,6 @@ impl Subscription {
     /// (buffered, unacked, delayed), for a queue-group peer.
     pub fn close(&self) -> Vec<Queued> {
         let mut s = self.state.lock();
-        s.closed = true;
         self.closed.store(true, Ordering::Release);
         let mut out: Vec<Queued> = s.unacked.drain().map(|(_, (q, _))| q).collect();
         out.sort_by(|a, b| {
@@ -487,53 +487,37 @@ impl Subscription {
 /// the kernel keeps nothing). The last holder of the event (the only
 /// target, usually) takes the event's own strings and headers too.
 fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
-    match Arc::try_unwrap(q.event) {
-        Ok(e) => {
-            let mut headers = wire_headers(e.headers);
-            add_delivery_headers(&mut headers, q.context, q.traceparent);
-            pb::Event {
-                id: super::stamp::hex_id(e.id),
-                topic: e.topic,
-                payload: e.payload,
-                content_type: e.content_type,
-                headers,
-                publish_time_unix_ns: e.publish_time_unix_ns,
-                attempt: q.attempts,
-                delivery_id,
-            }
-        }
-        Err(shared) => wire(&shared, q.context, q.traceparent, q.attempts, delivery_id),
-    }
+    let event = Arc::try_unwrap(q.event).unwrap_or_else(|shared| (*shared).clone());
+    wire(event, q.context, q.traceparent, q.attempts, delivery_id)
 }
 
 /// A delivery as the wire carries it, copying (explicit ack: the kernel
 /// keeps the delivery until it is acked).
 fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
     let (context, traceparent) = (q.context.clone(), q.traceparent.clone());
-    wire(&q.event, context, traceparent, q.attempts, delivery_id)
+    wire(
+        (*q.event).clone(),
+        context,
+        traceparent,
+        q.attempts,
+        delivery_id,
+    )
 }
 
 fn wire(
-    e: &EventData,
+    e: EventData,
     context: String,
     traceparent: Option<String>,
     attempt: u32,
     delivery_id: u64,
 ) -> pb::Event {
-    let mut headers = if e.headers.is_empty() {
-        WireHeaders::new()
-    } else {
-        e.headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
+    let mut headers = wire_headers(e.headers);
     add_delivery_headers(&mut headers, context, traceparent);
     pb::Event {
         id: super::stamp::hex_id(e.id),
-        topic: e.topic.clone(),
-        payload: e.payload.clone(),
-        content_type: e.content_type.clone(),
+        topic: e.topic,
+        payload: e.payload,
+        content_type: e.content_type,
         headers,
         publish_time_unix_ns: e.publish_time_unix_ns,
         attempt,
