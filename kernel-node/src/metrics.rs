@@ -62,43 +62,69 @@ const CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The bucket an observation of `ns` falls in: the index of the first bound
+/// at or above it, or `BUCKETS.len()` past the last bound.
+#[inline]
+fn bucket(ns: u64) -> usize {
+    BUCKETS_NS
+        .iter()
+        .position(|b| ns <= *b)
+        .unwrap_or(BUCKETS.len())
+}
+
+/// Nanoseconds, saturated.
+#[inline]
+fn nanos(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A latency histogram in atomics: one bucket add and one sum add per
 /// observation.
 #[derive(Debug, Default)]
 struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
+    /// One counter per bound, and one past the last.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,
 }
 
 impl Histogram {
     #[inline]
     fn observe(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+        let ns = nanos(elapsed);
+        self.buckets[bucket(ns)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// Prometheus lines for one labelled histogram of `count` observations.
-    fn render(&self, out: &mut String, name: &str, label: &str, count: u64) {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{label},le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{label}}} {count}");
+    fn counts(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
     }
+}
+
+/// Prometheus lines for one labelled histogram: per-bucket (not cumulative)
+/// counts, the last past every bound, and the sum in nanoseconds.
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    counts: &[u64; BUCKETS.len() + 1],
+    sum_ns: u64,
+) {
+    let mut cumulative = 0;
+    for (b, n) in BUCKETS.iter().zip(counts) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{{label},le=\"{b}\"}} {cumulative}");
+    }
+    let count = cumulative + counts[BUCKETS.len()];
+    let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
+    let sum = sum_ns as f64 / 1e9;
+    let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{label}}} {count}");
 }
 
 /// Requests through the transport edge for one gRPC path.
 #[derive(Debug, Default)]
 pub struct EdgeSeries {
     requests: AtomicU64,
-    heads: AtomicU64,
     failed: AtomicU64,
     in_flight: AtomicI64,
     head_latency: Histogram,
@@ -115,7 +141,6 @@ impl EdgeSeries {
     /// The response head went out after `elapsed` (`ok`: not a transport
     /// error).
     pub fn head(&self, elapsed: Duration, ok: bool) {
-        self.heads.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -130,14 +155,17 @@ impl EdgeSeries {
 
 /// The series of one service; a call holds it from start to end.
 ///
-/// A call costs four relaxed atomic adds: `entered` when it starts, its
-/// status code, its bucket and the latency sum when it ends. Everything else
-/// (count, in-flight, node totals) is derived when scraped.
+/// A call costs three relaxed atomic adds: `entered` when it starts, and
+/// when it ends one cell of `ended` (its status code and latency bucket at
+/// once) and the latency sum. Everything else (count by code, histogram,
+/// in-flight, node totals) is derived when scraped.
 #[derive(Debug, Default)]
 pub struct Series {
     entered: AtomicU64,
-    codes: [AtomicU64; 17],
-    latency: Histogram,
+    /// Calls ended, by status code (row) and latency bucket (column, the
+    /// last one past every bound).
+    ended: [[AtomicU64; BUCKETS.len() + 1]; CODES.len()],
+    sum_ns: AtomicU64,
 }
 
 impl Series {
@@ -154,18 +182,34 @@ impl Series {
             .ok()
             .filter(|c| *c < CODES.len())
             .unwrap_or(2);
-        self.codes[code].fetch_add(1, Ordering::Relaxed);
-        self.latency.observe(elapsed);
+        let ns = nanos(elapsed);
+        self.ended[code][bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Calls ended with `code` (an index into [`CODES`]).
+    fn by_code(&self, code: usize) -> u64 {
+        self.ended[code]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Calls ended, and those that failed.
     fn ended(&self) -> (u64, u64) {
-        let ok = self.codes[0].load(Ordering::Relaxed);
-        let failed: u64 = self.codes[1..]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum();
+        let ok = self.by_code(0);
+        let failed: u64 = (1..CODES.len()).map(|c| self.by_code(c)).sum();
         (ok + failed, failed)
+    }
+
+    /// Calls ended per latency bucket, every code together.
+    fn latency(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|b| {
+            self.ended
+                .iter()
+                .map(|row| row[b].load(Ordering::Relaxed))
+                .sum()
+        })
     }
 }
 
@@ -249,7 +293,7 @@ impl Metrics {
         out.push_str("# HELP kernel_calls_total Calls by service and gRPC status code.\n# TYPE kernel_calls_total counter\n");
         for (name, s) in &services {
             for (i, code) in CODES.iter().enumerate() {
-                let n = s.codes[i].load(Ordering::Relaxed);
+                let n = s.by_code(i);
                 if n > 0 {
                     let _ = writeln!(
                         out,
@@ -261,10 +305,14 @@ impl Metrics {
         }
         out.push_str("# HELP kernel_call_duration_seconds Call latency through the kernel.\n# TYPE kernel_call_duration_seconds histogram\n");
         for (name, s) in &services {
-            let (count, _) = s.ended();
             let label = format!("service=\"{}\"", escape(name));
-            s.latency
-                .render(&mut out, "kernel_call_duration_seconds", &label, count);
+            render_histogram(
+                &mut out,
+                "kernel_call_duration_seconds",
+                &label,
+                &s.latency(),
+                s.sum_ns.load(Ordering::Relaxed),
+            );
         }
         let _ = writeln!(
             out,
@@ -319,11 +367,12 @@ impl Metrics {
         out.push_str("# HELP kernel_edge_response_head_seconds Time from request to response head (the whole call for unary RPCs).\n# TYPE kernel_edge_response_head_seconds histogram\n");
         for (p, s) in &paths {
             let label = format!("path=\"{}\"", escape(p));
-            s.head_latency.render(
+            render_histogram(
                 out,
                 "kernel_edge_response_head_seconds",
                 &label,
-                s.heads.load(Ordering::Relaxed),
+                &s.head_latency.counts(),
+                s.head_latency.sum_ns.load(Ordering::Relaxed),
             );
         }
     }
@@ -415,4 +464,43 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cell_per_call_renders_as_counts_by_code_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        let s = m.series("orders.place");
+        for (code, micros) in [(0, 10), (0, 200), (5, 200), (4, 20_000_000)] {
+            s.enter();
+            s.record(code, Duration::from_micros(micros));
+        }
+        s.enter(); // still running
+        assert_eq!(m.totals(), (4, 2));
+        assert_eq!(m.in_flight(), 1);
+        let text = m.render_calls();
+        let has = |line: &str| assert!(text.contains(line), "missing `{line}` in\n{text}");
+        has("kernel_calls_total{service=\"orders.place\",code=\"OK\"} 2\n");
+        has("kernel_calls_total{service=\"orders.place\",code=\"NOT_FOUND\"} 1\n");
+        has("kernel_calls_total{service=\"orders.place\",code=\"DEADLINE_EXCEEDED\"} 1\n");
+        let h = "kernel_call_duration_seconds";
+        has(&format!(
+            "{h}_bucket{{service=\"orders.place\",le=\"0.00005\"}} 1\n"
+        ));
+        has(&format!(
+            "{h}_bucket{{service=\"orders.place\",le=\"0.00025\"}} 3\n"
+        ));
+        // Past the last bound: only in +Inf and the count.
+        has(&format!(
+            "{h}_bucket{{service=\"orders.place\",le=\"10\"}} 3\n"
+        ));
+        has(&format!(
+            "{h}_bucket{{service=\"orders.place\",le=\"+Inf\"}} 4\n"
+        ));
+        has(&format!("{h}_count{{service=\"orders.place\"}} 4\n"));
+        has(&format!("{h}_sum{{service=\"orders.place\"}} 20.00041\n"));
+    }
 }

@@ -46,19 +46,6 @@ impl<S> Layer<S> for TraceLayer {
     }
 }
 
-/// Records one call in its series when dropped.
-struct Count {
-    series: &'static Series,
-    started: quanta::Instant,
-    code: i32,
-}
-
-impl Drop for Count {
-    fn drop(&mut self) {
-        self.series.record(self.code, self.started.elapsed());
-    }
-}
-
 /// Spans and metrics around the inner service.
 #[derive(Debug, Clone)]
 pub struct TraceService<S> {
@@ -114,48 +101,56 @@ fn traced<F>(
         None => layer.metrics.unknown(),
     };
     series.enter();
-    inv.trace = layer.telemetry.start(
-        "kernel.call",
-        SpanKind::Server,
-        Parent::Header(
-            inv.req
-                .headers
-                .get(headers::TRACEPARENT)
-                .map(String::as_str),
-        ),
-        || {
-            vec![
-                KeyValue::new("kernel.service", inv.req.service.clone()),
-                KeyValue::new("kernel.method", inv.req.method.clone()),
-                KeyValue::new(
-                    "kernel.caller",
-                    inv.req.caller.as_deref().unwrap_or_default().to_owned(),
-                ),
-            ]
-        },
-    );
-    // Counts the call even when its future is dropped (caller gone,
-    // stream cancel): as CANCELLED, so in-flight never leaks.
-    let count = Count {
-        series,
-        started: inv.started,
-        code: tonic::Code::Cancelled as i32,
-    };
+    if layer.telemetry.enabled() {
+        inv.trace = layer.telemetry.start(
+            "kernel.call",
+            SpanKind::Server,
+            Parent::Header(
+                inv.req
+                    .headers
+                    .get(headers::TRACEPARENT)
+                    .map(String::as_str),
+            ),
+            || {
+                vec![
+                    KeyValue::new("kernel.service", inv.req.service.clone()),
+                    KeyValue::new("kernel.method", inv.req.method.clone()),
+                    KeyValue::new(
+                        "kernel.caller",
+                        inv.req.caller.as_deref().unwrap_or_default().to_owned(),
+                    ),
+                ]
+            },
+        );
+    }
     let span = inv.trace.clone();
     Traced {
-        inner: inner(inv),
-        count: Some(count),
+        series: Some(series),
+        started: inv.started,
         span,
+        inner: inner(inv),
     }
 }
 
-/// The trace layer's future: the inner future, then the metrics and the
-/// span's end. A plain struct rather than a boxed `async` block: this runs
-/// on every call.
+/// The trace layer's future: the inner future, then the call counted in its
+/// series and the span's end. A plain struct rather than a boxed `async`
+/// block: this runs on every call.
 pub struct Traced<F> {
     inner: F,
-    count: Option<Count>,
+    /// Until the call is counted.
+    series: Option<&'static Series>,
+    started: quanta::Instant,
     span: Option<opentelemetry::Context>,
+}
+
+impl<F> Drop for Traced<F> {
+    /// A call whose future is dropped unanswered (caller gone, stream
+    /// cancel) counts as CANCELLED, so in-flight never leaks.
+    fn drop(&mut self) {
+        if let Some(series) = self.series.take() {
+            series.record(tonic::Code::Cancelled as i32, self.started.elapsed());
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for Traced<F> {
@@ -179,26 +174,29 @@ where
             Ok(_) => 0,
             Err(f) => f.code,
         };
-        if let Some(mut count) = self.count.take() {
-            count.code = code;
+        if let Some(series) = self.series.take() {
+            series.record(code, self.started.elapsed());
         }
         if let Some(cx) = self.span.take() {
-            let s = cx.span();
-            s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-            match &out {
-                Ok(_) => s.set_status(Status::Ok),
-                Err(f) => {
-                    if let Some(origin) = f.causality.first() {
-                        s.set_attribute(KeyValue::new(
-                            "kernel.error.origin",
-                            origin.service.clone(),
-                        ));
-                    }
-                    s.set_status(Status::error(f.message.clone()));
-                }
-            }
-            s.end();
+            end_span(&cx, code, &out);
         }
         Poll::Ready(out)
     }
+}
+
+/// Ends the call's span with its outcome (off the path when tracing is off).
+#[cold]
+fn end_span(cx: &opentelemetry::Context, code: i32, out: &Result<Reply, Failure>) {
+    let s = cx.span();
+    s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+    match out {
+        Ok(_) => s.set_status(Status::Ok),
+        Err(f) => {
+            if let Some(origin) = f.causality.first() {
+                s.set_attribute(KeyValue::new("kernel.error.origin", origin.service.clone()));
+            }
+            s.set_status(Status::error(f.message.clone()));
+        }
+    }
+    s.end();
 }

@@ -184,6 +184,7 @@ fn validated<F>(
 }
 
 impl ValidateLayer {
+    #[inline]
     fn check(&self, inv: &mut Invocation) -> Result<(), Error> {
         let req = &inv.req;
         if req.payload.len() > self.max_payload {
@@ -201,41 +202,52 @@ impl ValidateLayer {
             // checked so a bad name gets INVALID_ARGUMENT, not NOT_FOUND.
             return names::validate_service(&req.service);
         };
-        let schema = pool
-            .schemas
-            .as_ref()
-            .and_then(|m| m.get(&req.method))
-            .cloned();
-        let declared_json = req.content_type.eq_ignore_ascii_case("application/json");
-        if schema.is_none() && !declared_json {
+        // The common case, decided inline: no schema, no content type.
+        if pool.schemas.is_none() && req.content_type.is_empty() {
             return Ok(());
         }
-        let invalid = |detail: String| Error::InvalidArgument {
-            service: req.service.clone(),
-            detail,
-        };
-        let json_ok = req.content_type.is_empty()
-            || declared_json
-            || req.content_type.to_ascii_lowercase().contains("json");
-        if !json_ok {
-            return Err(invalid(format!(
-                "method `{}` takes JSON, got content type `{}`",
-                req.method, req.content_type
-            )));
-        }
-        let value: serde_json::Value = serde_json::from_slice(&req.payload)
-            .map_err(|e| invalid(format!("payload is not valid JSON: {e}")))?;
-        let Some(schema) = schema else {
-            return Ok(());
-        };
-        let errors = schema_errors(&schema, &value);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(invalid(format!(
-                "arguments do not match the schema: {}",
-                errors.join("; ")
-            )))
-        }
+        check_payload(pool, req)
+    }
+}
+
+/// Checks a payload against the method's schema, or as JSON when its
+/// content type says so.
+#[inline(never)]
+fn check_payload(pool: &crate::registry::Pool, req: &crate::router::Request) -> Result<(), Error> {
+    let schema = pool
+        .schemas
+        .as_ref()
+        .and_then(|m| m.get(&req.method))
+        .cloned();
+    let declared_json = req.content_type.eq_ignore_ascii_case("application/json");
+    if schema.is_none() && !declared_json {
+        return Ok(());
+    }
+    let invalid = |detail: String| Error::InvalidArgument {
+        service: req.service.clone(),
+        detail,
+    };
+    let json_ok = req.content_type.is_empty()
+        || declared_json
+        || req.content_type.to_ascii_lowercase().contains("json");
+    if !json_ok {
+        return Err(invalid(format!(
+            "method `{}` takes JSON, got content type `{}`",
+            req.method, req.content_type
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&req.payload)
+        .map_err(|e| invalid(format!("payload is not valid JSON: {e}")))?;
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let errors = schema_errors(&schema, &value);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "arguments do not match the schema: {}",
+            errors.join("; ")
+        )))
     }
 }
