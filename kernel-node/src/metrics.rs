@@ -155,13 +155,19 @@ impl EdgeSeries {
 
 /// The series of one service; a call holds it from start to end.
 ///
-/// A call costs three relaxed atomic adds: `entered` when it starts, and
-/// when it ends one cell of `ended` (its status code and latency bucket at
-/// once) and the latency sum. Everything else (count by code, histogram,
-/// in-flight, node totals) is derived when scraped.
+/// A call that completes in its first poll (an in-process provider that
+/// answers at once) costs two relaxed atomic adds: one cell of `ended` (its
+/// status code and latency bucket at once) and the latency sum. A call that
+/// has to wait also counts itself in `waited` at its first wait and in
+/// `waited_ended` at its end, so in-flight counts every call that is waiting
+/// anywhere (queued, at a remote provider, at an in-process one); a call is
+/// not counted while its first poll runs, which is never longer than the
+/// pipeline's own synchronous work. Everything else (count by code,
+/// histogram, node totals) is derived when scraped.
 #[derive(Debug, Default)]
 pub struct Series {
-    entered: AtomicU64,
+    waited: AtomicU64,
+    waited_ended: AtomicU64,
     /// Calls ended, by status code (row) and latency bucket (column, the
     /// last one past every bound).
     ended: [[AtomicU64; BUCKETS.len() + 1]; CODES.len()],
@@ -169,15 +175,20 @@ pub struct Series {
 }
 
 impl Series {
-    /// A call counted in this series started.
+    /// A call counted in this series has to wait: it is in flight until
+    /// recorded with `waited` set.
     #[inline]
-    pub fn enter(&self) {
-        self.entered.fetch_add(1, Ordering::Relaxed);
+    pub fn wait(&self) {
+        self.waited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A call counted in this series ended with `code` after `elapsed`.
+    /// A call counted in this series ended with `code` after `elapsed`
+    /// (`waited`: it called [`Series::wait`] before).
     #[inline]
-    pub fn record(&self, code: i32, elapsed: Duration) {
+    pub fn record(&self, code: i32, elapsed: Duration, waited: bool) {
+        if waited {
+            self.waited_ended.fetch_add(1, Ordering::Relaxed);
+        }
         let code = usize::try_from(code)
             .ok()
             .filter(|c| *c < CODES.len())
@@ -185,6 +196,13 @@ impl Series {
         let ns = nanos(elapsed);
         self.ended[code][bucket(ns)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Calls waiting now (ended read first: a call ends after it began to
+    /// wait, so this order never yields a negative count).
+    fn in_flight(&self) -> u64 {
+        let ended = self.waited_ended.load(Ordering::Relaxed);
+        self.waited.load(Ordering::Relaxed).saturating_sub(ended)
     }
 
     /// Calls ended with `code` (an index into [`CODES`]).
@@ -252,12 +270,7 @@ impl Metrics {
         self.services
             .read()
             .values()
-            .map(|s| {
-                // Ended first: a call ends after it entered, so this order
-                // never yields a negative count.
-                let (ended, _) = s.ended();
-                s.entered.load(Ordering::Relaxed).saturating_sub(ended) as i64
-            })
+            .map(|s| s.in_flight() as i64)
             .sum()
     }
 
@@ -316,7 +329,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP kernel_calls_in_flight Calls being dispatched now.\n# TYPE kernel_calls_in_flight gauge\nkernel_calls_in_flight {}",
+            "# HELP kernel_calls_in_flight Calls waiting now (queued, at a provider), past their first poll.\n# TYPE kernel_calls_in_flight gauge\nkernel_calls_in_flight {}",
             self.in_flight()
         );
         self.render_edge(&mut out);
@@ -474,11 +487,18 @@ mod tests {
     fn one_cell_per_call_renders_as_counts_by_code_and_a_cumulative_histogram() {
         let m = Metrics::default();
         let s = m.series("orders.place");
-        for (code, micros) in [(0, 10), (0, 200), (5, 200), (4, 20_000_000)] {
-            s.enter();
-            s.record(code, Duration::from_micros(micros));
+        for (code, micros, waited) in [
+            (0, 10, false),
+            (0, 200, true),
+            (5, 200, false),
+            (4, 20_000_000, true),
+        ] {
+            if waited {
+                s.wait();
+            }
+            s.record(code, Duration::from_micros(micros), waited);
         }
-        s.enter(); // still running
+        s.wait(); // still waiting
         assert_eq!(m.totals(), (4, 2));
         assert_eq!(m.in_flight(), 1);
         let text = m.render_calls();

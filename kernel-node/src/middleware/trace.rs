@@ -100,7 +100,6 @@ fn traced<F>(
         }
         None => layer.metrics.unknown(),
     };
-    series.enter();
     if layer.telemetry.enabled() {
         inv.trace = layer.telemetry.start(
             "kernel.call",
@@ -126,6 +125,7 @@ fn traced<F>(
     let span = inv.trace.clone();
     Traced {
         series: Some(series),
+        waited: false,
         started: inv.started,
         span,
         inner: inner(inv),
@@ -139,6 +139,8 @@ pub struct Traced<F> {
     inner: F,
     /// Until the call is counted.
     series: Option<&'static Series>,
+    /// The inner future was pending once (the call is counted in flight).
+    waited: bool,
     started: quanta::Instant,
     span: Option<opentelemetry::Context>,
 }
@@ -148,7 +150,8 @@ impl<F> Drop for Traced<F> {
     /// cancel) counts as CANCELLED, so in-flight never leaks.
     fn drop(&mut self) {
         if let Some(series) = self.series.take() {
-            series.record(tonic::Code::Cancelled as i32, self.started.elapsed());
+            let elapsed = self.started.elapsed();
+            series.record(tonic::Code::Cancelled as i32, elapsed, self.waited);
         }
     }
 }
@@ -168,14 +171,22 @@ where
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let out = match std::pin::Pin::new(&mut self.inner).poll(cx) {
             Poll::Ready(out) => out,
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if !self.waited {
+                    self.waited = true;
+                    if let Some(series) = self.series {
+                        series.wait();
+                    }
+                }
+                return Poll::Pending;
+            }
         };
         let code = match &out {
             Ok(_) => 0,
             Err(f) => f.code,
         };
         if let Some(series) = self.series.take() {
-            series.record(code, self.started.elapsed());
+            series.record(code, self.started.elapsed(), self.waited);
         }
         if let Some(cx) = self.span.take() {
             end_span(&cx, code, &out);
