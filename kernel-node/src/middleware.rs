@@ -194,6 +194,8 @@ mod tests {
         };
         let node = inv.node.clone().expect("accounting set the context node");
         assert!(!node.is_cancelled());
+        // Waiting at the inner service: counted in flight by trace.
+        assert_eq!(metrics.in_flight(), 1);
         // ...and never answers: the accounting layer's deadline fires.
         tokio::time::advance(Duration::from_millis(60)).await;
         let err = call.await.expect_err("deadline");
@@ -205,9 +207,30 @@ mod tests {
         );
         // The trace layer, outside, saw the timeout as the outcome.
         assert_eq!(metrics.totals(), (1, 1));
+        assert_eq!(metrics.in_flight(), 0);
         assert!(metrics
             .render_calls()
             .contains("code=\"DEADLINE_EXCEEDED\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_while_waiting_counts_as_cancelled_and_leaves_in_flight() {
+        let (registry, contexts, metrics) = (
+            Arc::new(Registry::new()),
+            Arc::new(Contexts::new(BudgetConfig::default())),
+            Arc::new(Metrics::default()),
+        );
+        let (svc, mut handle) = stack(registry, contexts, metrics.clone());
+        let mut call = Box::pin(svc.oneshot(request("slow.svc", b"", None)));
+        let _held = tokio::select! {
+            r = handle.next_request() => r.expect("forwarded"),
+            _ = &mut call => panic!("finished before reaching the inner service"),
+        };
+        assert_eq!(metrics.in_flight(), 1);
+        drop(call); // the caller went away
+        assert_eq!(metrics.in_flight(), 0);
+        assert_eq!(metrics.totals(), (1, 1));
+        assert!(metrics.render_calls().contains("code=\"CANCELLED\"} 1"));
     }
 
     #[tokio::test]
