@@ -10,7 +10,7 @@ use std::time::Duration;
 use kernel_node::config::Config;
 use kernel_node::telemetry::Telemetry;
 use kernel_proto::v1 as pb;
-use kernel_sdk::{Bytes, Plugin, SubscribeOptions};
+use kernel_sdk::{Bytes, CallOptions, Plugin, SubscribeOptions};
 use kernel_tests::{Node, PluginProcess};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -384,6 +384,81 @@ async fn schema_validation_refuses_bad_arguments_before_the_provider() {
         r#"{"sku":"A1","qty":2}"#
     );
     assert_eq!(invoked.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn hostile_arrays_are_refused_with_their_first_failure_and_json_content_is_checked() {
+    let node = Node::start().await;
+    let invoked = Arc::new(AtomicUsize::new(0));
+    let (i, j) = (invoked.clone(), invoked.clone());
+    let _reg = Plugin::new("batches")
+        .provide("batch.put", move |_ctx, p: Bytes| {
+            i.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(p) }
+        })
+        .schema(
+            "batch.put",
+            "",
+            r#"{"type":"array","items":{"type":"string"}}"#,
+        )
+        .provide("raw.put", move |_ctx, p: Bytes| {
+            j.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(p) }
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    let client = node.client();
+
+    // Small: every failing item listed.
+    let err = client
+        .call("batch.put", r#"[1,"a",2]"#)
+        .await
+        .expect_err("two bad items");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("at `/0`") && err.message().contains("at `/2`"),
+        "{err}"
+    );
+
+    // About 2 MiB of failing items: refused with the first failure only
+    // (listing would build a million errors first).
+    let huge = format!("[{}1]", "1,".repeat(1_000_000));
+    let err = client
+        .call("batch.put", huge)
+        .await
+        .expect_err("a million bad items");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("at `/0`"), "{err}");
+    assert!(!err.message().contains("at `/1`"), "{err}");
+    assert!(err.message().contains("only the first failure"), "{err}");
+
+    // No schema, but the content type says JSON: the payload must be JSON.
+    let json = CallOptions {
+        content_type: "application/json".into(),
+        ..Default::default()
+    };
+    let err = client
+        .call_with("raw.put", "{not json", json.clone())
+        .await
+        .expect_err("declared JSON, is not");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("not valid JSON"), "{err}");
+    assert_eq!(invoked.load(Ordering::SeqCst), 0, "no provider invoked");
+
+    // The same bytes as opaque content, and valid JSON, go through.
+    let opaque = CallOptions {
+        content_type: "application/octet-stream".into(),
+        ..Default::default()
+    };
+    client
+        .call_with("raw.put", "{not json", opaque)
+        .await
+        .expect("opaque payload");
+    client
+        .call_with("raw.put", r#"{"ok":true}"#, json)
+        .await
+        .expect("declared JSON, is JSON");
+    assert_eq!(invoked.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -98,7 +98,7 @@ impl TopicSchemas {
         let failures: Vec<String> = matching
             .iter()
             .flat_map(|(pattern, schema)| {
-                schema_errors(schema, &value)
+                schema_errors(schema, &value, payload.len())
                     .into_iter()
                     .map(move |e| format!("{e} (schema for `{pattern}`)"))
             })

@@ -84,22 +84,53 @@ fn compile_one(
     Ok(Arc::new(validator))
 }
 
-/// Each way `value` fails `schema` (at most [`MAX_REPORTED`]), as
-/// "at `<path>`: <reason>".
-pub fn schema_errors(schema: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+/// Payloads up to this size get each failing path listed (at most
+/// [`MAX_REPORTED`]); bigger ones that fail get the first failure only.
+/// Listing makes the `jsonschema` crate build every error before the first
+/// is returned, and a few MiB of a hostile array would be millions of them;
+/// finding the first stops there.
+pub const LIST_ERRORS_UP_TO: usize = 64 * 1024;
+
+/// Each way `value` (parsed from `payload_len` bytes) fails `schema`, as
+/// "at `<path>`: <reason>": empty when it passes, at most [`MAX_REPORTED`],
+/// and only the first for payloads over [`LIST_ERRORS_UP_TO`].
+pub fn schema_errors(
+    schema: &jsonschema::Validator,
+    value: &serde_json::Value,
+    payload_len: usize,
+) -> Vec<String> {
+    if schema.is_valid(value) {
+        return Vec::new();
+    }
+    if payload_len > LIST_ERRORS_UP_TO {
+        return schema
+            .validate(value)
+            .err()
+            .map(|e| {
+                vec![format!(
+                    "{} (only the first failure is listed for payloads over {} KiB)",
+                    describe(&e),
+                    LIST_ERRORS_UP_TO / 1024
+                )]
+            })
+            .unwrap_or_default();
+    }
     schema
         .iter_errors(value)
         .take(MAX_REPORTED)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let at = if path.is_empty() {
-                "/".to_owned()
-            } else {
-                path
-            };
-            format!("at `{at}`: {e}")
-        })
+        .map(|e| describe(&e))
         .collect()
+}
+
+/// "at `<path>`: <reason>".
+fn describe(e: &jsonschema::ValidationError<'_>) -> String {
+    let path = e.instance_path().to_string();
+    let at = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    };
+    format!("at `{at}`: {e}")
 }
 
 /// Adds [`ValidateService`].
@@ -241,7 +272,7 @@ fn check_payload(pool: &crate::registry::Pool, req: &crate::router::Request) -> 
     let Some(schema) = schema else {
         return Ok(());
     };
-    let errors = schema_errors(&schema, &value);
+    let errors = schema_errors(&schema, &value, req.payload.len());
     if errors.is_empty() {
         Ok(())
     } else {
