@@ -18,6 +18,7 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use tower::layer::util::{Identity, Stack};
 use tower::ServiceBuilder;
 
 use crate::config::RouterConfig;
@@ -83,7 +84,16 @@ pub trait Stage {
 pub type Pipeline =
     trace::TraceService<validate::ValidateService<accounting::AccountingService<Dispatch>>>;
 
-/// Composes the kernel pipeline, outermost first.
+/// The pipeline's layers, outermost first, as a `ServiceBuilder` to put
+/// around the innermost service.
+pub type Layers = ServiceBuilder<
+    Stack<
+        accounting::AccountingLayer,
+        Stack<validate::ValidateLayer, Stack<trace::TraceLayer, Identity>>,
+    >,
+>;
+
+/// Composes the kernel pipeline: [`layers`] around [`Dispatch`].
 pub fn pipeline(
     registry: Arc<Registry>,
     contexts: Arc<Contexts>,
@@ -91,15 +101,30 @@ pub fn pipeline(
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
 ) -> Pipeline {
-    let max_payload = config.max_payload_bytes;
+    layers(
+        &registry,
+        contexts,
+        config.max_payload_bytes,
+        telemetry.clone(),
+        metrics,
+    )
+    // Innermost: provider selection, concurrency gate, dispatch.
+    .service(Dispatch::new(registry, config, telemetry))
+}
+
+/// The kernel pipeline's layers, outermost first: the one place their
+/// order is written (the tests put the same layers around a mock).
+pub fn layers(
+    registry: &Arc<Registry>,
+    contexts: Arc<Contexts>,
+    max_payload: usize,
+    telemetry: Telemetry,
+    metrics: Arc<Metrics>,
+) -> Layers {
     ServiceBuilder::new()
         // Outermost, so the span and the metrics cover everything below:
         // refusals by validation and budgets, queue waits, the deadline.
-        .layer(trace::TraceLayer::new(
-            telemetry.clone(),
-            metrics,
-            registry.clone(),
-        ))
+        .layer(trace::TraceLayer::new(telemetry, metrics, registry.clone()))
         // (Capability check goes here, security issue: before any work is
         // done for a caller, and before validation can reveal a schema.)
         //
@@ -111,8 +136,6 @@ pub fn pipeline(
         // and the provider's work are both bounded by it, and inside trace so
         // that a timeout is recorded as DEADLINE_EXCEEDED.
         .layer(accounting::AccountingLayer::new(contexts))
-        // Innermost: provider selection, concurrency gate, dispatch.
-        .service(Dispatch::new(registry, config, telemetry))
 }
 
 #[cfg(test)]
@@ -120,7 +143,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use kernel_proto::v1::{Failure, ServiceDecl};
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     use super::*;
     use crate::config::BudgetConfig;
@@ -141,6 +164,17 @@ mod tests {
         }
     }
 
+    /// Sets its flag when dropped: marks the inner call's future dropped.
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The kernel's own layers with a mock where dispatch would be, and a
+    /// flag set when the mock's call future is dropped (stopped by a layer
+    /// outside it, or finished).
     fn stack(
         registry: Arc<Registry>,
         contexts: Arc<Contexts>,
@@ -148,20 +182,22 @@ mod tests {
     ) -> (
         impl tower::Service<Box<Invocation>, Response = Reply, Error = Failure>,
         tower_test::mock::Handle<Box<Invocation>, Reply>,
+        Arc<std::sync::atomic::AtomicBool>,
     ) {
         let (mock, handle) = tower_test::mock::pair::<Box<Invocation>, Reply>();
-        let inner = mock.map_err(to_failure as fn(tower::BoxError) -> Failure);
-        // Same order as `pipeline`, with a mock where dispatch would be.
-        let svc = ServiceBuilder::new()
-            .layer(trace::TraceLayer::new(
-                Telemetry::disabled(),
-                metrics,
-                registry.clone(),
-            ))
-            .layer(validate::ValidateLayer::new(registry, 1024))
-            .layer(accounting::AccountingLayer::new(contexts))
-            .service(inner);
-        (svc, handle)
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = dropped.clone();
+        let inner = mock
+            .map_err(to_failure as fn(tower::BoxError) -> Failure)
+            .map_future(move |f| {
+                let guard = SetOnDrop(flag.clone());
+                Box::pin(async move {
+                    let _guard = guard;
+                    f.await
+                })
+            });
+        let svc = layers(&registry, contexts, 1024, Telemetry::disabled(), metrics).service(inner);
+        (svc, handle, dropped)
     }
 
     fn request(
@@ -184,7 +220,7 @@ mod tests {
             Arc::new(Contexts::new(BudgetConfig::default())),
             Arc::new(Metrics::default()),
         );
-        let (svc, mut handle) = stack(registry, contexts.clone(), metrics.clone());
+        let (svc, mut handle, dropped) = stack(registry, contexts.clone(), metrics.clone());
         let call = svc.oneshot(request("slow.svc", b"", Some(Duration::from_millis(50))));
         tokio::pin!(call);
         // The call reaches the inner service (it was not late yet)...
@@ -194,12 +230,18 @@ mod tests {
         };
         let node = inv.node.clone().expect("accounting set the context node");
         assert!(!node.is_cancelled());
+        // The layers inside see the deadline on the call's context node.
+        let left = node.remaining().expect("the node carries the deadline");
+        assert!(left <= Duration::from_millis(50), "{left:?}");
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
         // Waiting at the inner service: counted in flight by trace.
         assert_eq!(metrics.in_flight(), 1);
         // ...and never answers: the accounting layer's deadline fires.
         tokio::time::advance(Duration::from_millis(60)).await;
         let err = call.await.expect_err("deadline");
         assert_eq!(err.code, tonic::Code::DeadlineExceeded as i32, "{err:?}");
+        // The inner call was stopped (its future dropped), not left running.
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(
             err.causality[0].context,
             node.path(),
@@ -220,7 +262,7 @@ mod tests {
             Arc::new(Contexts::new(BudgetConfig::default())),
             Arc::new(Metrics::default()),
         );
-        let (svc, mut handle) = stack(registry, contexts, metrics.clone());
+        let (svc, mut handle, _) = stack(registry, contexts, metrics.clone());
         let mut call = Box::pin(svc.oneshot(request("slow.svc", b"", None)));
         let _held = tokio::select! {
             r = handle.next_request() => r.expect("forwarded"),
@@ -260,7 +302,7 @@ mod tests {
         registry
             .register(Arc::new(inst), kernel_proto::v1::RegisterMode::Pool)
             .expect("register");
-        let (svc, mut handle) = stack(registry, contexts.clone(), metrics.clone());
+        let (svc, mut handle, _) = stack(registry, contexts.clone(), metrics.clone());
         let err = svc
             .oneshot(request("orders.place", br#"{"qty":"two"}"#, None))
             .await
