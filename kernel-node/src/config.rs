@@ -184,6 +184,14 @@ pub struct TelemetryConfig {
     /// `service.name` of the node's spans (else `OTEL_SERVICE_NAME`, else
     /// `kernel-node`).
     pub service_name: Option<String>,
+    /// Trace sampler, by its OpenTelemetry name (`always_on`, `always_off`,
+    /// `traceidratio`, `parentbased_always_on`, `parentbased_always_off`,
+    /// `parentbased_traceidratio`); else `OTEL_TRACES_SAMPLER`, else
+    /// `parentbased_always_on`. An unknown name is a startup error.
+    pub sampler: Option<String>,
+    /// The ratio of the `*traceidratio` samplers, in [0, 1]; else
+    /// `OTEL_TRACES_SAMPLER_ARG`, else 1.
+    pub sampler_arg: Option<f64>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; empty = off.
     pub admin_listen: String,
 }
@@ -193,6 +201,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             otlp_endpoint: None,
             service_name: None,
+            sampler: None,
+            sampler_arg: None,
             admin_listen: "127.0.0.1:9464".into(),
         }
     }

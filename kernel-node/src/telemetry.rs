@@ -4,8 +4,10 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or
 //! `[telemetry] otlp_endpoint`); otherwise no span is created at all, so the
 //! hot path pays nothing. Export is batched on a background thread: a call
-//! never waits on it. Sampling follows `OTEL_TRACES_SAMPLER(_ARG)`, the
-//! service name `OTEL_SERVICE_NAME` (default `kernel-node`).
+//! never waits on it. Sampling follows `[telemetry] sampler`/`sampler_arg`,
+//! else `OTEL_TRACES_SAMPLER(_ARG)` (an unknown sampler or a ratio outside
+//! [0, 1] is a startup error, not a silent fallback); the service name
+//! `OTEL_SERVICE_NAME` (default `kernel-node`).
 //!
 //! The kernel uses the OpenTelemetry API directly, not a `tracing` bridge:
 //! every span's parent comes from a `traceparent` header (or a parent span
@@ -17,7 +19,7 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::TelemetryConfig;
@@ -60,11 +62,50 @@ impl Telemetry {
         let Some(endpoint) = endpoint else {
             return Ok(Telemetry::disabled());
         };
-        Telemetry::otlp(&endpoint, config.service_name.as_deref())
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let (name, name_from) = match &config.sampler {
+            Some(n) => (Some(n.clone()), "telemetry.sampler"),
+            None => (env("OTEL_TRACES_SAMPLER"), "OTEL_TRACES_SAMPLER"),
+        };
+        let arg = match config.sampler_arg {
+            Some(a) => Some((a, "telemetry.sampler_arg")),
+            None => match env("OTEL_TRACES_SAMPLER_ARG") {
+                Some(text) => Some((
+                    text.trim().parse::<f64>().map_err(|_| {
+                        format!("OTEL_TRACES_SAMPLER_ARG: `{text}` is not a number")
+                    })?,
+                    "OTEL_TRACES_SAMPLER_ARG",
+                )),
+                None => None,
+            },
+        };
+        let sampler = sampler(name.as_deref(), arg).map_err(|e| match e {
+            SamplerError::Name(n) => format!(
+                "{name_from}: unknown sampler `{n}` (one of {})",
+                SAMPLERS.join(", ")
+            ),
+            SamplerError::Arg(a, from) => {
+                format!("{from}: {a} is not a sampling ratio in [0, 1]")
+            }
+        })?;
+        Telemetry::otlp_sampled(&endpoint, config.service_name.as_deref(), sampler)
     }
 
-    /// Exports to the OTLP/gRPC collector at `endpoint`.
+    /// Exports every span to the OTLP/gRPC collector at `endpoint`.
     pub fn otlp(endpoint: &str, service_name: Option<&str>) -> Result<Telemetry, String> {
+        Telemetry::otlp_sampled(
+            endpoint,
+            service_name,
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        )
+    }
+
+    /// Exports to the OTLP/gRPC collector at `endpoint`, sampled by `sampler`.
+    pub fn otlp_sampled(
+        endpoint: &str,
+        service_name: Option<&str>,
+        sampler: Sampler,
+    ) -> Result<Telemetry, String> {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -79,6 +120,7 @@ impl Telemetry {
             .with_service_name(name)
             .build();
         let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
             .with_batch_exporter(exporter)
             .with_resource(resource)
             .build();
@@ -140,6 +182,49 @@ impl Telemetry {
     }
 }
 
+/// The OpenTelemetry sampler names the node accepts.
+pub const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+/// Why a sampler setting was refused.
+#[derive(Debug, PartialEq)]
+pub enum SamplerError<'a> {
+    /// Not one of [`SAMPLERS`].
+    Name(&'a str),
+    /// A ratio outside [0, 1] (or not a number), and where it came from.
+    Arg(f64, &'a str),
+}
+
+/// The sampler `name` (default `parentbased_always_on`) with the ratio
+/// `arg` (default 1; only the `*traceidratio` samplers use it) and where
+/// that ratio came from, for the error.
+pub fn sampler<'a>(
+    name: Option<&'a str>,
+    arg: Option<(f64, &'a str)>,
+) -> Result<Sampler, SamplerError<'a>> {
+    let ratio = match arg {
+        Some((a, from)) if !(0.0..=1.0).contains(&a) => return Err(SamplerError::Arg(a, from)),
+        Some((a, _)) => a,
+        None => 1.0,
+    };
+    let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
+    Ok(match name.unwrap_or("parentbased_always_on").trim() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        "parentbased_always_on" => parent(Sampler::AlwaysOn),
+        "parentbased_always_off" => parent(Sampler::AlwaysOff),
+        "parentbased_traceidratio" => parent(Sampler::TraceIdRatioBased(ratio)),
+        _ => return Err(SamplerError::Name(name.unwrap_or_default())),
+    })
+}
+
 /// Where a new span hangs.
 #[derive(Debug)]
 pub enum Parent<'a> {
@@ -199,5 +284,31 @@ mod tests {
             parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none()
         );
         assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn samplers_by_their_opentelemetry_names_and_loud_errors() {
+        let from = "OTEL_TRACES_SAMPLER_ARG";
+        assert!(matches!(sampler(None, None), Ok(Sampler::ParentBased(_))));
+        assert!(matches!(
+            sampler(Some("always_off"), None),
+            Ok(Sampler::AlwaysOff)
+        ));
+        match sampler(Some("traceidratio"), Some((0.25, from))) {
+            Ok(Sampler::TraceIdRatioBased(r)) => assert_eq!(r, 0.25),
+            other => panic!("{other:?}"),
+        }
+        for name in SAMPLERS {
+            assert!(sampler(Some(name), None).is_ok(), "{name}");
+        }
+        assert_eq!(
+            sampler(Some("alwayson"), None).err(),
+            Some(SamplerError::Name("alwayson"))
+        );
+        assert_eq!(
+            sampler(Some("traceidratio"), Some((1.5, from))).err(),
+            Some(SamplerError::Arg(1.5, from))
+        );
+        assert!(sampler(Some("always_on"), Some((f64::NAN, from))).is_err());
     }
 }

@@ -51,6 +51,29 @@ async fn bad_config_exits_naming_the_key() {
         err.contains("depth") && err.contains("KERNEL_BUDGET__DEPTH"),
         "{err}"
     );
+
+    // A sampler the node does not know is refused, not replaced.
+    for (key, value, expect) in [
+        (
+            "OTEL_TRACES_SAMPLER",
+            "always-on",
+            "unknown sampler `always-on`",
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG", "2", "not a sampling ratio"),
+    ] {
+        let out = Command::new(node_binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+            .env("OTEL_TRACES_SAMPLER", "traceidratio")
+            .env(key, value)
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{key}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key) && err.contains(expect), "{err}");
+    }
 }
 
 #[tokio::test]
