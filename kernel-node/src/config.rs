@@ -163,6 +163,10 @@ pub struct ServerConfig {
     /// plugin processes, 1 avoids cross-core wake-ups and gives the lowest
     /// call latency (see `make bench`).
     pub worker_threads: usize,
+    /// Longest any request may take to get its response head: the whole
+    /// call for unary RPCs (whatever deadline the client asked for), the
+    /// open for streams. 0 = no cap.
+    pub max_request_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -170,6 +174,7 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace_ms: 10_000,
             worker_threads: 0,
+            max_request_ms: 300_000,
         }
     }
 }

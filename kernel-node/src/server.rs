@@ -13,6 +13,7 @@ mod admin;
 mod admin_http;
 mod call;
 pub(crate) mod edge_metrics;
+mod edge_timeout;
 mod events;
 mod metadata;
 mod register;
@@ -186,9 +187,10 @@ pub async fn run(
     let stop = kernel.shutdown.clone();
     let signal_kernel = kernel.clone();
     // The transport edge (tier 1): metrics outermost; then identity of the
-    // request; then the HTTP span, innermost, so it logs the request id it
-    // was given. The limits (streams and concurrency per connection,
-    // keepalive, message sizes) are set on the server and the services.
+    // request; then the HTTP span, so it logs the request id it was given;
+    // then the time limit, innermost. The other limits (streams and
+    // concurrency per connection, keepalive, message sizes) are set on the
+    // server and the services.
     let edge = tower::ServiceBuilder::new()
         // Outermost, so every request is counted and timed, whatever the
         // layers and services inside do with it.
@@ -196,14 +198,21 @@ pub async fn run(
         // Every request gets an `x-request-id` (kept when the client sent
         // one), before anything logs about it...
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // ...and the response carries it back.
+        // ...and the response carries it back (a timeout's answer too).
         .layer(PropagateRequestIdLayer::x_request_id())
         // One debug-level `tracing` span per HTTP/2 request (method = gRPC
         // path); the kernel's OpenTelemetry spans live in the pipeline.
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG)),
-        );
+        )
+        // Innermost, the cap on time to a response head: its
+        // DEADLINE_EXCEEDED answer passes every layer above like any other
+        // (counted, logged in the span, given the request id).
+        .layer(edge_timeout::EdgeTimeoutLayer::new(
+            Some(Duration::from_millis(kernel.config.server.max_request_ms))
+                .filter(|d| !d.is_zero()),
+        ));
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Limits: streams per connection and per-connection concurrency

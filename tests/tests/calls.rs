@@ -144,6 +144,44 @@ async fn deadline_exceeded_unary_and_stream() {
 }
 
 #[tokio::test]
+async fn the_node_request_limit_caps_unary_calls_but_not_open_streams() {
+    let mut config = Config::default();
+    config.server.max_request_ms = 400;
+    let node = Node::start_with(config).await;
+    let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang"]);
+    node.wait_providers("test.hang", 1).await;
+
+    // A unary call with no deadline of its own is cut at the node's limit,
+    // and the provider is told to stop.
+    let err = node
+        .raw()
+        .await
+        .call(unary("test.hang", b""))
+        .await
+        .expect_err("cut at the limit");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("server.max_request_ms"), "{err:?}");
+    p.expect_line("CANCELLED", Duration::from_secs(5)).await;
+
+    // A subscription open for longer than the limit still gets its events.
+    let client = node.client();
+    let mut sub = client
+        .subscriber(kernel_sdk::SubscribeOptions::new("limit.>"))
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client
+        .publish("limit.after", "late")
+        .await
+        .expect("publish");
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("delivered in time")
+        .expect("stream open");
+    assert_eq!(&ev.payload[..], b"late");
+}
+
+#[tokio::test]
 async fn caller_cancel_reaches_provider() {
     let node = Node::start().await;
     let mut p = PluginProcess::spawn(&node, &["--service", "test.hang", "--mode", "hang"]);
