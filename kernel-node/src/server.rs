@@ -172,10 +172,18 @@ pub async fn run(
     health_reporter
         .set_serving::<KernelServer<KernelService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kernel_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and most tools speak v1, older
+    // ones (and some UIs) only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kernel_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let kernel_svc = KernelServer::new(KernelService::new(kernel.clone()))
         .max_decoding_message_size(max_msg)
@@ -228,11 +236,19 @@ pub async fn run(
         .layer(edge)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(kernel_svc)
         .add_service(admin_svc)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight calls");
+            // Health watchers and checks on open connections hear it first.
+            health_reporter
+                .set_not_serving::<KernelServer<KernelService>>()
+                .await;
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             drain_all(&signal_kernel);
         });
     tokio::pin!(serve);

@@ -603,7 +603,7 @@ async fn metrics_health_and_reflection() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         ServerReflectionRequest,
     };
-    let mut refl = ServerReflectionClient::new(channel);
+    let mut refl = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -625,4 +625,52 @@ async fn metrics_health_and_reflection() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+
+    // The older reflection version answers too (older grpcurl, some UIs).
+    {
+        use tonic_reflection::pb::v1alpha::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let mut refl = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = refl
+            .server_reflection_info(futures::stream::iter(vec![req]))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner();
+        let msg = resp.message().await.expect("frame").expect("response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected v1alpha reflection answer");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "kernel.v1.Kernel"),
+            "{:?}",
+            list.service
+        );
+    }
+
+    // Shutdown turns health to NOT_SERVING for whoever watches it.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "kernel.v1.Kernel".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("frame").expect("status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(node.stop());
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("told in time")
+        .expect("frame")
+        .expect("status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    stopping.await.expect("stopped");
 }

@@ -153,6 +153,14 @@ impl<F> Drop for Traced<F> {
             let elapsed = self.started.elapsed();
             series.record(tonic::Code::Cancelled as i32, elapsed, self.waited);
         }
+        if let Some(cx) = self.span.take() {
+            let abandoned = Failure {
+                code: tonic::Code::Cancelled as i32,
+                message: "the caller went away before the call ended".into(),
+                causality: Vec::new(),
+            };
+            end_span(&cx, abandoned.code, &Err(abandoned));
+        }
     }
 }
 

@@ -17,11 +17,12 @@ use tower::{Layer, Service};
 use crate::metrics::{EdgeSeries, Metrics};
 
 /// Services whose paths get their own series.
-const KNOWN: [&str; 4] = [
+const KNOWN: [&str; 5] = [
     "/kernel.v1.Kernel/",
     "/kernel.v1.Admin/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
 /// Adds [`EdgeMetrics`].
