@@ -440,12 +440,13 @@ impl Metrics {
             "gauge",
             kernel.registry.instances().len() as f64,
         );
-        out.push_str("# HELP kernel_subscription_buffered Events buffered per subscription, not yet sent.\n# TYPE kernel_subscription_buffered gauge\n");
+        out.push_str("# HELP kernel_subscription_buffered Events buffered per subscription (by id; names need not be unique), not yet sent.\n# TYPE kernel_subscription_buffered gauge\n");
         let subs = kernel.broker.subscriptions();
         for s in &subs {
             let _ = writeln!(
                 out,
-                "kernel_subscription_buffered{{subscription=\"{}\"}} {}",
+                "kernel_subscription_buffered{{id=\"{}\",subscription=\"{}\"}} {}",
+                s.id,
                 escape(&s.label()),
                 s.buffered()
             );
@@ -454,7 +455,8 @@ impl Metrics {
         for s in &subs {
             let _ = writeln!(
                 out,
-                "kernel_subscription_unacked{{subscription=\"{}\"}} {}",
+                "kernel_subscription_unacked{{id=\"{}\",subscription=\"{}\"}} {}",
+                s.id,
                 escape(&s.label()),
                 s.unacked()
             );

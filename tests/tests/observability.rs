@@ -538,26 +538,57 @@ async fn metrics_health_and_reflection() {
     for _ in 0..3 {
         client.publish("m.evt", "e").await.expect("publish");
     }
+    // A second subscription under the same name, acking nothing.
+    let mut unacking = client
+        .subscriber(
+            SubscribeOptions::new("m.*")
+                .name("metrics-sub")
+                .explicit_ack(),
+        )
+        .await
+        .expect("second sub");
     for _ in 0..3 {
+        client.publish("m.evt", "e").await.expect("publish");
+    }
+    for _ in 0..6 {
         tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
             .expect("event")
             .expect("open");
     }
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), unacking.next())
+            .await
+            .expect("event")
+            .expect("open");
+    }
     let (status, body) = http_get(admin_addr, "/metrics").await;
+    // One series per subscription, the shared name notwithstanding.
+    let series = |metric: &str| -> Vec<String> {
+        body.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{metric}{{id=\""))
+                    && l.contains("subscription=\"metrics-sub\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(series("kernel_subscription_buffered"), ["0", "0"], "{body}");
+    let mut unacked = series("kernel_subscription_unacked");
+    unacked.sort();
+    assert_eq!(unacked, ["0", "3"], "{body}");
     assert_eq!(status, 200);
     for needle in [
         "kernel_calls_total{service=\"m.echo\",code=\"OK\"} 5",
         "kernel_calls_total{service=\"_unknown\",code=\"NOT_FOUND\"} 1",
         "kernel_call_duration_seconds_count{service=\"m.echo\"} 5",
-        "kernel_events_published_total 3",
-        "kernel_events_delivered_total 3",
+        "kernel_events_published_total 6",
+        "kernel_events_delivered_total 9",
         "kernel_plugins_connected 1",
-        "kernel_subscription_buffered{subscription=\"metrics-sub\"} 0",
         // The transport edge counts every RPC by path, admin included.
-        "kernel_edge_requests_total{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
-        "kernel_edge_in_flight{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
-        "kernel_edge_response_head_seconds_count{path=\"/kernel.v1.Kernel/Subscribe\"} 1",
+        "kernel_edge_requests_total{path=\"/kernel.v1.Kernel/Subscribe\"} 2",
+        "kernel_edge_in_flight{path=\"/kernel.v1.Kernel/Subscribe\"} 2",
+        "kernel_edge_response_head_seconds_count{path=\"/kernel.v1.Kernel/Subscribe\"} 2",
     ] {
         assert!(body.contains(needle), "missing `{needle}` in\n{body}");
     }
