@@ -128,6 +128,9 @@ enum Transport {
 pub struct Client {
     transport: Transport,
     plugin: Option<Arc<str>>,
+    /// Spans for events handled through [`Client::subscribe`] (off unless
+    /// set with [`Client::telemetry`]).
+    pub(crate) telemetry: kernel_node::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for Client {
@@ -173,6 +176,7 @@ impl Client {
                 opening: tokio::sync::Mutex::new(()),
             })),
             plugin: None,
+            telemetry: kernel_node::telemetry::Telemetry::disabled(),
         }
     }
 
@@ -182,6 +186,7 @@ impl Client {
         Client {
             transport: Transport::Local(kernel),
             plugin: None,
+            telemetry: kernel_node::telemetry::Telemetry::disabled(),
         }
     }
 
@@ -189,6 +194,16 @@ impl Client {
     /// `x-kernel-caller` from this; it is not a credential).
     pub fn with_plugin(mut self, plugin: &str) -> Client {
         self.plugin = Some(plugin.into());
+        self
+    }
+
+    /// The same client, exporting a `plugin.event` span through
+    /// `telemetry` for each event its [`Client::subscribe`] handlers take:
+    /// a child of the kernel's delivery span, so the handling lands in the
+    /// publisher's trace (and calls or events the handler makes with the
+    /// event's `traceparent` nest under it).
+    pub fn telemetry(mut self, telemetry: kernel_node::telemetry::Telemetry) -> Client {
+        self.telemetry = telemetry;
         self
     }
 

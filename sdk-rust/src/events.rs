@@ -277,10 +277,23 @@ impl Client {
         Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
     {
         let explicit = opts.explicit_ack;
+        let name = opts.name.clone();
+        let telemetry = self.telemetry.clone();
         let mut sub = self.subscriber(opts).await?;
         Ok(tokio::spawn(async move {
             while let Some(e) = sub.next().await {
-                let ok = handler(e.clone()).await.is_ok();
+                let mut given = e.clone();
+                let span = event_span(&telemetry, &name, &mut given);
+                let out = handler(given).await;
+                if let Some(cx) = span {
+                    use opentelemetry::trace::TraceContextExt;
+                    if let Err(err) = &out {
+                        cx.span()
+                            .set_status(opentelemetry::trace::Status::error(err.to_string()));
+                    }
+                    cx.span().end();
+                }
+                let ok = out.is_ok();
                 if explicit {
                     if ok {
                         sub.ack(&e);
@@ -454,4 +467,43 @@ fn fold_publish(items: Vec<pb::PublishItem>) -> pb::PublishStreamUp {
         items,
         compact_acks: false,
     }
+}
+
+/// Starts the `plugin.event` span of a handled event under its delivery
+/// span, and points the event's `traceparent` at it for the handler.
+fn event_span(
+    telemetry: &kernel_node::telemetry::Telemetry,
+    subscription: &str,
+    event: &mut Event,
+) -> Option<opentelemetry::Context> {
+    use kernel_node::context::headers;
+    use kernel_node::telemetry::{Parent, SpanKind};
+    use opentelemetry::KeyValue;
+    if !telemetry.enabled() {
+        return None;
+    }
+    let cx = telemetry.start(
+        "plugin.event",
+        SpanKind::Consumer,
+        Parent::Header(event.headers.get(headers::TRACEPARENT).map(String::as_str)),
+        || {
+            vec![
+                KeyValue::new("kernel.topic", event.topic.clone()),
+                KeyValue::new("kernel.subscription", subscription.to_owned()),
+                KeyValue::new(
+                    "kernel.context",
+                    event
+                        .headers
+                        .get(headers::CONTEXT)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            ]
+        },
+    )?;
+    event.headers.insert(
+        headers::TRACEPARENT.to_owned(),
+        kernel_node::telemetry::traceparent(&cx),
+    );
+    Some(cx)
 }

@@ -303,12 +303,22 @@ async fn one_trace_across_in_process_providers() {
             Ok(Bytes::from_static(b"ok"))
         })
         .provide("in.b", |_ctx, p: Bytes| async move { Ok(p) })
-        .telemetry(telemetry)
+        .telemetry(telemetry.clone())
         .attach(&node.kernel)
         .expect("attach");
-    let mut sub = node
+    // A handler subscription on a client with telemetry: its handling of
+    // the event is a span too.
+    let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let _handler = node
         .client()
-        .subscriber(SubscribeOptions::new("in.*"))
+        .telemetry(telemetry)
+        .subscribe(SubscribeOptions::new("in.*").name("in-sub"), move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+                Ok(())
+            }
+        })
         .await
         .expect("subscribe");
     node.raw()
@@ -316,12 +326,39 @@ async fn one_trace_across_in_process_providers() {
         .call(traced_request("in.a"))
         .await
         .expect("traced call");
-    tokio::time::timeout(Duration::from_secs(5), sub.next())
+    let event = tokio::time::timeout(Duration::from_secs(5), handled.recv())
         .await
         .expect("delivery")
         .expect("event");
-    let spans = collect(&node, &receiver, ONE_TREE).await;
+    let want: Vec<(&str, usize)> = ONE_TREE
+        .iter()
+        .copied()
+        .chain([("plugin.event", 1)])
+        .collect();
+    let spans = collect(&node, &receiver, &want).await;
     assert_one_tree(&spans, "in.a", "in.b", "in.done");
+    let deliver = find(&spans, "kernel.deliver", "kernel.topic", "in.done");
+    let handled = find(&spans, "plugin.event", "kernel.topic", "in.done");
+    assert_eq!(
+        handled.parent, deliver.span_id,
+        "handling under the delivery"
+    );
+    assert_eq!(
+        handled.attrs.get("kernel.context"),
+        deliver.attrs.get("kernel.context")
+    );
+    assert_eq!(
+        handled.attrs.get("kernel.subscription").map(String::as_str),
+        Some("in-sub")
+    );
+    assert!(
+        event
+            .headers
+            .get("traceparent")
+            .is_some_and(|tp| tp.contains(&handled.span_id)),
+        "the handler's traceparent is its own span: {:?}",
+        event.headers
+    );
 }
 
 const ORDER_SCHEMA: &str = r#"{
