@@ -164,6 +164,8 @@ mod tests {
         }
     }
 
+    type MockHandle = tower_test::mock::Handle<Box<Invocation>, Reply>;
+
     /// Sets its flag when dropped: marks the inner call's future dropped.
     struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for SetOnDrop {
@@ -181,7 +183,7 @@ mod tests {
         metrics: Arc<Metrics>,
     ) -> (
         impl tower::Service<Box<Invocation>, Response = Reply, Error = Failure>,
-        tower_test::mock::Handle<Box<Invocation>, Reply>,
+        MockHandle,
         Arc<std::sync::atomic::AtomicBool>,
     ) {
         let (mock, handle) = tower_test::mock::pair::<Box<Invocation>, Reply>();
