@@ -164,6 +164,15 @@ mod tests {
         }
     }
 
+    /// An empty registry, context store and metrics.
+    fn fresh() -> (Arc<Registry>, Arc<Contexts>, Arc<Metrics>) {
+        (
+            Arc::new(Registry::new()),
+            Arc::new(Contexts::new(BudgetConfig::default())),
+            Arc::new(Metrics::default()),
+        )
+    }
+
     type MockHandle = tower_test::mock::Handle<Box<Invocation>, Reply>;
 
     /// Sets its flag when dropped: marks the inner call's future dropped.
@@ -217,11 +226,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_inside_trace_is_recorded_by_trace_and_stops_the_inner_call() {
-        let (registry, contexts, metrics) = (
-            Arc::new(Registry::new()),
-            Arc::new(Contexts::new(BudgetConfig::default())),
-            Arc::new(Metrics::default()),
-        );
+        let (registry, contexts, metrics) = fresh();
         let (svc, mut handle, dropped) = stack(registry, contexts.clone(), metrics.clone());
         let call = svc.oneshot(request("slow.svc", b"", Some(Duration::from_millis(50))));
         tokio::pin!(call);
@@ -259,11 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_dropped_while_waiting_counts_as_cancelled_and_leaves_in_flight() {
-        let (registry, contexts, metrics) = (
-            Arc::new(Registry::new()),
-            Arc::new(Contexts::new(BudgetConfig::default())),
-            Arc::new(Metrics::default()),
-        );
+        let (registry, contexts, metrics) = fresh();
         let (svc, mut handle, _) = stack(registry, contexts, metrics.clone());
         let mut call = Box::pin(svc.oneshot(request("slow.svc", b"", None)));
         let _held = tokio::select! {
@@ -279,11 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn validation_refuses_before_accounting_and_dispatch() {
-        let (registry, contexts, metrics) = (
-            Arc::new(Registry::new()),
-            Arc::new(Contexts::new(BudgetConfig::default())),
-            Arc::new(Metrics::default()),
-        );
+        let (registry, contexts, metrics) = fresh();
         let mut decl = ServiceDecl {
             name: "orders.place".into(),
             ..Default::default()

@@ -548,6 +548,35 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The services server reflection `$version` (`v1`, `v1alpha`: the same
+/// messages in two packages) lists over `$channel`.
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = ServerReflectionClient::new($channel)
+            .server_reflection_info(futures::stream::iter(vec![req]))
+            .await
+            .expect(stringify!($version))
+            .into_inner();
+        let msg = resp.message().await.expect("frame").expect("response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected {} reflection answer", stringify!($version));
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 #[tokio::test]
 async fn metrics_health_and_reflection() {
     let node = Node::start().await;
@@ -666,60 +695,19 @@ async fn metrics_health_and_reflection() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let mut refl = ServerReflectionClient::new(channel.clone());
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = refl
-        .server_reflection_info(futures::stream::iter(vec![req]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let msg = resp.message().await.expect("frame").expect("response");
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("unexpected reflection answer");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "kernel.v1.Kernel",
-        "kernel.v1.Admin",
-        "grpc.health.v1.Health",
+    // Both reflection versions list the services (v1 for grpcurl and most
+    // tools, v1alpha for older ones).
+    for names in [
+        list_services!(v1, channel.clone()),
+        list_services!(v1alpha, channel.clone()),
     ] {
-        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
-    }
-
-    // The older reflection version answers too (older grpcurl, some UIs).
-    {
-        use tonic_reflection::pb::v1alpha::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest,
-        };
-        let mut refl = ServerReflectionClient::new(channel.clone());
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut resp = refl
-            .server_reflection_info(futures::stream::iter(vec![req]))
-            .await
-            .expect("v1alpha reflection")
-            .into_inner();
-        let msg = resp.message().await.expect("frame").expect("response");
-        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-            panic!("unexpected v1alpha reflection answer");
-        };
-        assert!(
-            list.service.iter().any(|s| s.name == "kernel.v1.Kernel"),
-            "{:?}",
-            list.service
-        );
+        for want in [
+            "kernel.v1.Kernel",
+            "kernel.v1.Admin",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
     }
 
     // Shutdown turns health to NOT_SERVING for whoever watches it.
