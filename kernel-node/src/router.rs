@@ -140,7 +140,7 @@ impl Dispatch {
             Some(got) => got,
             None => Box::pin(self.acquire(&node, &service, None)).await?,
         };
-        let _ = node.plugin.set(inst.plugin.clone());
+        node.set_plugin(&inst.plugin);
         let _busy = InFlight::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
         let span = inv.trace.as_ref().and_then(|cx| {

@@ -3,6 +3,8 @@
 //! and its in-process attachment.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -46,7 +48,9 @@ pub struct Plugin {
     name: String,
     instance_id: String,
     services: Vec<pb::ServiceDecl>,
-    handlers: HashMap<String, Handler>,
+    /// By service name, looked up on every call (FxHash: the names are the
+    /// plugin's own, and SipHash was about 190 instructions a call).
+    handlers: FxHashMap<String, Handler>,
     max_concurrency: u32,
     mode: RegisterMode,
     max_reply_bytes: usize,
@@ -79,7 +83,7 @@ impl Plugin {
             name: name.to_owned(),
             instance_id: String::new(),
             services: Vec::new(),
-            handlers: HashMap::new(),
+            handlers: FxHashMap::default(),
             max_concurrency: 0,
             mode: RegisterMode::Pool,
             max_reply_bytes: 4 * 1024 * 1024,
@@ -261,7 +265,7 @@ impl Plugin {
             .ok_or_else(|| Error::internal("the kernel did not answer hello"))?;
         tracing::info!(plugin = %self.name, instance = %welcome.instance_id, "registered with the kernel");
         let heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
-        let running: Arc<Mutex<HashMap<u64, Running>>> = Arc::default();
+        let running: Arc<Mutex<FxHashMap<u64, Running>>> = Arc::default();
         let mut draining: Option<String> = None;
         let mut beat = tokio::time::interval(heartbeat);
         let idle = Arc::new(tokio::sync::Notify::new());
@@ -322,7 +326,7 @@ impl Plugin {
         inv: pb::Invocation,
         client: &Client,
         tx: &mpsc::UnboundedSender<Up>,
-        running: &Arc<Mutex<HashMap<u64, Running>>>,
+        running: &Arc<Mutex<FxHashMap<u64, Running>>>,
         idle: &Arc<tokio::sync::Notify>,
     ) {
         let id = inv.call_id;
@@ -492,7 +496,9 @@ fn end_span<T>(span: Option<opentelemetry::Context>, result: &Result<T, Failure>
 
 /// In-process handlers behind the kernel's [`LocalHandler`] trait.
 struct LocalAdapter {
-    handlers: HashMap<String, Handler>,
+    /// By service name, looked up on every call (FxHash: the names are the
+    /// plugin's own, and SipHash was about 190 instructions a call).
+    handlers: FxHashMap<String, Handler>,
     client: Client,
     telemetry: Telemetry,
     plugin: String,

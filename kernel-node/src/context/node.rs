@@ -25,8 +25,11 @@ pub struct Node {
     pub depth: u64,
     /// The service called (empty for a delivery).
     pub service: Arc<str>,
-    /// The provider plugin, once one was selected.
-    pub plugin: OnceLock<Arc<str>>,
+    /// The provider plugin, once one was selected (see [`Node::plugin`]).
+    /// A mutex rather than a `OnceLock`: it is set on every dispatched
+    /// call, and `OnceLock::set` went through std's general `Once` path,
+    /// about 150 instructions against a lock's two atomics.
+    plugin: parking_lot::Mutex<Option<Arc<str>>>,
     /// Set when this node itself was cancelled (see [`Node::is_cancelled`]).
     pub(super) cancelled: AtomicBool,
     /// Absolute deadline, already the minimum of the parent's and the caller's.
@@ -86,7 +89,7 @@ impl Node {
                 .shared_service
                 .cloned()
                 .unwrap_or_else(|| spec.service.into()),
-            plugin: OnceLock::new(),
+            plugin: parking_lot::Mutex::new(None),
             deadline,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
@@ -104,7 +107,7 @@ impl Node {
             path: OnceLock::from(path),
             depth,
             service: "".into(),
-            plugin: OnceLock::new(),
+            plugin: parking_lot::Mutex::new(None),
             cancelled: AtomicBool::new(false),
             deadline: None,
             reason: OnceLock::new(),
@@ -225,11 +228,22 @@ impl Node {
         format!("{:016x}", self.tree().id)
     }
 
+    /// The provider plugin chosen for this call, once dispatch chose one.
+    pub fn plugin(&self) -> Option<Arc<str>> {
+        self.plugin.lock().clone()
+    }
+
+    /// Records the provider plugin chosen for this call (the first choice
+    /// stays).
+    pub fn set_plugin(&self, plugin: &Arc<str>) {
+        self.plugin.lock().get_or_insert_with(|| plugin.clone());
+    }
+
     pub(super) fn info(self: &Arc<Self>) -> NodeInfo {
         NodeInfo {
             path: self.path().to_owned(),
             service: self.service.to_string(),
-            plugin: self.plugin.get().map(|p| p.to_string()).unwrap_or_default(),
+            plugin: self.plugin().as_deref().unwrap_or_default().to_owned(),
             state: if self.is_cancelled() {
                 "cancelled"
             } else {

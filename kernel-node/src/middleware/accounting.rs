@@ -157,8 +157,13 @@ where
             }
         };
         out.map_err(|mut f| {
-            let plugin = node.plugin.get().map(|p| &**p).unwrap_or("");
-            push_hop(&mut f, node.path(), &node.service, plugin);
+            let plugin = node.plugin();
+            push_hop(
+                &mut f,
+                node.path(),
+                &node.service,
+                plugin.as_deref().unwrap_or(""),
+            );
             f
         })
     })
