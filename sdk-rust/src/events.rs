@@ -285,14 +285,7 @@ impl Client {
                 let mut given = e.clone();
                 let span = event_span(&telemetry, &name, &mut given);
                 let out = handler(given).await;
-                if let Some(cx) = span {
-                    use opentelemetry::trace::TraceContextExt;
-                    if let Err(err) = &out {
-                        cx.span()
-                            .set_status(opentelemetry::trace::Status::error(err.to_string()));
-                    }
-                    cx.span().end();
-                }
+                crate::plugin::end_span(span, out.as_ref().err().map(|e| e.to_string()));
                 let ok = out.is_ok();
                 if explicit {
                     if ok {

@@ -351,7 +351,7 @@ impl Plugin {
         let mut guard = running.lock();
         let task = tokio::spawn(async move {
             let result = run_handler(handler, ctx, inv.payload, max).await;
-            end_span(span, &result);
+            end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             let still_wanted = map.lock().remove(&id).is_some();
             if still_wanted {
                 let _ = tx.send(Up::Result(to_result(id, result)));
@@ -483,12 +483,13 @@ fn handler_span(
     Some(cx)
 }
 
-fn end_span<T>(span: Option<opentelemetry::Context>, result: &Result<T, Failure>) {
+/// Ends a handler's span, with an error status when `error` is set.
+pub(crate) fn end_span(span: Option<opentelemetry::Context>, error: Option<String>) {
     use opentelemetry::trace::TraceContextExt;
     if let Some(cx) = span {
-        if let Err(f) = result {
+        if let Some(message) = error {
             cx.span()
-                .set_status(opentelemetry::trace::Status::error(f.message.clone()));
+                .set_status(opentelemetry::trace::Status::error(message));
         }
         cx.span().end();
     }
@@ -530,7 +531,7 @@ impl LocalHandler for LocalAdapter {
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
             let result = run_handler(handler, ctx, payload, usize::MAX).await;
-            end_span(span, &result);
+            end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             result.map(|payload| kernel_node::provider::Reply {
                 payload,
                 content_type: String::new(),
