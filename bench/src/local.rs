@@ -10,14 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kernel_node::broker::trie::Trie;
-use kernel_node::context::{ChildSpec, Parent};
-use kernel_node::kernel::LocalRegistration;
-use kernel_node::middleware::accounting::AccountingLayer;
-use kernel_node::middleware::{Invocation, Stage};
-use kernel_node::router::{Dispatch, Request};
-use kernel_node::telemetry::Telemetry;
-use kernel_node::{Config, Kernel};
+use kernel_core::{ChildSpec, Config, Kernel, LocalRegistration, Parent, Request, Trie};
 use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
 
 use crate::measure::mean_ns;
@@ -111,12 +104,11 @@ pub(crate) async fn inproc_only(iters: usize) -> f64 {
 pub(crate) async fn pipeline_only(iters: usize, bare: bool) -> f64 {
     let (kernel, _reg, _local) = echo_kernel();
     let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
-    let b = bare_stack(&kernel);
     mean_ns(iters, || {
-        let (k, b, p) = (&kernel, &b, payload.clone());
+        let (k, p) = (&kernel, payload.clone());
         async move {
             let out = if bare {
-                b.run(Invocation::new(echo_request(p))).await
+                k.call_bare(echo_request(p)).await
             } else {
                 k.call(echo_request(p)).await
             };
@@ -126,22 +118,11 @@ pub(crate) async fn pipeline_only(iters: usize, bare: bool) -> f64 {
     .await
 }
 
-/// Accounting + dispatch: the least of the pipeline that still works.
-fn bare_stack(kernel: &Kernel) -> kernel_node::middleware::accounting::AccountingService<Dispatch> {
-    tower::ServiceBuilder::new()
-        .layer(AccountingLayer::new(kernel.contexts.clone()))
-        .service(Dispatch::new(
-            kernel.registry.clone(),
-            Config::default().router,
-            Telemetry::disabled(),
-        ))
-}
-
 /// Root context nodes made and dropped, alone (for profiling).
 pub(crate) async fn contexts_only(iters: usize) -> f64 {
     let kernel = Kernel::new(Config::default());
     let (c, name, t) = (
-        &kernel.contexts,
+        &kernel.contexts(),
         Arc::from("bench.echo"),
         quanta::Instant::now(),
     );
@@ -172,13 +153,11 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
     );
 
     // The shares: the full pipeline vs the minimum that still works
-    // (accounting + dispatch: no trace, metrics or validation; run the way
-    // the kernel runs its pipeline, through `Stage`), and a
+    // (accounting + dispatch: no trace, metrics or validation), and a
     // context node made and dropped, interleaved with the whole call.
-    let bare = bare_stack(&kernel);
-    let contexts = kernel.contexts.clone();
+    let contexts = kernel.contexts();
     let (name, t): (Arc<str>, _) = (Arc::from("bench.echo"), quanta::Instant::now());
-    let (k, l, b, c, name) = (&kernel, &local, &bare, &contexts, &name);
+    let (k, l, c, name) = (&kernel, &local, contexts, &name);
     let p = &payload;
     let mut ops: Vec<Op<'_>> = vec![
         Box::new(move || {
@@ -193,9 +172,7 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
         }),
         Box::new(move || {
             Box::pin(async move {
-                b.run(Invocation::new(echo_request(p.clone())))
-                    .await
-                    .expect("bare");
+                k.call_bare(echo_request(p.clone())).await.expect("bare");
             })
         }),
         Box::new(move || {
@@ -237,11 +214,11 @@ async fn exported(rows: &mut Vec<Row>, payload: &Bytes) {
     let (sink, endpoint) = otlp_sink().await;
     let traced = Kernel::with_telemetry(
         Config::default(),
-        Telemetry::otlp(&endpoint, Some("bench")).expect("exporter"),
+        kernel_node::telemetry::otlp(&endpoint, Some("bench")).expect("exporter"),
     );
     let _traced_reg = Plugin::new("inproc")
         .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })
-        .telemetry(traced.telemetry.clone())
+        .telemetry(traced.telemetry().clone())
         .attach(&traced)
         .expect("attach");
     let ns = mean_ns(200_000, || {
@@ -251,7 +228,7 @@ async fn exported(rows: &mut Vec<Row>, payload: &Bytes) {
         }
     })
     .await;
-    traced.telemetry.flush();
+    traced.telemetry().flush();
     row(
         rows,
         "in-process call, OTLP exporter on, 100 % sampling",

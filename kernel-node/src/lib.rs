@@ -1,46 +1,18 @@
-//! The kernel node: a small, stable microkernel delivered as a gRPC server.
+//! The kernel node: a [`kernel_core::Kernel`] behind a gRPC server.
 //!
-//! Plugins register string-named services, call each other through the
-//! router, and publish/subscribe events through the broker; every call and
-//! delivery gets a context (trace, context path, deadline, budget).
+//! The kernel proper (registry, router, broker, contexts, middleware) is
+//! the `kernel-core` crate; this crate adds what a deployed node needs
+//! around it, and the `kernel-node` binary.
 //!
 //! # Layout
-//! - [`kernel`]: the [`Kernel`] handle that owns everything below; the
-//!   in-process API.
-//! - [`middleware`]: the kernel pipeline (trace, validate, accounting) as
-//!   tower layers, composed in one place.
-//! - [`registry`]: which instances provide which service names.
-//! - [`provider`]: remote (Register session) and in-process provider instances.
-//! - [`router`]: one call from request to reply: context, deadline, selection,
-//!   concurrency queue, dispatch, cancellation.
-//! - [`batch`]: channel → batched stream frames (node and SDK streams).
-//! - [`broker`]: the event bus (topic trie, subscriptions, acks, dead letters).
-//! - [`context`]: the context tree, budgets and header names.
-//! - [`names`]: the grammar of service names, topics and patterns.
-//! - [`server`]: the tonic services (Kernel, Admin, health, reflection) and
-//!   `server::run`.
+//! - [`server`]: the tonic services (Kernel, Admin, health, reflection),
+//!   the transport edge, the admin HTTP port, and [`server::run`].
 //! - [`config`]: TOML + `KERNEL_*` environment configuration.
-//! - [`error`]: the crate's error enum and its one mapping to `tonic::Status`.
-//! - [`stats`]: node-wide counters.
-//! - [`metrics`]: Prometheus call metrics and the `/metrics` rendering.
-//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
+//! - [`telemetry`]: logs, and the OTLP exporter behind the kernel's spans.
 
-pub mod batch;
-pub mod broker;
 pub mod config;
-pub mod context;
-pub mod error;
-pub mod kernel;
-pub mod metrics;
-pub mod middleware;
-pub mod names;
-pub mod provider;
-pub mod registry;
-pub mod router;
 pub mod server;
-pub mod stats;
 pub mod telemetry;
 
 pub use config::Config;
-pub use error::Error;
-pub use kernel::Kernel;
+pub use kernel_core::Kernel;

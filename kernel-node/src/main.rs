@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kernel_node::telemetry::Telemetry;
 use kernel_node::{server, telemetry, Config, Kernel};
 
 /// Every call and event allocates a few small, short-lived objects across
@@ -66,7 +65,7 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
         .unwrap_or_default();
     tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
     println!("kernel-node listening on {addr}");
-    let telemetry = match Telemetry::from_config(&config.telemetry) {
+    let telemetry = match telemetry::from_config(&config.telemetry) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kernel-node: bad telemetry config: {e}");
@@ -74,7 +73,7 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
         }
     };
     let admin_listen = config.telemetry.admin_listen.clone();
-    let kernel = Kernel::with_telemetry(config, telemetry.clone());
+    let kernel = Kernel::with_telemetry(config.clone(), telemetry.clone());
     if !admin_listen.is_empty() {
         match tokio::net::TcpListener::bind(&admin_listen).await {
             Ok(l) => {
@@ -90,7 +89,7 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
             }
         }
     }
-    let out = server::run(listener, kernel, shutdown_signal()).await;
+    let out = server::run(listener, kernel, config.server.clone(), shutdown_signal()).await;
     telemetry.shutdown();
     match out {
         Ok(()) => ExitCode::SUCCESS,

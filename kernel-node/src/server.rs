@@ -34,8 +34,10 @@ use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 pub use admin::AdminService;
 pub use admin_http::serve_admin_http;
 
-use crate::context::headers;
-use crate::kernel::Kernel;
+use kernel_core::Kernel;
+use kernel_proto::headers;
+
+use crate::config::ServerConfig;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -80,7 +82,10 @@ impl pb::kernel_server::Kernel for KernelService {
         req: Request<Streaming<pb::ProviderUp>>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
         let s = register::session(self.kernel.clone(), req.into_inner()).await?;
-        Ok(Response::new(Box::pin(s)))
+        Ok(Response::new(Box::pin(ended_by_shutdown(
+            s,
+            self.kernel.clone(),
+        ))))
     }
 
     async fn call(
@@ -94,9 +99,9 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<Streaming<pb::CallStreamUp>>,
     ) -> Result<Response<Self::CallStreamStream>, Status> {
-        Ok(Response::new(Box::pin(call::stream(
+        Ok(Response::new(Box::pin(ended_by_shutdown(
+            call::stream(self.kernel.clone(), req),
             self.kernel.clone(),
-            req,
         ))))
     }
 
@@ -111,9 +116,9 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<Streaming<pb::PublishStreamUp>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        Ok(Response::new(Box::pin(events::publish_stream(
+        Ok(Response::new(Box::pin(ended_by_shutdown(
+            events::publish_stream(self.kernel.clone(), req),
             self.kernel.clone(),
-            req,
         ))))
     }
 
@@ -122,7 +127,10 @@ impl pb::kernel_server::Kernel for KernelService {
         req: Request<Streaming<pb::SubscribeUp>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let s = events::subscribe(self.kernel.clone(), req).await?;
-        Ok(Response::new(Box::pin(s)))
+        Ok(Response::new(Box::pin(ended_by_shutdown(
+            s,
+            self.kernel.clone(),
+        ))))
     }
 
     async fn charge(
@@ -140,7 +148,7 @@ impl pb::kernel_server::Kernel for KernelService {
         let body = req.into_inner();
         let node = self
             .kernel
-            .contexts
+            .contexts()
             .find(&path)
             .ok_or_else(|| Status::not_found(format!("no live context at `{path}`")))?;
         let remaining = self.kernel.charge(&node, &body.counter, body.amount)?;
@@ -159,15 +167,23 @@ pub enum ServerError {
     Reflection(String),
 }
 
+/// How long, after the grace period, streams get to tell their peers that
+/// they end, and the transport to close its connections.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Serves the node on `listener` until `shutdown` resolves; then stops
-/// accepting, tells providers to drain, and gives in-flight work up to
-/// `server.shutdown_grace_ms` to finish.
+/// accepting and runs the kernel's lifecycle (see `kernel_core::Lifecycle`):
+/// calls and call streams finish (new calls get `UNAVAILABLE`), then
+/// provider sessions and subscriptions end, all within
+/// `server.shutdown_grace_ms`; the node returns as soon as the last tracked
+/// task is done.
 pub async fn run(
     listener: TcpListener,
     kernel: Arc<Kernel>,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let max_msg = kernel.config.router.max_payload_bytes + ENVELOPE_ALLOWANCE;
+    let max_msg = kernel.config().router.max_payload_bytes + ENVELOPE_ALLOWANCE;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KernelServer<KernelService>>()
@@ -191,9 +207,8 @@ pub async fn run(
     let admin_svc = AdminServer::new(AdminService::new(kernel.clone()));
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let grace = Duration::from_millis(kernel.config.server.shutdown_grace_ms);
-    let stop = kernel.shutdown.clone();
-    let signal_kernel = kernel.clone();
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let (begin, begun) = tokio::sync::oneshot::channel::<()>();
     // The transport edge (tier 1): metrics outermost; then identity of the
     // request; then the HTTP span, so it logs the request id it was given;
     // then the time limit, innermost. The other limits (streams and
@@ -202,7 +217,9 @@ pub async fn run(
     let edge = tower::ServiceBuilder::new()
         // Outermost, so every request is counted and timed, whatever the
         // layers and services inside do with it.
-        .layer(edge_metrics::EdgeMetricsLayer::new(kernel.metrics.clone()))
+        .layer(edge_metrics::EdgeMetricsLayer::new(
+            kernel.metrics().clone(),
+        ))
         // Every request gets an `x-request-id` (kept when the client sent
         // one), before anything logs about it...
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -218,8 +235,7 @@ pub async fn run(
         // DEADLINE_EXCEEDED answer passes every layer above like any other
         // (counted, logged in the span, given the request id).
         .layer(edge_timeout::EdgeTimeoutLayer::new(
-            Some(Duration::from_millis(kernel.config.server.max_request_ms))
-                .filter(|d| !d.is_zero()),
+            Some(Duration::from_millis(config.max_request_ms)).filter(|d| !d.is_zero()),
         ));
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -249,40 +265,63 @@ pub async fn run(
             health_reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
-            drain_all(&signal_kernel);
+            let _ = begin.send(());
         });
     tokio::pin!(serve);
-    tokio::select! {
-        r = &mut serve => r?,
-        _ = async { stop_after_grace(&kernel, grace).await } => {
-            tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = kernel.metrics.in_flight(), "closing remaining streams");
-            stop.cancel();
-            // Streams now end on their own; give them a moment to say so.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
+    let life = kernel.lifecycle().clone();
+    // The drain runs beside the transport, which keeps serving the open
+    // streams until they end.
+    let drain = async move {
+        match begun.await {
+            Ok(()) => Some(life.shut_down(grace, LINGER).await),
+            Err(_) => std::future::pending().await,
         }
+    };
+    let drained = tokio::select! {
+        r = &mut serve => {
+            r?;
+            None
+        }
+        d = drain => d,
+    };
+    if let Some(d) = drained {
+        let (calls, sessions) = kernel.lifecycle().running();
+        tracing::info!(
+            took_ms = d.took.as_millis() as u64,
+            in_time = d.in_time,
+            calls_left = calls,
+            sessions_left = sessions,
+            "drained"
+        );
+        // Connections close once their streams have ended; a stream the
+        // kernel does not track (a health watch) is cut after a moment.
+        let _ = tokio::time::timeout(LINGER, &mut serve).await;
     }
     tracing::info!("node stopped");
     Ok(())
 }
 
-/// Resolves `grace` after shutdown began (never, if it does not begin).
-/// Resolves once shutdown began and either no call is in flight any more
-/// or `grace` has passed, whichever comes first.
-async fn stop_after_grace(kernel: &Kernel, grace: Duration) {
-    kernel.shutdown_started.notified().await;
-    let until = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < until && kernel.metrics.in_flight() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The status a stream ends with when the node shuts down under it, so a
+/// client knows to reconnect elsewhere instead of taking the end as done.
+fn shutting_down() -> Status {
+    Status::unavailable("node shutting down; reconnect")
 }
 
-/// Shutdown began: `/readyz` turns 503 and the grace period starts.
-/// Providers are not sent a drain notice: their sessions end with the node,
-/// and the SDK reconnects (with backoff) to the node that replaces it.
-fn drain_all(kernel: &Kernel) {
-    kernel
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    kernel.shutdown_started.notify_waiters();
-    kernel.shutdown_started.notify_one();
+/// `stream`, then, if it ended because the node is shutting down, the
+/// [`shutting_down`] status as its last item.
+fn ended_by_shutdown<T, S>(stream: S, kernel: Arc<Kernel>) -> impl Stream<Item = Result<T, Status>>
+where
+    S: Stream<Item = Result<T, Status>>,
+{
+    use futures::StreamExt;
+    stream.chain(futures::stream::iter(
+        std::iter::from_fn(move || {
+            // Once: the closure is dropped with the iterator after it.
+            kernel
+                .lifecycle()
+                .is_draining()
+                .then(|| Err(shutting_down()))
+        })
+        .take(1),
+    ))
 }

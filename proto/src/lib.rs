@@ -1,11 +1,26 @@
-//! Rust bindings for the `kernel.v1` wire contract (`proto/kernel/v1/*.proto`).
+//! The `kernel.v1` wire contract (`proto/kernel/v1/*.proto`) and the wire
+//! helpers that the node and every plugin need alike.
 //!
-//! Generated at build time by protox + tonic-prost-build; the `.proto` files
-//! are the source of truth and are documented message by message.
+//! The bindings are generated at build time by protox + tonic-prost-build;
+//! the `.proto` files are the source of truth and are documented message by
+//! message.
+//!
+//! # Layout
+//! - [`v1`]: messages, client stubs and server traits.
+//! - [`headers`]: header names (gRPC metadata and frame header maps) and
+//!   `traceparent` helpers.
+//! - [`failure`]: `Failure` ↔ `tonic::Status` (the trailer's
+//!   `google.rpc.Status`) and causality hops.
+//! - [`batch`]: a channel of items → a stream of batched frames.
+//! - [`trace`]: the tracer handle spans are made with, on both sides.
 
-#![allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod batch;
+pub mod failure;
+pub mod headers;
+pub mod trace;
 
 /// The `kernel.v1` package: messages, client stubs and server traits.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
 pub mod v1 {
     tonic::include_proto!("kernel.v1");
 }

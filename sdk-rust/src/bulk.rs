@@ -23,7 +23,7 @@ use tonic::Code;
 
 use crate::client::Client;
 use crate::error::Error;
-use kernel_node::batch::batched;
+use kernel_proto::batch::batched;
 
 /// Unconfirmed events a bulk publisher allows by default.
 pub const DEFAULT_WINDOW: u64 = 16_384;
@@ -59,6 +59,7 @@ enum Inner {
     },
     /// In-process: each publish goes straight into the kernel, so it is
     /// answered before `publish` returns.
+    #[cfg(feature = "in-process")]
     Local {
         client: Client,
         refused: Vec<Refused>,
@@ -80,6 +81,7 @@ impl Client {
     /// A bulk publisher: events confirmed in bulk, at most
     /// [`DEFAULT_WINDOW`] unconfirmed.
     pub async fn bulk_publisher(&self) -> Result<BulkPublisher, Error> {
+        #[cfg(feature = "in-process")]
         if self.kernel().is_some() {
             return Ok(BulkPublisher::new(Inner::Local {
                 client: self.clone(),
@@ -169,6 +171,7 @@ impl BulkPublisher {
                 };
                 up.send(item).map_err(|_| stream_closed())?;
             }
+            #[cfg(feature = "in-process")]
             Inner::Local { client, refused } => {
                 let out = match self.timeout {
                     Some(t) => client.publish_with_timeout(topic, payload, t).await,
@@ -192,6 +195,7 @@ impl BulkPublisher {
                 wait_through(shared, self.seq).await?;
                 Ok(std::mem::take(&mut *shared.refused.lock()))
             }
+            #[cfg(feature = "in-process")]
             Inner::Local { refused, .. } => Ok(std::mem::take(refused)),
         }
     }
@@ -200,6 +204,7 @@ impl BulkPublisher {
     pub fn confirmed_through(&self) -> u64 {
         match &self.inner {
             Inner::Remote { shared, .. } => shared.through.load(Ordering::Acquire),
+            #[cfg(feature = "in-process")]
             Inner::Local { .. } => self.seq,
         }
     }

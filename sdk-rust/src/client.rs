@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kernel_node::broker::Publication;
-use kernel_node::context::{headers as h, Parent};
-use kernel_node::router;
-use kernel_node::Kernel;
+#[cfg(feature = "in-process")]
+use kernel_core::{Kernel, Parent, Publication};
+use kernel_proto::headers as h;
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
@@ -18,7 +17,7 @@ use tonic::Code;
 
 use crate::error::Error;
 use crate::mux::Mux;
-use kernel_node::batch::batched;
+use kernel_proto::batch::batched;
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +55,8 @@ pub struct Published {
 #[derive(Debug, Clone)]
 enum PublishedId {
     Wire(String),
-    Local(kernel_node::broker::Accepted),
+    #[cfg(feature = "in-process")]
+    Local(kernel_core::Accepted),
 }
 
 impl Published {
@@ -64,6 +64,7 @@ impl Published {
     pub fn event_id(&self) -> std::borrow::Cow<'_, str> {
         match &self.id {
             PublishedId::Wire(s) => s.as_str().into(),
+            #[cfg(feature = "in-process")]
             PublishedId::Local(a) => a.event_id().into(),
         }
     }
@@ -89,7 +90,8 @@ pub(crate) enum Origin {
         headers: HashMap<String, String>,
     },
     /// An in-process handler's context node.
-    Local(Arc<kernel_node::context::Node>, HashMap<String, String>),
+    #[cfg(feature = "in-process")]
+    Local(Arc<kernel_core::ContextNode>, HashMap<String, String>),
 }
 
 type CallMux = Mux<CallUp, Result<Reply, Failure>>;
@@ -120,6 +122,7 @@ pub(crate) struct Remote {
 #[derive(Clone)]
 enum Transport {
     Remote(Arc<Remote>),
+    #[cfg(feature = "in-process")]
     Local(Arc<Kernel>),
 }
 
@@ -130,7 +133,7 @@ pub struct Client {
     plugin: Option<Arc<str>>,
     /// Spans for events handled through [`Client::subscribe`] (off unless
     /// set with [`Client::telemetry`]).
-    pub(crate) telemetry: kernel_node::telemetry::Telemetry,
+    pub(crate) telemetry: kernel_proto::trace::Telemetry,
 }
 
 impl std::fmt::Debug for Client {
@@ -176,17 +179,18 @@ impl Client {
                 opening: tokio::sync::Mutex::new(()),
             })),
             plugin: None,
-            telemetry: kernel_node::telemetry::Telemetry::disabled(),
+            telemetry: kernel_proto::trace::Telemetry::disabled(),
         }
     }
 
     /// A client inside the node's process: calls go through the same kernel
     /// pipeline with no HTTP/2 and no envelope encoding.
+    #[cfg(feature = "in-process")]
     pub fn in_process(kernel: Arc<Kernel>) -> Client {
         Client {
             transport: Transport::Local(kernel),
             plugin: None,
-            telemetry: kernel_node::telemetry::Telemetry::disabled(),
+            telemetry: kernel_proto::trace::Telemetry::disabled(),
         }
     }
 
@@ -202,7 +206,7 @@ impl Client {
     /// a child of the kernel's delivery span, so the handling lands in the
     /// publisher's trace (and calls or events the handler makes with the
     /// event's `traceparent` nest under it).
-    pub fn telemetry(mut self, telemetry: kernel_node::telemetry::Telemetry) -> Client {
+    pub fn telemetry(mut self, telemetry: kernel_proto::trace::Telemetry) -> Client {
         self.telemetry = telemetry;
         self
     }
@@ -213,8 +217,10 @@ impl Client {
     }
 
     /// The in-process kernel, if this client is in-process.
+    #[cfg(feature = "in-process")]
     pub fn kernel(&self) -> Option<&Arc<Kernel>> {
         match &self.transport {
+            #[cfg(feature = "in-process")]
             Transport::Local(k) => Some(k),
             Transport::Remote(_) => None,
         }
@@ -223,6 +229,7 @@ impl Client {
     pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
         match &self.transport {
             Transport::Remote(r) => Some(r),
+            #[cfg(feature = "in-process")]
             Transport::Local(_) => None,
         }
     }
@@ -288,6 +295,7 @@ impl Client {
         opts: CallOptions,
     ) -> Result<Reply, Error> {
         match &self.transport {
+            #[cfg(feature = "in-process")]
             Transport::Local(kernel) => {
                 let (parent, mut headers) = local_parent(origin);
                 headers.extend(opts.headers);
@@ -296,7 +304,7 @@ impl Client {
                     _ => parent,
                 };
                 let r = kernel
-                    .call(router::Request {
+                    .call(kernel_core::Request {
                         service: service.to_owned(),
                         method: opts.method,
                         payload,
@@ -354,8 +362,11 @@ impl Client {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> impl std::future::Future<Output = Result<Published, Error>> + Send + '_ {
-        use futures::future::{Either, FutureExt};
+        use futures::future::Either;
+        #[cfg(feature = "in-process")]
+        use futures::future::FutureExt;
         match &self.transport {
+            #[cfg(feature = "in-process")]
             Transport::Local(kernel) => {
                 let (parent, headers) = local_parent(origin);
                 let publish = kernel.publish(Publication {
@@ -392,10 +403,18 @@ impl Client {
                     req.set_timeout(t);
                 }
                 let channel = remote.channel.clone();
-                Either::Right(Box::pin(async move {
-                    let r = KernelClient::new(channel).publish(req).await?.into_inner();
-                    Ok(Published::from_wire(r.event_id, r.matched))
-                }))
+                let remote: futures::future::BoxFuture<'_, Result<Published, Error>> =
+                    Box::pin(async move {
+                        let r = KernelClient::new(channel).publish(req).await?.into_inner();
+                        Ok(Published::from_wire(r.event_id, r.matched))
+                    });
+                // Without the in-process branch, the other side is never built.
+                #[cfg(not(feature = "in-process"))]
+                let remote =
+                    Either::<std::future::Ready<Result<Published, Error>>, _>::Right(remote);
+                #[cfg(feature = "in-process")]
+                let remote = Either::Right(remote);
+                remote
             }
         }
     }
@@ -432,9 +451,11 @@ pub(crate) fn insert_meta<T>(req: &mut tonic::Request<T>, k: &str, v: &str) {
 }
 
 /// Where an in-process call or emit hangs, and the headers it inherits.
+#[cfg(feature = "in-process")]
 fn local_parent(origin: &Origin) -> (Parent, HashMap<String, String>) {
     match origin {
         Origin::Root => (Parent::None, HashMap::new()),
+        #[cfg(feature = "in-process")]
         Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
         Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
     }
@@ -448,6 +469,7 @@ fn origin_headers(origin: &Origin) -> HashMap<String, String> {
             hs.insert(h::CONTEXT.to_owned(), path.clone());
             hs
         }
+        #[cfg(feature = "in-process")]
         Origin::Local(node, headers) => {
             let mut hs = headers.clone();
             hs.insert(h::CONTEXT.to_owned(), node.path().to_owned());
@@ -460,6 +482,7 @@ fn origin_deadline(origin: &Origin) -> Option<Instant> {
     match origin {
         Origin::Root => None,
         Origin::Remote { deadline, .. } => *deadline,
+        #[cfg(feature = "in-process")]
         Origin::Local(node, _) => node.deadline,
     }
 }

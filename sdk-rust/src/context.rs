@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kernel_node::context::headers as h;
+use kernel_proto::headers as h;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallOptions, Client, Origin, Published, Reply};
 use crate::error::Error;
-use crate::transaction::Transaction;
 
 /// A running call's context. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -58,7 +57,8 @@ impl Context {
         }
     }
 
-    pub(crate) fn local(client: Client, call: kernel_node::provider::LocalCall) -> Context {
+    #[cfg(feature = "in-process")]
+    pub(crate) fn local(client: Client, call: kernel_core::LocalCall) -> Context {
         let headers = call.headers;
         Context {
             inner: Arc::new(Inner {
@@ -86,6 +86,7 @@ impl Context {
     pub fn path(&self) -> &str {
         match &self.inner.origin {
             Origin::Remote { path, .. } => path,
+            #[cfg(feature = "in-process")]
             Origin::Local(node, _) => node.path(),
             Origin::Root => "",
         }
@@ -99,9 +100,9 @@ impl Context {
     /// A context header (`traceparent`, `baggage`, `x-kernel-budget`, ...).
     pub fn header(&self, name: &str) -> Option<&str> {
         match &self.inner.origin {
-            Origin::Remote { headers, .. } | Origin::Local(_, headers) => {
-                headers.get(name).map(String::as_str)
-            }
+            Origin::Remote { headers, .. } => headers.get(name).map(String::as_str),
+            #[cfg(feature = "in-process")]
+            Origin::Local(_, headers) => headers.get(name).map(String::as_str),
             Origin::Root => None,
         }
     }
@@ -116,6 +117,7 @@ impl Context {
         match (self.header(h::TRACEPARENT), &self.inner.origin) {
             (Some(tp), _) => h::trace_id(tp),
             // In-process calls inherit the tree's trace without copying it.
+            #[cfg(feature = "in-process")]
             (None, Origin::Local(node, _)) => h::trace_id(node.tree().traceparent()),
             (None, _) => None,
         }
@@ -127,6 +129,7 @@ impl Context {
             Origin::Remote { deadline, .. } => {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
             }
+            #[cfg(feature = "in-process")]
             Origin::Local(node, _) => node.remaining(),
             Origin::Root => None,
         }
@@ -137,6 +140,7 @@ impl Context {
     pub fn is_cancelled(&self) -> bool {
         match (&self.inner.cancel, &self.inner.origin) {
             (Some(token), _) => token.is_cancelled(),
+            #[cfg(feature = "in-process")]
             (None, Origin::Local(node, _)) => node.is_cancelled(),
             (None, _) => false,
         }
@@ -146,6 +150,7 @@ impl Context {
     pub async fn cancelled(&self) {
         match (&self.inner.cancel, &self.inner.origin) {
             (Some(token), _) => token.cancelled().await,
+            #[cfg(feature = "in-process")]
             (None, Origin::Local(node, _)) => node.cancelled().await,
             (None, _) => std::future::pending().await,
         }
@@ -208,6 +213,7 @@ impl Context {
     /// this fails with `RESOURCE_EXHAUSTED` and the kernel cancels this branch.
     pub async fn charge(&self, counter: &str, amount: u64) -> Result<u64, Error> {
         match &self.inner.origin {
+            #[cfg(feature = "in-process")]
             Origin::Local(node, _) => {
                 let Some(kernel) = self.inner.client.kernel() else {
                     return Err(Error::internal("in-process context without a kernel"));
@@ -221,11 +227,5 @@ impl Context {
             }
             Origin::Root => Err(Error::invalid_argument("no context to charge")),
         }
-    }
-
-    /// Starts a transaction scope: emits are buffered and published, in
-    /// order, only when it commits.
-    pub fn begin(&self) -> Transaction {
-        Transaction::new(self.clone())
     }
 }

@@ -126,6 +126,6 @@ impl From<Failure> for Error {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Error {
-        kernel_node::error::status_to_failure(&s).into()
+        kernel_proto::failure::status_to_failure(&s).into()
     }
 }

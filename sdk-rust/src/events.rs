@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kernel_node::broker::subscription::Subscription;
-use kernel_node::broker::SubscribeRequest;
-use kernel_node::Kernel;
+#[cfg(feature = "in-process")]
+use kernel_core::{Kernel, SubscribeRequest, Subscription};
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient, AckMode, Failure};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -15,7 +14,7 @@ use tonic::Code;
 use crate::client::{insert_meta, Client, Published};
 use crate::error::Error;
 use crate::mux::Mux;
-use kernel_node::batch::batched;
+use kernel_proto::batch::batched;
 
 pub use kernel_proto::v1::Event;
 
@@ -95,6 +94,7 @@ enum Source {
         inbound: Box<tonic::Streaming<pb::SubscribeDown>>,
         up: mpsc::UnboundedSender<pb::SubscribeUp>,
     },
+    #[cfg(feature = "in-process")]
     Local {
         kernel: Arc<Kernel>,
         sub: Arc<Subscription>,
@@ -119,8 +119,9 @@ impl std::fmt::Debug for Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        #[cfg(feature = "in-process")]
         if let Source::Local { kernel, sub } = &self.source {
-            kernel.broker.unsubscribe(sub);
+            kernel.broker().unsubscribe(sub);
         }
     }
 }
@@ -137,11 +138,12 @@ impl Subscriber {
                     let frame = inbound.message().await.ok()??;
                     self.ready = frame.events.into_iter();
                 }
+                #[cfg(feature = "in-process")]
                 Source::Local { kernel, sub } => {
                     let batch = sub.next_batch(256).await?;
-                    kernel.broker.count_batch(&batch.events, batch.cancelled);
+                    kernel.broker().count_batch(&batch.events, batch.cancelled);
                     for dl in batch.dead {
-                        kernel.broker.dead_letter(dl);
+                        kernel.broker().dead_letter(dl);
                     }
                     self.ready = batch.events.into_iter();
                 }
@@ -158,6 +160,7 @@ impl Subscriber {
                     ..Default::default()
                 });
             }
+            #[cfg(feature = "in-process")]
             Source::Local { sub, .. } => sub.ack(event.delivery_id),
         }
     }
@@ -172,6 +175,7 @@ impl Subscriber {
                     ..Default::default()
                 });
             }
+            #[cfg(feature = "in-process")]
             Source::Local { sub, .. } => sub.add_credit(n),
         }
     }
@@ -188,9 +192,10 @@ impl Subscriber {
                     ..Default::default()
                 });
             }
+            #[cfg(feature = "in-process")]
             Source::Local { kernel, sub } => {
                 if let Some(dl) = sub.nack(event.delivery_id, delay) {
-                    kernel.broker.dead_letter(dl);
+                    kernel.broker().dead_letter(dl);
                 }
             }
         }
@@ -201,6 +206,7 @@ impl Client {
     /// Opens a subscription. Returns once the kernel confirmed it, so events
     /// published after this returns are delivered.
     pub async fn subscriber(&self, opts: SubscribeOptions) -> Result<Subscriber, Error> {
+        #[cfg(feature = "in-process")]
         if let Some(kernel) = self.kernel() {
             let sub = kernel
                 .subscribe(SubscribeRequest {
@@ -301,6 +307,7 @@ impl Client {
     /// A pipelined publisher over one PublishStream (remote) or straight
     /// into the kernel (in-process).
     pub async fn publisher(&self) -> Result<Publisher, Error> {
+        #[cfg(feature = "in-process")]
         if self.kernel().is_some() {
             // One task publishes in send order, as the remote stream does.
             let (tx, mut rx) = mpsc::unbounded_channel::<LocalItem>();
@@ -356,7 +363,7 @@ impl Client {
     ) -> Result<tonic::Streaming<pb::PublishStreamDown>, Error> {
         let mut req = tonic::Request::new(frames);
         if let Some(p) = self.plugin_name() {
-            insert_meta(&mut req, kernel_node::context::headers::PLUGIN, &p);
+            insert_meta(&mut req, kernel_proto::headers::PLUGIN, &p);
         }
         Ok(KernelClient::new(remote.channel.clone())
             .publish_stream(req)
@@ -371,6 +378,7 @@ type PubMux = Mux<pb::PublishItem, Result<Published, Failure>>;
 /// publisher are accepted in the order `send` was called.
 pub struct Publisher(PubInner);
 
+#[cfg(feature = "in-process")]
 type LocalItem = (
     String,
     Bytes,
@@ -382,6 +390,7 @@ enum PubInner {
     /// Over a PublishStream.
     Remote(Arc<PubMux>),
     /// In-process, through a task that keeps send order.
+    #[cfg(feature = "in-process")]
     Local(mpsc::UnboundedSender<LocalItem>),
 }
 
@@ -429,6 +438,7 @@ impl Publisher {
                     }),
                 }
             }
+            #[cfg(feature = "in-process")]
             PubInner::Local(tx) => {
                 let (done, rx) = tokio::sync::oneshot::channel();
                 let _ = tx.send((topic.to_owned(), payload.into(), timeout, done));
@@ -465,12 +475,12 @@ fn fold_publish(items: Vec<pb::PublishItem>) -> pb::PublishStreamUp {
 /// Starts the `plugin.event` span of a handled event under its delivery
 /// span, and points the event's `traceparent` at it for the handler.
 fn event_span(
-    telemetry: &kernel_node::telemetry::Telemetry,
+    telemetry: &kernel_proto::trace::Telemetry,
     subscription: &str,
     event: &mut Event,
 ) -> Option<opentelemetry::Context> {
-    use kernel_node::context::headers;
-    use kernel_node::telemetry::{Parent, SpanKind};
+    use kernel_proto::headers;
+    use kernel_proto::trace::{SpanKind, SpanParent};
     use opentelemetry::KeyValue;
     if !telemetry.enabled() {
         return None;
@@ -478,7 +488,7 @@ fn event_span(
     let cx = telemetry.start(
         "plugin.event",
         SpanKind::Consumer,
-        Parent::Header(event.headers.get(headers::TRACEPARENT).map(String::as_str)),
+        SpanParent::Header(event.headers.get(headers::TRACEPARENT).map(String::as_str)),
         || {
             vec![
                 KeyValue::new("kernel.topic", event.topic.clone()),
@@ -496,7 +506,7 @@ fn event_span(
     )?;
     event.headers.insert(
         headers::TRACEPARENT.to_owned(),
-        kernel_node::telemetry::traceparent(&cx),
+        kernel_proto::trace::traceparent(&cx),
     );
     Some(cx)
 }

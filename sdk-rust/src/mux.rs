@@ -1,5 +1,5 @@
 //! Multiplexing many requests over one bidirectional stream: ids, a pending
-//! map (frames are batched by `kernel_node::batch`), and failure of everything pending when the
+//! map (frames are batched by `kernel_proto::batch`), and failure of everything pending when the
 //! stream dies. Used by calls (CallStream) and pipelined publishing.
 
 use std::collections::HashMap;

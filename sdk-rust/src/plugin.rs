@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use kernel_node::kernel::LocalRegistration;
-use kernel_node::provider::{BoxFuture, LocalCall, LocalHandler};
-use kernel_node::telemetry::{Parent as TelemetryParent, SpanKind, Telemetry};
-use kernel_node::Kernel;
+#[cfg(feature = "in-process")]
+use kernel_core::{BoxFuture, Kernel, LocalCall, LocalHandler, LocalRegistration};
+use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure, RegisterMode};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{endpoint, Client};
 use crate::context::Context;
 use crate::error::Error;
-use kernel_node::batch::batched;
+use kernel_proto::batch::batched;
 
 /// How long a drained session waits for the kernel to acknowledge its close.
 const DRAIN_FLUSH: Duration = Duration::from_secs(5);
@@ -177,6 +176,7 @@ impl Plugin {
 
     /// Registers in-process: calls reach the handlers directly through the
     /// kernel pipeline. Dropping the returned value deregisters.
+    #[cfg(feature = "in-process")]
     pub fn attach(self, kernel: &Arc<Kernel>) -> Result<LocalRegistration, Error> {
         let client = Client::in_process(kernel.clone()).with_plugin(&self.name);
         let adapter = Arc::new(LocalAdapter {
@@ -457,17 +457,15 @@ fn handler_span(
     if !telemetry.enabled() {
         return None;
     }
-    let tp = headers
-        .get(kernel_node::context::headers::TRACEPARENT)
-        .cloned();
+    let tp = headers.get(kernel_proto::headers::TRACEPARENT).cloned();
     let path = headers
-        .get(kernel_node::context::headers::CONTEXT)
+        .get(kernel_proto::headers::CONTEXT)
         .cloned()
         .unwrap_or_default();
     let cx = telemetry.start(
         "plugin.handle",
         SpanKind::Server,
-        TelemetryParent::Header(tp.as_deref()),
+        SpanParent::Header(tp.as_deref()),
         || {
             vec![
                 KeyValue::new("kernel.service", service.to_owned()),
@@ -477,8 +475,8 @@ fn handler_span(
         },
     )?;
     headers.insert(
-        kernel_node::context::headers::TRACEPARENT.to_owned(),
-        kernel_node::telemetry::traceparent(&cx),
+        kernel_proto::headers::TRACEPARENT.to_owned(),
+        kernel_proto::trace::traceparent(&cx),
     );
     Some(cx)
 }
@@ -496,6 +494,7 @@ pub(crate) fn end_span(span: Option<opentelemetry::Context>, error: Option<Strin
 }
 
 /// In-process handlers behind the kernel's [`LocalHandler`] trait.
+#[cfg(feature = "in-process")]
 struct LocalAdapter {
     /// By service name, looked up on every call (FxHash: the names are the
     /// plugin's own, and SipHash was about 190 instructions a call).
@@ -505,16 +504,14 @@ struct LocalAdapter {
     plugin: String,
 }
 
+#[cfg(feature = "in-process")]
 impl LocalHandler for LocalAdapter {
-    fn invoke(
-        &self,
-        mut call: LocalCall,
-    ) -> BoxFuture<Result<kernel_node::provider::Reply, Failure>> {
+    fn invoke(&self, mut call: LocalCall) -> BoxFuture<Result<kernel_core::Reply, Failure>> {
         let handler = self.handlers.get(&call.service).cloned();
         let payload = std::mem::take(&mut call.payload);
         let span = if self.telemetry.enabled() {
             call.headers.insert(
-                kernel_node::context::headers::CONTEXT.to_owned(),
+                kernel_proto::headers::CONTEXT.to_owned(),
                 call.context.path().to_owned(),
             );
             let s = handler_span(
@@ -523,7 +520,7 @@ impl LocalHandler for LocalAdapter {
                 &call.service,
                 &mut call.headers,
             );
-            call.headers.remove(kernel_node::context::headers::CONTEXT);
+            call.headers.remove(kernel_proto::headers::CONTEXT);
             s
         } else {
             None
@@ -532,7 +529,7 @@ impl LocalHandler for LocalAdapter {
         Box::pin(async move {
             let result = run_handler(handler, ctx, payload, usize::MAX).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
-            result.map(|payload| kernel_node::provider::Reply {
+            result.map(|payload| kernel_core::Reply {
                 payload,
                 content_type: String::new(),
             })

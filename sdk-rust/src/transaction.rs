@@ -75,3 +75,11 @@ impl Transaction {
         }
     }
 }
+
+impl Context {
+    /// Starts a transaction scope: emits are buffered and published, in
+    /// order, only when it commits.
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(self.clone())
+    }
+}

@@ -31,11 +31,11 @@ impl Node {
 
     /// Starts a node with `config` (its `listen` is ignored).
     pub async fn start_with(config: Config) -> Node {
-        Node::start_full(config, kernel_node::telemetry::Telemetry::disabled()).await
+        Node::start_full(config, kernel_proto::trace::Telemetry::disabled()).await
     }
 
     /// Starts a node with `config` exporting traces through `telemetry`.
-    pub async fn start_full(config: Config, telemetry: kernel_node::telemetry::Telemetry) -> Node {
+    pub async fn start_full(config: Config, telemetry: kernel_proto::trace::Telemetry) -> Node {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -59,23 +59,24 @@ impl Node {
         Node::serve(
             listener,
             Config::default(),
-            kernel_node::telemetry::Telemetry::disabled(),
+            kernel_proto::trace::Telemetry::disabled(),
         )
     }
 
     fn serve(
         listener: tokio::net::TcpListener,
         mut config: Config,
-        telemetry: kernel_node::telemetry::Telemetry,
+        telemetry: kernel_proto::trace::Telemetry,
     ) -> Node {
         init_logs();
         config.server.shutdown_grace_ms = config.server.shutdown_grace_ms.min(2_000);
         let addr = listener.local_addr().expect("local addr");
+        let server = config.server.clone();
         let kernel = Kernel::with_telemetry(config, telemetry);
         let (stop, rx) = oneshot::channel::<()>();
         let k = kernel.clone();
         let task = tokio::spawn(async move {
-            let _ = server::run(listener, k, async {
+            let _ = server::run(listener, k, server, async {
                 let _ = rx.await;
             })
             .await;
@@ -106,7 +107,7 @@ impl Node {
         wait_until(
             Duration::from_secs(20),
             &format!("{n} providers of {service}"),
-            move || k.registry.pool(&s).map_or(0, |p| p.instances.len()) == n,
+            move || k.registry().pool(&s).map_or(0, |p| p.instances.len()) == n,
         )
         .await;
     }
@@ -172,15 +173,105 @@ impl Drop for Node {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `check` every 10 ms until it returns `Ok`; after `limit`, panics
+/// naming `what` and the last thing `check` saw (its last `Err`), so a
+/// failure says what was there instead of only that time ran out.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let start = Instant::now();
-    while !cond() {
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}; last saw: {last}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`eventually`] for a plain condition: panics with `what` after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    eventually(limit, what, || {
+        let ok = cond();
+        async move {
+            ok.then_some(())
+                .ok_or_else(|| "the condition false".to_owned())
+        }
+    })
+    .await
+}
+
+/// A path next to the test binaries (`make test` builds every binary).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run `make test` (it builds the binaries)",
+        bin.display()
+    );
+    bin
+}
+
+/// The real `kernel-node` binary as a child process on a free loopback
+/// port (admin HTTP off); killed on drop.
+pub struct NodeProcess {
+    /// The child.
+    pub child: Child,
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+}
+
+impl NodeProcess {
+    /// Starts the binary with extra environment `env` and waits for its
+    /// "listening" line.
+    pub async fn start(env: &[(&str, &str)]) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = Command::new(binary("kernel-node"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn node");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("node starts")
+            .expect("read")
+            .expect("a line");
+        assert!(first.contains("listening"), "{first}");
+        NodeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().expect("pid");
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(killed.success());
     }
 }
 
@@ -199,10 +290,15 @@ impl PluginProcess {
 
     /// Spawns `test-plugin` with extra environment variables.
     pub fn spawn_env(node: &Node, args: &[&str], env: &[(&str, &str)]) -> PluginProcess {
+        PluginProcess::spawn_at(&node.url, args, env)
+    }
+
+    /// Spawns `test-plugin` with `args` against the node at `url`.
+    pub fn spawn_at(url: &str, args: &[&str], env: &[(&str, &str)]) -> PluginProcess {
         let mut child = Command::new(plugin_binary())
             .envs(env.iter().copied())
             .arg("--url")
-            .arg(&node.url)
+            .arg(url)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -285,7 +285,7 @@ async fn concurrency_queue_full_is_resource_exhausted() {
     let c2 = client.clone();
     let second = tokio::spawn(async move { c2.call("test.hang", "").await });
     kernel_tests::wait_until(Duration::from_secs(5), "a queued call", || {
-        node.kernel.registry.pool("test.hang").is_some_and(|p| {
+        node.kernel.registry().pool("test.hang").is_some_and(|p| {
             p.instances[0]
                 .waiting
                 .load(std::sync::atomic::Ordering::Relaxed)

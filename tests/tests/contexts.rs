@@ -228,7 +228,7 @@ fn watching(seen: &Arc<Seen>, ctx: &Context) {
 async fn cancel_chain(
     node: &Node,
     seen: &Arc<Seen>,
-) -> (kernel_node::kernel::LocalRegistration, PluginProcess) {
+) -> (kernel_core::LocalRegistration, PluginProcess) {
     let s1 = seen.clone();
     let s2 = seen.clone();
     let reg = Plugin::new("chain")
@@ -506,7 +506,7 @@ async fn causality_chain_shows_where_a_failure_started() {
         "{}",
         status.message()
     );
-    let f = kernel_node::error::status_to_failure(&status);
+    let f = kernel_proto::failure::status_to_failure(&status);
     assert_eq!(f.causality.len(), 3);
 }
 

@@ -94,7 +94,7 @@ async fn cancelling_a_branch_drops_its_queued_deliveries_and_nothing_else() {
     assert_eq!(next.topic, "burst.other", "a cancelled delivery was sent");
     assert_eq!(
         node.kernel
-            .stats
+            .stats()
             .events_cancelled
             .load(std::sync::atomic::Ordering::Relaxed),
         (BURST - 1) as u64

@@ -72,7 +72,7 @@ async fn a_plugin_s_topic_schema_refuses_bad_events_until_it_leaves() {
     let _ = serving.await;
     let k = node.kernel.clone();
     kernel_tests::wait_until(Duration::from_secs(5), "plugin gone", || {
-        k.registry.pool("orders.noop").is_none()
+        k.registry().pool("orders.noop").is_none()
     })
     .await;
     client
@@ -110,6 +110,6 @@ async fn a_topic_schema_that_does_not_compile_refuses_the_register() {
             .expect_err("refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(needle), "{}", err.message());
-        assert!(node.kernel.registry.pool("bad.topics").is_none());
+        assert!(node.kernel.registry().pool("bad.topics").is_none());
     }
 }

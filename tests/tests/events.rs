@@ -180,7 +180,7 @@ async fn slow_subscriber_loses_nothing_and_publisher_waits_then_fails_on_short_d
         if expected.is_multiple_of(2_000) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let b = kernel
-                .broker
+                .broker()
                 .subscriptions()
                 .iter()
                 .map(|s| s.buffered())

@@ -85,7 +85,7 @@ async fn replace_during_1000_calls_in_flight_loses_none() {
         Duration::from_secs(10),
         "1000 calls in flight on the old instance",
         move || {
-            k.registry.pool("swap.who").is_some_and(|p| {
+            k.registry().pool("swap.who").is_some_and(|p| {
                 p.instances[0]
                     .in_flight
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -111,7 +111,7 @@ async fn replace_during_1000_calls_in_flight_loses_none() {
         Duration::from_secs(10),
         "the new instance alone in the pool",
         move || {
-            k.registry
+            k.registry()
                 .pool("swap.who")
                 .is_some_and(|p| p.instances.len() == 1 && &*p.instances[0].id == "new")
         },

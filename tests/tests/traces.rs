@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kernel_node::config::Config;
-use kernel_node::telemetry::Telemetry;
 use kernel_proto::v1 as pb;
 use kernel_sdk::{Bytes, Plugin, SubscribeOptions};
 use kernel_tests::{Node, PluginProcess};
@@ -109,7 +108,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 async fn collect(node: &Node, r: &Receiver, want: &[(&str, usize)]) -> Vec<Seen> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        node.kernel.telemetry.flush();
+        node.kernel.telemetry().flush();
         let spans: Vec<Seen> = r
             .spans
             .lock()
@@ -233,7 +232,7 @@ fn traced_request(service: &str) -> tonic::Request<pb::CallRequest> {
 #[tokio::test]
 async fn one_trace_across_out_of_process_providers_publish_and_delivery() {
     let (receiver, endpoint) = start_receiver().await;
-    let telemetry = Telemetry::otlp(&endpoint, Some("kernel-node")).expect("exporter");
+    let telemetry = kernel_node::telemetry::otlp(&endpoint, Some("kernel-node")).expect("exporter");
     let node = Node::start_full(Config::default(), telemetry).await;
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -291,7 +290,7 @@ async fn one_trace_across_out_of_process_providers_publish_and_delivery() {
 #[tokio::test]
 async fn one_trace_across_in_process_providers() {
     let (receiver, endpoint) = start_receiver().await;
-    let telemetry = Telemetry::otlp(&endpoint, Some("kernel-node")).expect("exporter");
+    let telemetry = kernel_node::telemetry::otlp(&endpoint, Some("kernel-node")).expect("exporter");
     let node = Node::start_full(Config::default(), telemetry.clone()).await;
     let _reg = Plugin::new("local")
         .provide("in.a", |ctx, p: Bytes| async move {

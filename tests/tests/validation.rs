@@ -175,5 +175,5 @@ async fn a_schema_that_does_not_compile_is_refused_at_register() {
         "{}",
         err.message()
     );
-    assert!(node.kernel.registry.pool("bad.schema").is_none());
+    assert!(node.kernel.registry().pool("bad.schema").is_none());
 }

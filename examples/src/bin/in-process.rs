@@ -1,7 +1,7 @@
 //! The node and a plugin in one process: the call goes through the kernel
 //! pipeline with no HTTP/2 and no encoding.
 
-use kernel_node::{Config, Kernel};
+use kernel_core::{Config, Kernel};
 use kernel_sdk::{Bytes, Client, Error, Plugin};
 
 #[tokio::main]

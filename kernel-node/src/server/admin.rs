@@ -6,8 +6,8 @@ use std::sync::Arc;
 use kernel_proto::v1::{self as pb, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::kernel::Kernel;
-use crate::stats::Stats;
+use kernel_core::Kernel;
+use kernel_core::Stats;
 
 /// Admin RPCs over a kernel.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
         let plugins = self
             .kernel
-            .registry
+            .registry()
             .instances()
             .iter()
             .map(|i| pb::PluginInfo {
@@ -55,7 +55,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let services = self
             .kernel
-            .registry
+            .registry()
             .services()
             .into_iter()
             .map(|(name, pool)| pb::ServiceInfo {
@@ -72,7 +72,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let subscriptions = self
             .kernel
-            .broker
+            .broker()
             .subscriptions()
             .iter()
             .map(|s| pb::SubscriptionInfo {
@@ -101,7 +101,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetContextResponse>, Status> {
         let nodes = self
             .kernel
-            .contexts
+            .contexts()
             .tree(&req.into_inner().root)
             .into_iter()
             .map(|n| pb::ContextNode {
@@ -120,7 +120,7 @@ impl Admin for AdminService {
         req: Request<pb::CancelContextRequest>,
     ) -> Result<Response<pb::CancelContextResponse>, Status> {
         let path = req.into_inner().path;
-        let cancelled = self.kernel.contexts.cancel(&path);
+        let cancelled = self.kernel.contexts().cancel(&path);
         if cancelled == 0 {
             return Err(Status::not_found(format!("no live context at `{path}`")));
         }
@@ -132,8 +132,8 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let s = &self.kernel.stats;
-        let (calls, call_errors) = self.kernel.metrics.totals();
+        let s = &self.kernel.stats();
+        let (calls, call_errors) = self.kernel.metrics().totals();
         Ok(Response::new(pb::StatsResponse {
             calls,
             call_errors,
@@ -141,8 +141,8 @@ impl Admin for AdminService {
             events_delivered: Stats::get(&s.events_delivered),
             events_redelivered: Stats::get(&s.events_redelivered),
             events_dead_lettered: Stats::get(&s.events_dead_lettered),
-            plugins: self.kernel.registry.instances().len() as u32,
-            subscriptions: self.kernel.broker.subscriptions().len() as u32,
+            plugins: self.kernel.registry().instances().len() as u32,
+            subscriptions: self.kernel.broker().subscriptions().len() as u32,
         }))
     }
 }

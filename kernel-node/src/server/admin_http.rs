@@ -4,14 +4,13 @@
 //! Three GET endpoints do not justify an HTTP framework: this reads one
 //! bounded request head per connection (8 KiB, 5 s), answers, and closes.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::kernel::Kernel;
+use kernel_core::Kernel;
 
 /// Serves the admin endpoints until the kernel shuts down.
 pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
@@ -25,7 +24,7 @@ pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
                     continue;
                 }
             },
-            _ = kernel.shutdown.cancelled() => return,
+            _ = kernel.lifecycle().stopped() => return,
         };
         let kernel = kernel.clone();
         tokio::spawn(async move {
@@ -58,12 +57,12 @@ async fn answer(mut stream: TcpStream, kernel: &Kernel) -> std::io::Result<()> {
     }
     match path.split('?').next().unwrap_or_default() {
         "/metrics" => {
-            let body = kernel.metrics.render(kernel);
+            let body = kernel.render_metrics();
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
         "/readyz" => {
-            if kernel.draining.load(Ordering::Relaxed) {
+            if kernel.lifecycle().is_draining() {
                 respond(&mut stream, 503, "text/plain", "shutting down\n").await
             } else {
                 respond(&mut stream, 200, "text/plain", "ready\n").await

@@ -6,48 +6,82 @@ use std::sync::Arc;
 use futures::Stream;
 use kernel_proto::v1::{self as pb, CallStreamDown, CallStreamUp};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tonic::{Request, Status, Streaming};
 
-use crate::batch::batched;
-use crate::error::{failure_to_status, Error};
-use crate::kernel::Kernel;
-use crate::router;
 use crate::server::metadata;
 use futures::StreamExt;
+use kernel_core::Kernel;
+use kernel_core::Request as CallRequest;
+use kernel_core::{Error, Work};
+use kernel_proto::batch::batched;
+use kernel_proto::failure::failure_to_status;
 
-/// A unary call: context from metadata.
+/// A unary call: context from metadata. Tracked as a call of the node's
+/// lifecycle; refused during shutdown, and answered `UNAVAILABLE` (and
+/// cancelled downstream) if still running when the grace period ends.
 pub(crate) async fn unary(
     kernel: &Kernel,
     req: Request<pb::CallRequest>,
 ) -> Result<pb::CallResponse, Status> {
+    let life = kernel.lifecycle();
+    if life.is_draining() {
+        return Err(Error::ShuttingDown.into());
+    }
+    let _tracked = life.token(Work::Calls);
     let meta = req.metadata();
     let headers = metadata::headers_from(meta);
     let parent = metadata::parent_from(&headers);
     let deadline = metadata::deadline_from(meta);
     let caller = metadata::caller_from(meta);
     let body = req.into_inner();
-    let reply = kernel
-        .call(router::Request {
-            service: body.service,
-            method: body.method,
-            payload: body.payload,
-            content_type: body.content_type,
-            headers,
-            parent,
-            deadline,
-            caller,
-        })
-        .await
-        .map_err(|f| failure_to_status(&f))?;
+    let call = kernel.call(CallRequest {
+        service: body.service,
+        method: body.method,
+        payload: body.payload,
+        content_type: body.content_type,
+        headers,
+        parent,
+        deadline,
+        caller,
+    });
+    let reply = tokio::select! {
+        r = call => r.map_err(|f| failure_to_status(&f))?,
+        _ = life.stopped() => return Err(Error::ShuttingDown.into()),
+    };
     Ok(pb::CallResponse {
         payload: reply.payload,
         content_type: reply.content_type,
     })
 }
 
-type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+/// The calls of one CallStream still running, by id, and a wake-up for
+/// when the last one ends.
+#[derive(Default)]
+struct Running {
+    calls: Mutex<HashMap<u64, AbortHandle>>,
+    idle: Notify,
+}
+
+impl Running {
+    /// Forgets call `id`; true when it was still listed (nobody answered
+    /// it for the task yet).
+    fn finish(&self, id: u64) -> bool {
+        let (was, empty) = {
+            let mut calls = self.calls.lock();
+            (calls.remove(&id).is_some(), calls.is_empty())
+        };
+        if empty {
+            self.idle.notify_one();
+        }
+        was
+    }
+
+    fn is_empty(&self) -> bool {
+        self.calls.lock().is_empty()
+    }
+}
 
 /// Calls one CallStream may have running or answered-but-unread. At the cap
 /// the kernel stops reading the stream (HTTP/2 flow control then pushes
@@ -55,10 +89,16 @@ type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 /// make the node buffer without bound.
 const MAX_OUTSTANDING: usize = 4096;
 
-type Outgoing = (pb::CallReply, OwnedSemaphorePermit);
+/// A reply and, for a call's own reply, its slot among the outstanding.
+type Outgoing = (pb::CallReply, Option<OwnedSemaphorePermit>);
 
 /// A multiplexed call stream: each call runs as its own task; a cancel frame
 /// or the caller going away aborts it, which cancels it downstream.
+///
+/// The stream ends once the caller half-closed it, or the node began to
+/// shut down, and no call on it is still running. During shutdown new
+/// calls are answered `UNAVAILABLE` at once; when the grace period ends,
+/// every call still running is answered `UNAVAILABLE` and cancelled.
 pub(crate) fn stream(
     kernel: Arc<Kernel>,
     req: Request<Streaming<CallStreamUp>>,
@@ -66,46 +106,65 @@ pub(crate) fn stream(
     let caller = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    tokio::spawn(async move {
-        let in_flight: InFlight = Arc::default();
+    let life = kernel.lifecycle().clone();
+    life.clone().spawn(Work::Calls, async move {
+        let running = Arc::new(Running::default());
         let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
+        let mut half_closed = false;
         loop {
-            let frame = tokio::select! {
-                f = inbound.message() => f,
-                _ = kernel.shutdown.cancelled() => break,
-            };
-            let frame = match frame {
-                Ok(Some(f)) => f,
-                // Half-close: the caller sends nothing more but still reads
-                // replies; its calls run until it stops reading (the reply
-                // stream is dropped), then they are abandoned.
-                Ok(None) => {
-                    tx.closed().await;
-                    break;
-                }
-                Err(status) => {
-                    tracing::debug!(cause = %status.message(), "call stream broke");
-                    break;
-                }
-            };
-            for id in frame.cancels {
-                if let Some(h) = in_flight.lock().remove(&id) {
-                    h.abort();
-                }
+            let draining = life.is_draining();
+            if (half_closed || draining) && running.is_empty() {
+                break;
             }
-            for call in frame.calls {
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = tx.closed() => break,
-                };
-                start(&kernel, &in_flight, &tx, call, caller.clone(), permit);
+            tokio::select! {
+                frame = inbound.message(), if !half_closed => match frame {
+                    Ok(Some(frame)) => {
+                        for id in frame.cancels {
+                            if let Some(h) = running.calls.lock().remove(&id) {
+                                h.abort();
+                            }
+                        }
+                        for call in frame.calls {
+                            let permit = tokio::select! {
+                                p = permits.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => return,
+                                },
+                                _ = tx.closed() => break,
+                            };
+                            if life.is_draining() {
+                                let reply = refusal(call.id, Error::ShuttingDown);
+                                let _ = tx.send((reply, Some(permit)));
+                            } else {
+                                start(&kernel, &running, &tx, call, caller.clone(), permit);
+                            }
+                        }
+                    }
+                    // Half-close: the caller sends nothing more but still
+                    // reads the replies of the calls it made.
+                    Ok(None) => half_closed = true,
+                    Err(status) => {
+                        tracing::debug!(cause = %status.message(), "call stream broke");
+                        break;
+                    }
+                },
+                _ = running.idle.notified() => {}
+                _ = life.draining(), if !draining => {}
+                _ = life.stopped() => {
+                    // The grace period is over: every call still running
+                    // is answered now, never left without a reply.
+                    for (id, h) in running.calls.lock().drain() {
+                        h.abort();
+                        let _ = tx.send((refusal(id, Error::ShuttingDown), None));
+                    }
+                    break;
+                }
+                // The caller stopped reading: its calls are abandoned.
+                _ = tx.closed() => break,
             }
         }
         // The caller is gone: abandon its calls (providers get cancel frames).
-        for (_, h) in in_flight.lock().drain() {
+        for (_, h) in running.calls.lock().drain() {
             h.abort();
         }
     });
@@ -116,9 +175,18 @@ pub(crate) fn stream(
     .map(Ok)
 }
 
+/// A reply that refuses call `id` with `err`.
+fn refusal(id: u64, err: Error) -> pb::CallReply {
+    pb::CallReply {
+        id,
+        error: Some(err.into()),
+        ..Default::default()
+    }
+}
+
 fn start(
     kernel: &Arc<Kernel>,
-    in_flight: &InFlight,
+    running: &Arc<Running>,
     tx: &mpsc::UnboundedSender<Outgoing>,
     call: pb::CallFrame,
     caller: Option<Arc<str>>,
@@ -126,7 +194,7 @@ fn start(
 ) {
     let id = call.id;
     let headers = call.headers;
-    let req = router::Request {
+    let req = CallRequest {
         parent: metadata::parent_from(&headers),
         service: call.service,
         method: call.method,
@@ -137,19 +205,14 @@ fn start(
         caller,
     };
     let kernel = kernel.clone();
-    let map = in_flight.clone();
+    let list = running.clone();
     // Held across spawn so the task cannot remove its entry before it exists.
-    let mut guard = in_flight.lock();
+    let mut guard = running.calls.lock();
     if guard.contains_key(&id) {
         let err = Error::Protocol {
             detail: format!("call id {id} is already in flight on this stream"),
         };
-        let reply = pb::CallReply {
-            id,
-            error: Some(err.into_failure()),
-            ..Default::default()
-        };
-        let _ = tx.send((reply, permit));
+        let _ = tx.send((refusal(id, err), Some(permit)));
         return;
     }
     let tx = tx.clone();
@@ -167,8 +230,10 @@ fn start(
                 ..Default::default()
             },
         };
-        map.lock().remove(&id);
-        let _ = tx.send((reply, permit));
+        // Not listed any more: the shutdown already answered it.
+        if list.finish(id) {
+            let _ = tx.send((reply, Some(permit)));
+        }
     });
     guard.insert(id, handle.abort_handle());
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tower::{Layer, Service};
 
-use crate::metrics::{EdgeSeries, Metrics};
+use kernel_core::{EdgeRequest, Metrics};
 
 /// Services whose paths get their own series.
 const KNOWN: [&str; 5] = [
@@ -87,7 +87,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let out = fut.await;
-            guard.0.head(started.elapsed(), out.is_ok());
+            guard.head(started.elapsed(), out.is_ok());
             // The body carries the guard: a stream stays in flight until
             // its last frame or its drop.
             out.map(|res| {
@@ -104,7 +104,7 @@ where
 #[derive(Debug)]
 pub(crate) struct Counted<B> {
     body: B,
-    _in_flight: InFlight,
+    _in_flight: EdgeRequest,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
@@ -124,16 +124,5 @@ impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// Marks a request in flight until its response body is dropped (after its
-/// last frame, or when the client goes away).
-#[derive(Debug)]
-pub(crate) struct InFlight(pub(crate) &'static EdgeSeries);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.leave();
     }
 }

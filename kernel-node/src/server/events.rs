@@ -11,13 +11,14 @@ use kernel_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
 
-use crate::batch::batched;
-use crate::broker::subscription::Subscription;
-use crate::broker::{Publication, SubscribeRequest};
-use crate::error::Error;
-use crate::kernel::Kernel;
 use crate::server::metadata;
 use futures::StreamExt;
+use kernel_core::Error;
+use kernel_core::Kernel;
+use kernel_core::{Publication, SubscribeRequest};
+use kernel_core::{Subscription, Take, Work};
+use kernel_proto::batch::batched;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Largest batch of events sent in one Subscribe frame. Measured with
 /// `kernel-bench events` (256-byte events): 64 and 128 deliver the most;
@@ -56,12 +57,12 @@ pub(crate) async fn publish(
 
 /// Publishes carry their parent as a live node when the kernel knows it, so
 /// the events budget is charged to the right tree.
-fn resolve(kernel: &Kernel, parent: crate::context::Parent) -> crate::context::Parent {
+fn resolve(kernel: &Kernel, parent: kernel_core::Parent) -> kernel_core::Parent {
     match parent {
-        crate::context::Parent::Path(p) => kernel.contexts.find(&p).map_or(
-            crate::context::Parent::Path(p),
-            crate::context::Parent::Node,
-        ),
+        kernel_core::Parent::Path(p) => kernel
+            .contexts()
+            .find(&p)
+            .map_or(kernel_core::Parent::Path(p), kernel_core::Parent::Node),
         other => other,
     }
 }
@@ -78,9 +79,20 @@ pub(crate) fn publish_stream(
     let caller = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<PublishStreamDown>();
-    tokio::spawn(async move {
+    let life = kernel.lifecycle().clone();
+    life.clone().spawn(Work::Calls, async move {
         let mut compact = false;
-        while let Ok(Some(frame)) = inbound.message().await {
+        // Once the node drains, no new frame is read: events not read were
+        // never accepted, and the stream ends (UNAVAILABLE) once the ones
+        // read are answered.
+        loop {
+            let frame = tokio::select! {
+                f = inbound.message() => match f {
+                    Ok(Some(f)) => f,
+                    _ => break,
+                },
+                _ = life.draining() => break,
+            };
             compact |= frame.compact_acks;
             // One clock read per frame: its items arrived together.
             let mut received = None;
@@ -167,7 +179,7 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.kernel.broker.unsubscribe(&self.sub);
+        self.kernel.broker().unsubscribe(&self.sub);
     }
 }
 
@@ -215,7 +227,7 @@ pub(crate) async fn subscribe(
                     // The subscriber is gone (killed, connection lost): hand
                     // its events to queue-group peers now.
                     Err(_) => {
-                        kernel.broker.unsubscribe(&sub);
+                        kernel.broker().unsubscribe(&sub);
                         break;
                     }
                 };
@@ -224,7 +236,7 @@ pub(crate) async fn subscribe(
                 }
                 for n in frame.nacks {
                     if let Some(dl) = sub.nack(n.delivery_id, Duration::from_millis(n.delay_ms)) {
-                        kernel.broker.dead_letter(dl);
+                        kernel.broker().dead_letter(dl);
                     }
                 }
                 if frame.credit > 0 {
@@ -241,27 +253,63 @@ pub(crate) async fn subscribe(
         }),
         events: Vec::new(),
     };
-    let state = (kernel, sub, Some(ready), reader_leave);
-    Ok(futures::stream::unfold(
-        state,
-        |(kernel, sub, ready, leave)| async move {
-            if let Some(r) = ready {
-                return Some((Ok(r), (kernel, sub, None, leave)));
-            }
-            loop {
-                let batch = sub.next_batch(DELIVERY_BATCH).await?;
-                kernel.broker.count_batch(&batch.events, batch.cancelled);
-                for dl in batch.dead {
-                    kernel.broker.dead_letter(dl);
+    // Tracked as a session: it ends when the lifecycle closes sessions,
+    // after sending what was already buffered.
+    let tracked = kernel.lifecycle().token(Work::Sessions);
+    let state = Delivery {
+        kernel,
+        sub,
+        ready: Some(ready),
+        closing: false,
+        _leave: reader_leave,
+        _tracked: tracked,
+    };
+    Ok(futures::stream::unfold(state, |mut d| async move {
+        if let Some(r) = d.ready.take() {
+            return Some((Ok(r), d));
+        }
+        loop {
+            let batch = if d.closing {
+                // Closing: what is buffered now goes out, then the end.
+                match d.sub.take(DELIVERY_BATCH) {
+                    Take::Batch(b) => b,
+                    Take::Empty(_) | Take::Closed => return None,
                 }
-                if !batch.events.is_empty() {
-                    let frame = SubscribeDown {
-                        ready: None,
-                        events: batch.events,
-                    };
-                    return Some((Ok(frame), (kernel, sub, None, leave)));
+            } else {
+                let life = d.kernel.lifecycle().clone();
+                tokio::select! {
+                    b = d.sub.next_batch(DELIVERY_BATCH) => b?,
+                    _ = life.closing() => {
+                        d.closing = true;
+                        continue;
+                    }
                 }
+            };
+            d.kernel
+                .broker()
+                .count_batch(&batch.events, batch.cancelled);
+            for dl in batch.dead {
+                d.kernel.broker().dead_letter(dl);
             }
-        },
-    ))
+            if !batch.events.is_empty() {
+                let frame = SubscribeDown {
+                    ready: None,
+                    events: batch.events,
+                };
+                return Some((Ok(frame), d));
+            }
+        }
+    }))
+}
+
+/// The state of a subscription's downstream.
+struct Delivery {
+    kernel: Arc<Kernel>,
+    sub: Arc<Subscription>,
+    /// The `ready` frame, until sent.
+    ready: Option<SubscribeDown>,
+    /// The lifecycle closed sessions: send what is buffered, then end.
+    closing: bool,
+    _leave: Arc<Leave>,
+    _tracked: TaskTrackerToken,
 }

@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 
-use crate::context::{headers, Parent};
-use crate::provider::Headers;
+use kernel_core::Headers;
+use kernel_core::Parent;
+use kernel_proto::headers;
 
 /// How much earlier than the caller's `grpc-timeout` the kernel answers
 /// `DEADLINE_EXCEEDED` itself: gRPC libraries (tonic, grpc-go) enforce the

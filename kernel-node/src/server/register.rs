@@ -8,11 +8,11 @@ use kernel_proto::v1::{self as pb, ProviderDown, ProviderUp, RegisterMode};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::batch::batched;
-use crate::error::Error;
-use crate::kernel::Kernel;
-use crate::provider::{Down, Instance, Link, RemoteLink, Reply};
 use futures::StreamExt;
+use kernel_core::Error;
+use kernel_core::Kernel;
+use kernel_core::{Down, Instance, Link, RemoteLink, Reply, Work};
+use kernel_proto::batch::batched;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +52,7 @@ pub(crate) async fn session(
         hello.instance_id.into()
     };
     let max = match hello.max_concurrency {
-        0 => kernel.config.router.default_max_concurrency,
+        0 => kernel.config().router.default_max_concurrency,
         n => n,
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -66,19 +66,24 @@ pub(crate) async fn session(
         )?
         .with_topic_schemas(&hello.topic_schemas)?,
     );
-    kernel.registry.register(inst.clone(), mode)?;
-    kernel.broker.schemas.add(&inst.id, &inst.topic_schemas);
+    kernel.registry().register(inst.clone(), mode)?;
+    kernel.broker().schemas.add(&inst.id, &inst.topic_schemas);
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, services = ?inst.services.iter().map(|s| &s.name).collect::<Vec<_>>(), ?mode, "provider registered");
 
     let welcome = ProviderDown {
         welcome: Some(pb::Welcome {
             instance_id: id.to_string(),
-            heartbeat_interval_ms: kernel.config.router.heartbeat_interval_ms,
+            heartbeat_interval_ms: kernel.config().router.heartbeat_interval_ms,
         }),
         ..Default::default()
     };
-    tokio::spawn(read_results(kernel, inst, inbound));
-    Ok(batched(rx, Some(welcome), fold_down).map(Ok))
+    let life = kernel.lifecycle().clone();
+    life.spawn(Work::Sessions, read_results(kernel, inst, inbound));
+    // A session outlives the node's calls (it serves them) and ends when
+    // the lifecycle closes sessions.
+    Ok(batched(rx, Some(welcome), fold_down)
+        .map(Ok)
+        .take_until(async move { life.closing().await }))
 }
 
 fn fold_down(items: Vec<Down>) -> ProviderDown {
@@ -104,11 +109,11 @@ async fn read_results(
     let Link::Remote(link) = &inst.link else {
         return;
     };
-    let silence = Duration::from_millis(kernel.config.router.heartbeat_timeout_ms);
+    let silence = Duration::from_millis(kernel.config().router.heartbeat_timeout_ms);
     let why = loop {
         let next = tokio::select! {
             n = tokio::time::timeout(silence, inbound.message()) => n,
-            _ = kernel.shutdown.cancelled() => break "node shutting down".to_owned(),
+            _ = kernel.lifecycle().closing() => break "node shutting down".to_owned(),
         };
         match next {
             Ok(Ok(Some(frame))) => {
@@ -135,8 +140,8 @@ async fn read_results(
             Err(_) => break format!("no frame for {} ms", silence.as_millis()),
         }
     };
-    kernel.registry.deregister(&inst);
-    kernel.broker.schemas.remove(&inst.id);
+    kernel.registry().deregister(&inst);
+    kernel.broker().schemas.remove(&inst.id);
     link.close();
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, reason = %why, "provider deregistered");
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use kernel_node::config::TelemetryConfig;
-use kernel_node::telemetry::Telemetry;
 use kernel_sdk::{Bytes, CancellationToken, Client, Context, Error, Plugin, SubscribeOptions};
 
 #[derive(Debug, Parser)]
@@ -153,7 +152,8 @@ async fn main() -> Result<(), Error> {
         plugin = plugin.replace();
     }
     // Exports handler spans when OTEL_EXPORTER_OTLP_ENDPOINT is set.
-    let telemetry = Telemetry::from_config(&TelemetryConfig::default()).map_err(Error::internal)?;
+    let telemetry = kernel_node::telemetry::from_config(&TelemetryConfig::default())
+        .map_err(Error::internal)?;
     plugin = plugin.telemetry(telemetry.clone());
     if !args.instance.is_empty() {
         plugin = plugin.instance_id(&args.instance);

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::trie::Trie;
 use crate::error::Error;
-use crate::middleware::validate::schema_errors;
+use crate::schema::schema_errors;
 
 /// A compiled schema and the pattern it was declared for.
 type Entry = (String, Arc<jsonschema::Validator>);
@@ -73,11 +73,10 @@ impl TopicSchemas {
         }
         let matching: Vec<Entry> = {
             let inner = self.inner.read();
-            let mut ids = Vec::new();
-            inner.trie.for_each_match(topic, |id| ids.push(id));
-            ids.sort_unstable();
-            ids.dedup();
-            ids.iter()
+            inner
+                .trie
+                .matches(topic)
+                .iter()
                 .filter_map(|id| inner.entries.get(id).cloned())
                 .collect()
         };
@@ -117,7 +116,7 @@ impl TopicSchemas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::middleware::validate::compile_topics;
+    use crate::schema::compile_topics;
 
     #[test]
     fn matching_schemas_apply_while_their_owner_is_registered() {

@@ -1,92 +1,52 @@
-//! The kernel pipeline: tower layers over the kernel's own [`Invocation`],
-//! the same for remote and in-process callers and providers.
+//! The kernel pipeline: stages over the kernel's own [`Invocation`], the
+//! same for remote and in-process callers and providers.
 //!
 //! # Layout
 //! - [`trace`]: a span per call and the call metrics (outermost).
 //! - [`validate`]: JSON Schema validation of arguments.
 //! - [`accounting`]: context node, budgets, deadline and branch cancellation.
-//! - [`crate::router::Dispatch`]: provider selection and dispatch (innermost).
+//! - [`dispatch`]: provider selection, concurrency gate, hand-over (innermost).
 //!
-//! The order is written once, in [`pipeline`], with the reason for each
-//! position next to it. The transport edge (tier 1: request ids, HTTP/2
-//! limits, the HTTP span, message size limits) is composed in
-//! [`crate::server::run`]; it wraps gRPC requests, not kernel invocations.
+//! Each layer is a tower `Layer` whose service implements [`Stage`] only;
+//! the order is written once, in [`layers`], with the reason for each
+//! position next to it. Two adapters connect stages to tower: [`Tower`]
+//! runs a stage as a tower `Service` (tower-test, `ServiceExt`), and
+//! [`FromTower`] runs a cloneable tower `Service` as a stage (mocks where
+//! dispatch goes). The transport edge (tier 1: request ids, HTTP/2 limits,
+//! the HTTP span, message size limits) is composed in the node's server; it
+//! wraps gRPC requests, not kernel invocations.
 
-pub mod accounting;
-pub mod trace;
-pub mod validate;
+pub(crate) mod accounting;
+#[cfg(test)]
+mod adapters;
+pub(crate) mod dispatch;
+pub(crate) mod trace;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 
+use kernel_proto::trace::Telemetry;
+use kernel_proto::v1::Failure;
 use tower::layer::util::{Identity, Stack};
 use tower::ServiceBuilder;
 
+use crate::call::{BoxFuture, Reply};
 use crate::config::RouterConfig;
-use crate::context::{Contexts, Node};
+use crate::context::Contexts;
+use crate::invocation::{Invocation, Stage};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::router::{Dispatch, Request};
-use crate::telemetry::Telemetry;
-
-/// A call travelling down the pipeline: the caller's request plus what the
-/// layers learn on the way.
-#[derive(Debug)]
-pub struct Invocation {
-    /// What the caller asked for.
-    pub req: Request,
-    /// The call's context node (set by [`accounting`]).
-    pub node: Option<Arc<Node>>,
-    /// The call's span, when tracing is on (set by [`trace`]).
-    pub trace: Option<opentelemetry::Context>,
-    /// When the call entered the kernel. A TSC-based `quanta` stamp: the
-    /// trace layer reads the clock again when the call ends, and two
-    /// `std::time::Instant` reads were a fifth of the middleware's cost
-    /// (about 29 ns each here, against about 12 ns).
-    pub started: quanta::Instant,
-    /// The provider pool, when a layer already looked it up (validate does),
-    /// so dispatch does not look it up again.
-    pub pool: Option<Arc<crate::registry::Pool>>,
-}
-
-impl Invocation {
-    /// A fresh invocation, boxed: it passes through every layer by value,
-    /// and a box moves as one pointer where the struct would be copied
-    /// (a few hundred bytes) at each layer and inside dispatch.
-    pub fn new(req: Request) -> Box<Invocation> {
-        Box::new(Invocation {
-            req,
-            node: None,
-            trace: None,
-            started: quanta::Instant::now(),
-            pool: None,
-        })
-    }
-}
-
-/// A pipeline stage run through a shared reference. Every layer (and
-/// [`Dispatch`]) is a tower `Service`, composed with `ServiceBuilder` and
-/// tested with tower-test mocks; the kernel itself runs its one shared
-/// pipeline through this trait instead, because `Service::call` takes
-/// `&mut self`, which a shared pipeline can only give by cloning every
-/// layer (a reference count each) on every call. The stages are always
-/// ready (no `poll_ready` back-pressure: the concurrency gate is inside
-/// dispatch), so nothing is skipped by not asking.
-pub trait Stage {
-    /// The call's future.
-    type Future: std::future::Future<
-        Output = Result<crate::provider::Reply, kernel_proto::v1::Failure>,
-    >;
-    /// Runs one call through this stage and the ones inside it.
-    fn run(&self, inv: Box<Invocation>) -> Self::Future;
-}
+#[cfg(test)]
+pub(crate) use adapters::{FromTower, Tower};
+use dispatch::Dispatch;
 
 /// The composed pipeline type.
-pub type Pipeline =
-    trace::TraceService<validate::ValidateService<accounting::AccountingService<Dispatch>>>;
+pub(crate) type Pipeline =
+    trace::TraceStage<validate::ValidateStage<accounting::AccountingStage<Dispatch>>>;
 
 /// The pipeline's layers, outermost first, as a `ServiceBuilder` to put
 /// around the innermost service.
-pub type Layers = ServiceBuilder<
+pub(crate) type Layers = ServiceBuilder<
     Stack<
         accounting::AccountingLayer,
         Stack<validate::ValidateLayer, Stack<trace::TraceLayer, Identity>>,
@@ -94,7 +54,7 @@ pub type Layers = ServiceBuilder<
 >;
 
 /// Composes the kernel pipeline: [`layers`] around [`Dispatch`].
-pub fn pipeline(
+pub(crate) fn pipeline(
     registry: Arc<Registry>,
     contexts: Arc<Contexts>,
     config: RouterConfig,
@@ -112,9 +72,34 @@ pub fn pipeline(
     .service(Dispatch::new(registry, config, telemetry))
 }
 
+/// Accounting and dispatch alone: the least of the pipeline that still
+/// works, so a measurement can tell what the other layers add.
+#[derive(Debug, Clone)]
+pub(crate) struct BareRouter(accounting::AccountingStage<Dispatch>);
+
+impl BareRouter {
+    /// Runs one call through accounting and dispatch.
+    pub(crate) fn call(&self, req: crate::call::Request) -> BoxFuture<Result<Reply, Failure>> {
+        self.0.run(Invocation::new(req))
+    }
+}
+
+/// Composes [`BareRouter`].
+pub(crate) fn bare(
+    registry: Arc<Registry>,
+    contexts: Arc<Contexts>,
+    config: RouterConfig,
+) -> BareRouter {
+    BareRouter(
+        ServiceBuilder::new()
+            .layer(accounting::AccountingLayer::new(contexts))
+            .service(Dispatch::new(registry, config, Telemetry::disabled())),
+    )
+}
+
 /// The kernel pipeline's layers, outermost first: the one place their
 /// order is written (the tests put the same layers around a mock).
-pub fn layers(
+pub(crate) fn layers(
     registry: &Arc<Registry>,
     contexts: Arc<Contexts>,
     max_payload: usize,
@@ -146,8 +131,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::call::Request;
     use crate::config::BudgetConfig;
-    use crate::provider::{BoxFuture, Instance, Link, LocalCall, LocalHandler, Reply};
+    use crate::provider::{Instance, Link, LocalCall, LocalHandler};
 
     struct Never;
     impl LocalHandler for Never {
@@ -207,8 +193,9 @@ mod tests {
                     f.await
                 })
             });
-        let svc = layers(&registry, contexts, 1024, Telemetry::disabled(), metrics).service(inner);
-        (svc, handle, dropped)
+        let svc = layers(&registry, contexts, 1024, Telemetry::disabled(), metrics)
+            .service(FromTower(inner));
+        (Tower(svc), handle, dropped)
     }
 
     fn request(

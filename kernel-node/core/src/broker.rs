@@ -6,13 +6,13 @@
 //! event is therefore either accepted by every target or refused with
 //! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
 
-pub mod schemas;
+pub(crate) mod schemas;
 mod stamp;
-pub mod subscription;
-pub mod trie;
+pub(crate) mod subscription;
+pub(crate) mod trie;
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,18 +20,19 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
+use crate::call::Headers;
 use crate::config::BrokerConfig;
-use crate::context::{headers, ChildSpec, Contexts, Node, Parent};
+use crate::context::{ChildSpec, Contexts, Node, Parent};
 use crate::error::Error;
 use crate::names;
-use crate::provider::Headers;
 use crate::stats::Stats;
-use crate::telemetry::{self, SpanKind, Telemetry};
+use kernel_proto::headers;
+use kernel_proto::trace::{self as telemetry, SpanKind, SpanParent, Telemetry};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use stamp::{event_context, hex_id, now_unix_ns};
 use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
-use trie::Trie;
+use trie::{Interest, Match, Queue, Trie};
 
 /// An event to publish, as the kernel sees it.
 #[derive(Debug, Default)]
@@ -88,17 +89,42 @@ pub struct SubscribeRequest {
     pub max_deliver: u32,
 }
 
+/// Subscriptions by id, and the trie of their patterns (queue-group
+/// members under their group, so a match returns them together).
 #[derive(Debug, Default)]
 struct Index {
     trie: Trie<u64>,
     subs: FxHashMap<u64, Arc<Subscription>>,
-    groups: FxHashMap<String, Group>,
 }
 
-#[derive(Debug, Default)]
-struct Group {
-    members: Vec<Arc<Subscription>>,
-    next: AtomicUsize,
+impl Index {
+    /// The open members of `sub`'s queue group (itself included while it
+    /// is indexed). Every member has the same patterns (they are part of
+    /// the group's identity), so the first pattern finds them all.
+    fn members(&self, sub: &Subscription, group: &str) -> Vec<Arc<Subscription>> {
+        let Some(p) = sub.opts.patterns.first() else {
+            return Vec::new();
+        };
+        self.trie
+            .queue(p, group)
+            .map(|q| {
+                q.members()
+                    .iter()
+                    .filter_map(|id| self.subs.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A pattern gained its first subscriber or lost its last one: what a
+/// cluster layer propagates to other nodes (as NATS routes do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterestChange {
+    /// The pattern.
+    pub pattern: String,
+    /// True when interest began, false when it ended.
+    pub present: bool,
 }
 
 /// The event bus.
@@ -110,6 +136,9 @@ pub struct Broker {
     stats: Arc<Stats>,
     telemetry: Telemetry,
     index: RwLock<Index>,
+    /// Listeners for [`InterestChange`]s; told under the index lock, so
+    /// they see changes in order.
+    interest: parking_lot::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<InterestChange>>>,
     next_sub: AtomicU64,
     event_base: u64,
     next_event: AtomicU64,
@@ -133,6 +162,7 @@ impl Broker {
             stats,
             telemetry,
             index: RwLock::new(Index::default()),
+            interest: parking_lot::Mutex::new(Vec::new()),
             next_sub: AtomicU64::new(1),
             event_base: rand::random::<u64>() & 0xffff_ffff_0000_0000,
             next_event: AtomicU64::new(1),
@@ -212,7 +242,7 @@ impl Broker {
         let publish_span = self.telemetry.start(
             "kernel.publish",
             SpanKind::Producer,
-            telemetry::Parent::Header(headers.get(headers::TRACEPARENT).map(String::as_str)),
+            SpanParent::Header(headers.get(headers::TRACEPARENT).map(String::as_str)),
             || {
                 vec![
                     KeyValue::new("kernel.topic", p.topic.clone()),
@@ -248,7 +278,7 @@ impl Broker {
                 if let Some(d) = self.telemetry.start(
                     "kernel.deliver",
                     SpanKind::Producer,
-                    telemetry::Parent::Span(cx),
+                    SpanParent::Span(cx),
                     || {
                         vec![
                             KeyValue::new("kernel.topic", event.topic.clone()),
@@ -284,12 +314,9 @@ impl Broker {
             return false;
         };
         let index = self.index.read();
-        let Some(group) = index.groups.get(g) else {
-            return false;
-        };
         // Members in the index are open: closing happens under the write lock.
         let mut q = q;
-        for m in &group.members {
+        for m in &index.members(sub, g) {
             match m.push(q) {
                 Ok(()) => return true,
                 Err(back) => q = back,
@@ -326,7 +353,17 @@ impl Broker {
     fn targets(&self, topic: &str) -> Targets {
         let index = self.index.read();
         let mut ids: SmallVec<[u64; 8]> = SmallVec::new();
-        index.trie.for_each_match(topic, |id| ids.push(id));
+        let mut queues: SmallVec<[&Queue<u64>; 4]> = SmallVec::new();
+        index.trie.for_each_match(topic, |m| match m {
+            Match::Plain(id) => ids.push(id),
+            // A group matched under several of its patterns gets the event
+            // once: its members are the same under each.
+            Match::Queue(q) => {
+                if !queues.iter().any(|seen| seen.name() == q.name()) {
+                    queues.push(q);
+                }
+            }
+        });
         if ids.len() > 1 {
             // A subscription matched by several of its patterns gets the
             // event once.
@@ -334,27 +371,42 @@ impl Broker {
             ids.dedup();
         }
         let mut out = Targets::new();
-        let mut groups_seen: SmallVec<[&str; 4]> = SmallVec::new();
         for id in ids {
-            let Some(sub) = index.subs.get(&id) else {
-                continue;
-            };
-            match &sub.opts.group {
-                None => out.push(sub.clone()),
-                Some(g) => {
-                    if groups_seen.contains(&g.as_str()) {
-                        continue;
-                    }
-                    groups_seen.push(g.as_str());
-                    if let Some(group) = index.groups.get(g) {
-                        if let Some(m) = pick_member(group) {
-                            out.push(m);
-                        }
-                    }
-                }
+            if let Some(sub) = index.subs.get(&id) {
+                out.push(sub.clone());
+            }
+        }
+        for q in queues {
+            if let Some(m) = pick_member(&index, q) {
+                out.push(m);
             }
         }
         out
+    }
+
+    /// Receives every [`InterestChange`] from now on, in order.
+    pub fn watch_interest(&self) -> tokio::sync::mpsc::UnboundedReceiver<InterestChange> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.interest.lock().push(tx);
+        rx
+    }
+
+    /// Tells the listeners, when `change` began or ended interest.
+    fn tell(&self, pattern: &str, change: Interest) {
+        let present = match change {
+            Interest::First => true,
+            Interest::Last => false,
+            _ => return,
+        };
+        let mut listeners = self.interest.lock();
+        if listeners.is_empty() {
+            return;
+        }
+        let change = InterestChange {
+            pattern: pattern.to_owned(),
+            present,
+        };
+        listeners.retain(|l| l.send(change.clone()).is_ok());
     }
 
     /// Opens a subscription.
@@ -394,12 +446,13 @@ impl Broker {
         let sub = Arc::new(Subscription::new(id, opts));
         let mut index = self.index.write();
         for p in &patterns {
-            index.trie.insert(p, id);
+            let change = match &group {
+                None => index.trie.insert(p, id),
+                Some(g) => index.trie.insert_queue(p, g, id),
+            };
+            self.tell(p, change);
         }
         index.subs.insert(id, sub.clone());
-        if let Some(g) = group {
-            index.groups.entry(g).or_default().members.push(sub.clone());
-        }
         Ok(sub)
     }
 
@@ -412,7 +465,11 @@ impl Broker {
             return;
         }
         for p in &sub.opts.patterns {
-            index.trie.remove(p, sub.id);
+            let change = match &sub.opts.group {
+                None => index.trie.remove(p, sub.id),
+                Some(g) => index.trie.remove_queue(p, g, sub.id),
+            };
+            self.tell(p, change);
         }
         // Closed under the index write lock: a publisher holding the read
         // lock never sees a closed member in a group.
@@ -420,12 +477,8 @@ impl Broker {
         let Some(g) = &sub.opts.group else {
             return;
         };
-        let Some(group) = index.groups.get_mut(g) else {
-            return;
-        };
-        group.members.retain(|m| m.id != sub.id);
-        if group.members.is_empty() {
-            index.groups.remove(g);
+        let heirs = index.members(sub, g);
+        if heirs.is_empty() {
             if !events.is_empty() {
                 tracing::warn!(subscription = %sub.label(), events = events.len(), "last queue-group member left with events in flight");
             }
@@ -433,7 +486,6 @@ impl Broker {
         }
         // Handed over while still holding the write lock, so no heir can
         // close in between (closing needs this lock).
-        let heirs = &group.members;
         let mut shares: Vec<Vec<Queued>> = vec![Vec::new(); heirs.len()];
         for (i, q) in events.into_iter().enumerate() {
             shares[i % heirs.len()].push(q);
@@ -497,20 +549,23 @@ impl Broker {
     }
 }
 
-fn pick_member(group: &Group) -> Option<Arc<Subscription>> {
-    let n = group.members.len();
+fn pick_member(index: &Index, group: &Queue<u64>) -> Option<Arc<Subscription>> {
+    let members = group.members();
+    let n = members.len();
     if n == 0 {
         return None;
     }
     // Round robin, skipping members that are full when another has room.
-    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    let start = group.next_start();
+    let sub = |i: usize| index.subs.get(&members[(start + i) % n]);
     for i in 0..n {
-        let m = &group.members[(start + i) % n];
-        if matches!(m.has_space(), Ok(true)) {
-            return Some(m.clone());
+        if let Some(m) = sub(i) {
+            if matches!(m.has_space(), Ok(true)) {
+                return Some(m.clone());
+            }
         }
     }
-    Some(group.members[start % n].clone())
+    sub(0).cloned()
 }
 
 fn nonzero<T: PartialEq + Default>(v: T, default: T) -> T {

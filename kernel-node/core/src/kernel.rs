@@ -3,48 +3,37 @@
 
 use std::sync::Arc;
 
-use kernel_proto::v1::{self as pb, RegisterMode};
-use tokio_util::sync::CancellationToken;
+use kernel_proto::trace::Telemetry;
+use kernel_proto::v1::{self as pb, Failure, RegisterMode};
 
 use crate::broker::subscription::Subscription;
 use crate::broker::{Accepted, Broker, Publication, SubscribeRequest};
+use crate::call::{Reply, Request};
 use crate::config::Config;
 use crate::context::{Contexts, Node};
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::middleware;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{Metrics, NodeFigures};
+use crate::middleware::{self, BareRouter};
 use crate::provider::{Instance, Link, LocalHandler};
 use crate::registry::Registry;
-use crate::router::{Request, Router};
+use crate::router::{CallFuture, Router};
 use crate::stats::Stats;
-use crate::telemetry::Telemetry;
-use std::sync::atomic::AtomicBool;
 
 /// A running kernel. Cheap to share (`Arc<Kernel>`).
 #[derive(Debug)]
 pub struct Kernel {
-    /// The configuration it was built with.
-    pub config: Config,
-    /// Live context trees.
-    pub contexts: Arc<Contexts>,
-    /// Who provides what.
-    pub registry: Arc<Registry>,
-    /// Calls.
-    pub router: Router,
-    /// Events.
-    pub broker: Broker,
-    /// Counters.
-    pub stats: Arc<Stats>,
-    /// Prometheus call metrics.
-    pub metrics: Arc<Metrics>,
-    /// Trace export (disabled unless configured).
-    pub telemetry: Telemetry,
-    /// Set when shutdown begins (`/readyz` turns 503).
-    pub draining: AtomicBool,
-    /// Cancelled when the grace period is over: long-lived streams end.
-    pub shutdown: CancellationToken,
-    /// Notified when shutdown begins (the grace period starts).
-    pub shutdown_started: tokio::sync::Notify,
+    config: Config,
+    contexts: Arc<Contexts>,
+    registry: Arc<Registry>,
+    router: Router,
+    /// Accounting and dispatch alone, for measuring the middleware's share.
+    bare: BareRouter,
+    broker: Broker,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
+    lifecycle: Lifecycle,
 }
 
 /// An in-process registration; dropping it deregisters the instance.
@@ -70,12 +59,13 @@ impl Drop for LocalRegistration {
 
 impl Kernel {
     /// A kernel with the given configuration.
-    pub fn new(config: Config) -> Arc<Kernel> {
+    pub fn new(config: impl Into<Config>) -> Arc<Kernel> {
         Kernel::with_telemetry(config, Telemetry::disabled())
     }
 
     /// A kernel exporting traces through `telemetry`.
-    pub fn with_telemetry(config: Config, telemetry: Telemetry) -> Arc<Kernel> {
+    pub fn with_telemetry(config: impl Into<Config>, telemetry: Telemetry) -> Arc<Kernel> {
+        let config = config.into();
         let stats = Arc::new(Stats::default());
         let metrics = Arc::new(Metrics::default());
         let contexts = Arc::new(Contexts::new(config.budget.clone()));
@@ -87,6 +77,7 @@ impl Kernel {
             telemetry.clone(),
             metrics.clone(),
         ));
+        let bare = middleware::bare(registry.clone(), contexts.clone(), config.router.clone());
         let broker = Broker::new(
             config.broker.clone(),
             config.router.max_payload_bytes,
@@ -99,19 +90,83 @@ impl Kernel {
             contexts,
             registry,
             router,
+            bare,
             broker,
             stats,
             metrics,
             telemetry,
-            shutdown: CancellationToken::new(),
-            shutdown_started: tokio::sync::Notify::new(),
-            draining: AtomicBool::new(false),
+            lifecycle: Lifecycle::new(),
         })
     }
 
     /// Routes one call.
-    pub fn call(&self, req: Request) -> crate::router::CallFuture {
+    pub fn call(&self, req: Request) -> CallFuture {
         self.router.call(req)
+    }
+
+    /// Routes one call through accounting and dispatch only, skipping the
+    /// trace and validate layers: for measuring what the middleware costs,
+    /// never for serving.
+    pub fn call_bare(
+        &self,
+        req: Request,
+    ) -> impl std::future::Future<Output = Result<Reply, Failure>> + Send + 'static {
+        self.bare.call(req)
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Live context trees.
+    pub fn contexts(&self) -> &Contexts {
+        &self.contexts
+    }
+
+    /// Who provides what.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The event bus.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Event counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Call and edge metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The whole node in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let subscriptions = self
+            .broker
+            .subscriptions()
+            .iter()
+            .map(|s| (s.id, s.label(), s.buffered(), s.unacked()))
+            .collect();
+        self.metrics.render(&NodeFigures {
+            stats: &self.stats,
+            plugins_connected: self.registry.instances().len(),
+            subscriptions,
+        })
+    }
+
+    /// Trace export (disabled unless configured).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Shutdown signals and the tracked tasks of the node.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     /// Publishes one event (the broker's future as is, like [`Kernel::call`]).

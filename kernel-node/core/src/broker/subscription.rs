@@ -15,8 +15,8 @@ use kernel_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::call::Headers;
 use crate::context::Node;
-use crate::provider::Headers;
 
 /// An accepted event, shared by all its deliveries.
 #[derive(Debug, Clone)]
@@ -538,8 +538,8 @@ fn wire_headers(h: Headers) -> WireHeaders {
 
 /// The delivery's own headers: its context path, and its span when traced.
 fn add_delivery_headers(headers: &mut WireHeaders, context: String, traceparent: Option<String>) {
-    headers.insert(crate::context::headers::CONTEXT.to_owned(), context);
+    headers.insert(kernel_proto::headers::CONTEXT.to_owned(), context);
     if let Some(tp) = traceparent {
-        headers.insert(crate::context::headers::TRACEPARENT.to_owned(), tp);
+        headers.insert(kernel_proto::headers::TRACEPARENT.to_owned(), tp);
     }
 }

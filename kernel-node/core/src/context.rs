@@ -18,14 +18,15 @@
 //! that could be named, and `GetContext` lists every live node of the tree
 //! from the tree's member list, writing out the paths it shows.
 
-pub mod budget;
-pub mod headers;
+pub(crate) mod budget;
+
 mod node;
 pub(crate) mod path;
 
-pub use node::{Node, NodeInfo};
+pub use node::Node;
+pub(crate) use node::NodeInfo;
 
-pub use path::parse_path;
+pub(crate) use path::parse_path;
 
 use rustc_hash::FxHashMap as HashMap;
 use smallvec::SmallVec;
@@ -86,7 +87,8 @@ pub struct Tree {
 impl Tree {
     /// The tree's `traceparent`.
     pub fn traceparent(&self) -> &str {
-        self.traceparent.get_or_init(headers::new_traceparent)
+        self.traceparent
+            .get_or_init(kernel_proto::headers::new_traceparent)
     }
 
     /// Makes the tree findable by its root id (once a path of it is out).

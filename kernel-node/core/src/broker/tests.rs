@@ -97,3 +97,53 @@ async fn handed_over_events_go_before_newer_ones() {
         "the departed member's events first: {order:?}"
     );
 }
+
+#[tokio::test]
+async fn interest_is_reported_when_a_pattern_gains_its_first_subscriber_and_loses_its_last() {
+    let b = broker(16);
+    let mut changes = b.watch_interest();
+    let a = member(&b, "a");
+    let second = member(&b, "b");
+    let plain = b
+        .subscribe(SubscribeRequest {
+            patterns: vec!["jobs.*".into(), "audit.>".into()],
+            ..Default::default()
+        })
+        .expect("subscribe");
+    b.unsubscribe(&a);
+    b.unsubscribe(&plain);
+    b.unsubscribe(&second);
+    let mut seen = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        seen.push((c.pattern, c.present));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("jobs.*".to_owned(), true),
+            ("audit.>".to_owned(), true),
+            ("audit.>".to_owned(), false),
+            ("jobs.*".to_owned(), false),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn one_member_of_a_queue_group_gets_each_event_beside_plain_subscribers() {
+    let b = broker(64);
+    let members = [member(&b, "a"), member(&b, "b"), member(&b, "c")];
+    let plain = b
+        .subscribe(SubscribeRequest {
+            patterns: vec!["jobs.>".into()],
+            ..Default::default()
+        })
+        .expect("subscribe");
+    for n in 0..30 {
+        let accepted = b.publish(publication(n)).await.expect("publish");
+        assert_eq!(accepted.matched, 2, "the group counts once");
+    }
+    let counts: Vec<usize> = members.iter().map(|m| m.buffered()).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 30, "{counts:?}");
+    assert!(counts.iter().all(|&c| c == 10), "round robin: {counts:?}");
+    assert_eq!(plain.buffered(), 30);
+}

@@ -5,35 +5,36 @@
 //! hop (context path, service, provider plugin) to the causality chain.
 
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use kernel_proto::failure::push_hop;
+use kernel_proto::headers;
 use kernel_proto::v1::Failure;
 use opentelemetry::trace::TraceContextExt;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use crate::context::{headers, ChildSpec, Contexts};
-use crate::error::{push_hop, Error};
-use crate::middleware::{Invocation, Stage};
-use crate::provider::{BoxFuture, Headers, Reply};
+use crate::call::{BoxFuture, Headers, Reply};
+use crate::context::{ChildSpec, Contexts};
+use crate::error::Error;
+use crate::invocation::{Invocation, Stage};
 
-/// Adds [`AccountingService`].
+/// Adds [`AccountingStage`].
 #[derive(Debug, Clone)]
-pub struct AccountingLayer {
+pub(crate) struct AccountingLayer {
     contexts: Arc<Contexts>,
 }
 
 impl AccountingLayer {
     /// Accounting against `contexts`.
-    pub fn new(contexts: Arc<Contexts>) -> Self {
+    pub(crate) fn new(contexts: Arc<Contexts>) -> Self {
         AccountingLayer { contexts }
     }
 }
 
 impl<S> Layer<S> for AccountingLayer {
-    type Service = AccountingService<S>;
-    fn layer(&self, inner: S) -> AccountingService<S> {
-        AccountingService {
+    type Service = AccountingStage<S>;
+    fn layer(&self, inner: S) -> AccountingStage<S> {
+        AccountingStage {
             inner,
             contexts: self.contexts.clone(),
         }
@@ -42,7 +43,7 @@ impl<S> Layer<S> for AccountingLayer {
 
 /// Context, budget and deadline around the inner service.
 #[derive(Debug, Clone)]
-pub struct AccountingService<S> {
+pub struct AccountingStage<S> {
     inner: S,
     contexts: Arc<Contexts>,
 }
@@ -56,26 +57,7 @@ fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
     }
 }
 
-impl<S> Service<Box<Invocation>> for AccountingService<S>
-where
-    S: Service<Box<Invocation>, Response = Reply, Error = Failure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Reply;
-    type Error = Failure;
-    type Future = BoxFuture<Result<Reply, Failure>>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
-        let AccountingService { inner, contexts } = self;
-        account(contexts, inv, |inv| inner.call(inv))
-    }
-}
-
-impl<S> Stage for AccountingService<S>
+impl<S> Stage for AccountingStage<S>
 where
     S: Stage,
     S::Future: Send + 'static,
@@ -87,8 +69,7 @@ where
     }
 }
 
-/// The layer's work around `inner`, shared by the tower `Service` and the
-/// [`Stage`] impl.
+/// The layer's work around `inner`.
 fn account<F>(
     contexts: &Contexts,
     mut inv: Box<Invocation>,

@@ -4,8 +4,8 @@
 //! [`Failure`] (the wire form, carried in stream frames and in the details of
 //! unary statuses) and from there into a `tonic::Status`, in exactly one place.
 
-use kernel_proto::v1::{Failure, Hop};
-use prost::Message;
+use kernel_proto::failure::failure_to_status;
+use kernel_proto::v1::Failure;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong inside the kernel, with the context a reader
@@ -112,6 +112,16 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// The node is shutting down: the work is refused, or was cut when the
+    /// grace period ended.
+    #[error("node shutting down: call refused or cut at the end of the grace period (server.shutdown_grace_ms); retry on another node or after the restart")]
+    ShuttingDown,
+    /// An instance id is already registered.
+    #[error("instance id `{instance}` is already registered")]
+    DuplicateInstance {
+        /// The id the new session asked for.
+        instance: String,
+    },
     /// A failure that came back from a provider or a deeper hop, passed through.
     #[error("{}", .0.message)]
     Remote(Failure),
@@ -132,14 +142,22 @@ impl Error {
             | Error::BudgetExhausted { .. }
             | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
-            Error::ProviderGone { .. } => Code::Unavailable,
+            Error::ProviderGone { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::DuplicateInstance { .. } => Code::AlreadyExists,
             Error::Remote(f) => Code::from_i32(f.code),
         }
     }
 
-    /// The wire form of this error, without a causality hop yet.
+    /// The wire form of this error, without a causality hop yet (the same
+    /// as `Failure::from`, for use at the end of a method chain).
     pub fn into_failure(self) -> Failure {
-        match self {
+        Failure::from(self)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Failure {
+        match err {
             Error::Remote(f) => f,
             other => Failure {
                 code: other.code() as i32,
@@ -150,103 +168,24 @@ impl Error {
     }
 }
 
-/// Adds the hop a failure just crossed to its causality chain.
-pub fn push_hop(failure: &mut Failure, context: &str, service: &str, plugin: &str) {
-    failure.causality.push(Hop {
-        context: context.to_owned(),
-        service: service.to_owned(),
-        plugin: plugin.to_owned(),
-    });
-}
-
-/// `google.rpc.Status`, the standard payload of `grpc-status-details-bin`
-/// that every gRPC library (grpc-go, grpcio, grpc-java) knows how to parse.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<Any>,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Any {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-/// The type URL of a `kernel.v1.Failure` packed in status details.
-pub const FAILURE_TYPE_URL: &str = "type.googleapis.com/kernel.v1.Failure";
-
-/// Renders a failure as a gRPC status: code and message (with the origin of
-/// the causality chain appended), and the whole `Failure` packed as an `Any`
-/// in a standard `google.rpc.Status` in the details.
-pub fn failure_to_status(failure: &Failure) -> Status {
-    let mut message = failure.message.clone();
-    if let Some(origin) = failure.causality.first() {
-        if origin.context.is_empty() {
-            message.push_str(&format!(" (origin: {})", origin.service));
-        } else {
-            message.push_str(&format!(
-                " (origin: {} at {})",
-                origin.service, origin.context
-            ));
-        }
-    }
-    let details = RpcStatus {
-        code: failure.code,
-        message: message.clone(),
-        details: vec![Any {
-            type_url: FAILURE_TYPE_URL.to_owned(),
-            value: failure.encode_to_vec(),
-        }],
-    };
-    Status::with_details(
-        Code::from_i32(failure.code),
-        message,
-        details.encode_to_vec().into(),
-    )
-}
-
-/// Reads the `Failure` back out of a status made by [`failure_to_status`],
-/// or builds a chain-less one from the code and message.
-pub fn status_to_failure(status: &Status) -> Failure {
-    RpcStatus::decode(status.details())
-        .ok()
-        .and_then(|s| {
-            s.details
-                .into_iter()
-                .find(|a| a.type_url == FAILURE_TYPE_URL)
-        })
-        .and_then(|a| Failure::decode(a.value.as_slice()).ok())
-        .unwrap_or_else(|| Failure {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-            causality: Vec::new(),
-        })
-}
-
+/// The one mapping to `tonic::Status`: through the wire form, so a unary
+/// status carries the same `Failure` a stream frame would.
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        failure_to_status(&err.into_failure())
+        failure_to_status(&Failure::from(err))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernel_proto::failure::{push_hop, status_to_failure};
 
     #[test]
-    fn failure_survives_a_status_round_trip() {
-        let mut f = Error::NoProvider {
+    fn an_error_survives_a_status_round_trip() {
+        let mut f = Failure::from(Error::NoProvider {
             service: "inventory.check".into(),
-        }
-        .into_failure();
+        });
         push_hop(&mut f, "00000000000000aa.1", "inventory.check", "");
         let status = failure_to_status(&f);
         assert_eq!(status.code(), Code::NotFound);

@@ -81,7 +81,7 @@ fn ascii(bytes: &[u8]) -> &str {
 }
 
 /// Splits a path into its root id and depth; None when malformed.
-pub fn parse_path(path: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_path(path: &str) -> Option<(u64, u64)> {
     if path.len() > 1024 {
         return None;
     }

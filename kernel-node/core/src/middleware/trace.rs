@@ -5,21 +5,21 @@
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use kernel_proto::headers;
+use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::Failure;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use crate::context::headers;
+use crate::call::Reply;
+use crate::invocation::{Invocation, Stage};
 use crate::metrics::{Metrics, Series};
-use crate::middleware::{Invocation, Stage};
-use crate::provider::Reply;
 use crate::registry::Registry;
-use crate::telemetry::{Parent, SpanKind, Telemetry};
 
-/// Adds [`TraceService`].
+/// Adds [`TraceStage`].
 #[derive(Debug, Clone)]
-pub struct TraceLayer {
+pub(crate) struct TraceLayer {
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -27,7 +27,11 @@ pub struct TraceLayer {
 
 impl TraceLayer {
     /// A trace layer exporting through `telemetry` and counting in `metrics`.
-    pub fn new(telemetry: Telemetry, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(
+        telemetry: Telemetry,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+    ) -> Self {
         TraceLayer {
             telemetry,
             metrics,
@@ -37,9 +41,9 @@ impl TraceLayer {
 }
 
 impl<S> Layer<S> for TraceLayer {
-    type Service = TraceService<S>;
-    fn layer(&self, inner: S) -> TraceService<S> {
-        TraceService {
+    type Service = TraceStage<S>;
+    fn layer(&self, inner: S) -> TraceStage<S> {
+        TraceStage {
             inner,
             layer: Arc::new(self.clone()),
         }
@@ -48,32 +52,13 @@ impl<S> Layer<S> for TraceLayer {
 
 /// Spans and metrics around the inner service.
 #[derive(Debug, Clone)]
-pub struct TraceService<S> {
+pub struct TraceStage<S> {
     inner: S,
     /// Shared, so cloning the service per call costs one reference count.
     layer: Arc<TraceLayer>,
 }
 
-impl<S> Service<Box<Invocation>> for TraceService<S>
-where
-    S: Service<Box<Invocation>, Response = Reply, Error = Failure> + Clone + Send + 'static,
-    S::Future: Unpin + Send + 'static,
-{
-    type Response = Reply;
-    type Error = Failure;
-    type Future = Traced<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
-        let TraceService { inner, layer } = self;
-        traced(layer, inv, |inv| inner.call(inv))
-    }
-}
-
-impl<S: Stage> Stage for TraceService<S>
+impl<S: Stage> Stage for TraceStage<S>
 where
     S::Future: Unpin,
 {
@@ -84,8 +69,7 @@ where
     }
 }
 
-/// Starts the span and the metrics, then runs `inner`; shared by the
-/// tower `Service` and the [`Stage`] impl.
+/// Starts the span and the metrics, then runs `inner`.
 fn traced<F>(
     layer: &TraceLayer,
     mut inv: Box<Invocation>,
@@ -104,7 +88,7 @@ fn traced<F>(
         inv.trace = layer.telemetry.start(
             "kernel.call",
             SpanKind::Server,
-            Parent::Header(
+            SpanParent::Header(
                 inv.req
                     .headers
                     .get(headers::TRACEPARENT)

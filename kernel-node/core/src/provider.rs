@@ -6,8 +6,6 @@
 //! encoding. Both share the concurrency gate and in-flight accounting.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -16,22 +14,8 @@ use kernel_proto::v1::{self as pb, Failure};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::call::{BoxFuture, Headers, Reply};
 use crate::context::Node;
-
-/// Header map of a call (same names as gRPC metadata).
-pub type Headers = HashMap<String, String>;
-
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A successful call result.
-#[derive(Debug, Clone, Default)]
-pub struct Reply {
-    /// The reply body.
-    pub payload: Bytes,
-    /// Its content type.
-    pub content_type: String,
-}
 
 /// A call handed to an in-process handler.
 #[derive(Debug)]
@@ -199,7 +183,7 @@ pub struct Instance {
     /// Its declared concurrency.
     pub max_concurrency: usize,
     /// Compiled argument schemas (service → method → validator).
-    pub schemas: crate::middleware::validate::Schemas,
+    pub schemas: crate::schema::Schemas,
     /// Compiled event schemas it declared, by topic pattern.
     pub topic_schemas: Vec<(String, Arc<jsonschema::Validator>)>,
 }
@@ -214,7 +198,7 @@ impl Instance {
         link: Link,
         max_concurrency: usize,
     ) -> Result<Instance, crate::error::Error> {
-        let schemas = crate::middleware::validate::compile(&services)?;
+        let schemas = crate::schema::compile(&services)?;
         Ok(Instance {
             plugin,
             id,
@@ -236,7 +220,7 @@ impl Instance {
         mut self,
         declared: &std::collections::HashMap<String, String>,
     ) -> Result<Instance, crate::error::Error> {
-        self.topic_schemas = crate::middleware::validate::compile_topics(declared)?;
+        self.topic_schemas = crate::schema::compile_topics(declared)?;
         Ok(self)
     }
 

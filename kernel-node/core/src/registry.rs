@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::metrics::Series;
-use crate::middleware::validate::MethodSchemas;
 use crate::names;
 use crate::provider::{Instance, Link};
+use crate::schema::MethodSchemas;
 
 /// Instances providing one name, and what every call to that name needs
 /// looked up once per registry change rather than once per call.
@@ -107,8 +107,8 @@ impl Registry {
         }
         let mut all = self.instances.lock();
         if all.iter().any(|i| i.id == inst.id) {
-            return Err(Error::Protocol {
-                detail: format!("instance id `{}` is already registered", inst.id),
+            return Err(Error::DuplicateInstance {
+                instance: inst.id.to_string(),
             });
         }
         let current = self.services.load_full();

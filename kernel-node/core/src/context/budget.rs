@@ -9,11 +9,11 @@ use parking_lot::Mutex;
 use crate::config::BudgetConfig;
 
 /// The `calls` budget.
-pub const CALLS: &str = "calls";
+pub(crate) const CALLS: &str = "calls";
 /// The `depth` budget.
-pub const DEPTH: &str = "depth";
+pub(crate) const DEPTH: &str = "depth";
 /// The `events` budget.
-pub const EVENTS: &str = "events";
+pub(crate) const EVENTS: &str = "events";
 
 /// Limits and spending of one context tree. Limits only go down.
 #[derive(Debug)]
@@ -181,7 +181,7 @@ fn charge(limit: &AtomicU64, used: &AtomicU64, n: u64, name: &str) -> Result<(),
 }
 
 /// Parses `calls=10,depth=3,sql=50`; entries that are not `name=u64` are skipped.
-pub fn parse_header(header: &str) -> impl Iterator<Item = (&str, u64)> {
+pub(crate) fn parse_header(header: &str) -> impl Iterator<Item = (&str, u64)> {
     header.split(',').filter_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         let k = k.trim();

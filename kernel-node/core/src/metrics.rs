@@ -12,7 +12,6 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
-use crate::kernel::Kernel;
 use crate::stats::Stats;
 
 /// Histogram bucket bounds, seconds (as rendered).
@@ -132,10 +131,10 @@ pub struct EdgeSeries {
 
 impl EdgeSeries {
     /// A request arrived; it is in flight until the guard drops.
-    pub(crate) fn enter(&'static self) -> crate::server::edge_metrics::InFlight {
+    pub fn enter(&'static self) -> EdgeRequest {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        crate::server::edge_metrics::InFlight(self)
+        EdgeRequest(self)
     }
 
     /// The response head went out after `elapsed` (`ok`: not a transport
@@ -148,9 +147,40 @@ impl EdgeSeries {
     }
 
     /// The request left (answered, or dropped by the client).
-    pub fn leave(&self) {
+    fn leave(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One request through the transport edge, in flight until dropped (with
+/// the response body, after its last frame or when the client goes away).
+#[derive(Debug)]
+pub struct EdgeRequest(&'static EdgeSeries);
+
+impl EdgeRequest {
+    /// The response head went out after `elapsed` (`ok`: not a transport
+    /// error).
+    pub fn head(&self, elapsed: Duration, ok: bool) {
+        self.0.head(elapsed, ok);
+    }
+}
+
+impl Drop for EdgeRequest {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// The node-wide figures `/metrics` shows beside the call series, handed
+/// to [`Metrics::render`] by whoever owns them.
+#[derive(Debug)]
+pub struct NodeFigures<'a> {
+    /// Event counters.
+    pub stats: &'a Stats,
+    /// Connected provider instances.
+    pub plugins_connected: usize,
+    /// Per subscription: id, label, events buffered, events unacked.
+    pub subscriptions: Vec<(u64, String, usize, usize)>,
 }
 
 /// The series of one service; a call holds it from start to end.
@@ -245,7 +275,7 @@ pub struct Metrics {
 }
 
 /// Label for calls whose service is not registered.
-pub const UNKNOWN_SERVICE: &str = "_unknown";
+pub(crate) const UNKNOWN_SERVICE: &str = "_unknown";
 
 impl Metrics {
     /// The series of a registered service. Callers cache it (the registry
@@ -284,9 +314,9 @@ impl Metrics {
     }
 
     /// The whole node in Prometheus text format.
-    pub fn render(&self, kernel: &Kernel) -> String {
+    pub fn render(&self, node: &NodeFigures<'_>) -> String {
         let mut out = self.render_calls();
-        self.render_node(kernel, &mut out);
+        render_node(node, &mut out);
         out
     }
 
@@ -389,78 +419,73 @@ impl Metrics {
             );
         }
     }
+}
 
-    fn render_node(&self, kernel: &Kernel, out: &mut String) {
-        let st = &kernel.stats;
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
-        gauge(
+fn render_node(node: &NodeFigures<'_>, out: &mut String) {
+    let st = node.stats;
+    let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: f64| {
+        let _ = writeln!(
             out,
-            "kernel_events_published_total",
-            "Events accepted.",
-            "counter",
-            Stats::get(&st.events_published) as f64,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
-        gauge(
+    };
+    gauge(
+        out,
+        "kernel_events_published_total",
+        "Events accepted.",
+        "counter",
+        Stats::get(&st.events_published) as f64,
+    );
+    gauge(
+        out,
+        "kernel_events_delivered_total",
+        "Deliveries sent, redeliveries included.",
+        "counter",
+        Stats::get(&st.events_delivered) as f64,
+    );
+    gauge(
+        out,
+        "kernel_events_redelivered_total",
+        "Redeliveries after nack or ack timeout.",
+        "counter",
+        Stats::get(&st.events_redelivered) as f64,
+    );
+    gauge(
+        out,
+        "kernel_events_dead_lettered_total",
+        "Events sent to a dead-letter topic.",
+        "counter",
+        Stats::get(&st.events_dead_lettered) as f64,
+    );
+    gauge(
+        out,
+        "kernel_events_cancelled_total",
+        "Queued deliveries dropped because their context branch was cancelled.",
+        "counter",
+        Stats::get(&st.events_cancelled) as f64,
+    );
+    gauge(
+        out,
+        "kernel_plugins_connected",
+        "Connected provider instances.",
+        "gauge",
+        node.plugins_connected as f64,
+    );
+    out.push_str("# HELP kernel_subscription_buffered Events buffered per subscription (by id; names need not be unique), not yet sent.\n# TYPE kernel_subscription_buffered gauge\n");
+    for (id, label, buffered, _) in &node.subscriptions {
+        let _ = writeln!(
             out,
-            "kernel_events_delivered_total",
-            "Deliveries sent, redeliveries included.",
-            "counter",
-            Stats::get(&st.events_delivered) as f64,
+            "kernel_subscription_buffered{{id=\"{id}\",subscription=\"{}\"}} {buffered}",
+            escape(label),
         );
-        gauge(
+    }
+    out.push_str("# HELP kernel_subscription_unacked Events sent and not yet acked per subscription.\n# TYPE kernel_subscription_unacked gauge\n");
+    for (id, label, _, unacked) in &node.subscriptions {
+        let _ = writeln!(
             out,
-            "kernel_events_redelivered_total",
-            "Redeliveries after nack or ack timeout.",
-            "counter",
-            Stats::get(&st.events_redelivered) as f64,
+            "kernel_subscription_unacked{{id=\"{id}\",subscription=\"{}\"}} {unacked}",
+            escape(label),
         );
-        gauge(
-            out,
-            "kernel_events_dead_lettered_total",
-            "Events sent to a dead-letter topic.",
-            "counter",
-            Stats::get(&st.events_dead_lettered) as f64,
-        );
-        gauge(
-            out,
-            "kernel_events_cancelled_total",
-            "Queued deliveries dropped because their context branch was cancelled.",
-            "counter",
-            Stats::get(&st.events_cancelled) as f64,
-        );
-        gauge(
-            out,
-            "kernel_plugins_connected",
-            "Connected provider instances.",
-            "gauge",
-            kernel.registry.instances().len() as f64,
-        );
-        out.push_str("# HELP kernel_subscription_buffered Events buffered per subscription (by id; names need not be unique), not yet sent.\n# TYPE kernel_subscription_buffered gauge\n");
-        let subs = kernel.broker.subscriptions();
-        for s in &subs {
-            let _ = writeln!(
-                out,
-                "kernel_subscription_buffered{{id=\"{}\",subscription=\"{}\"}} {}",
-                s.id,
-                escape(&s.label()),
-                s.buffered()
-            );
-        }
-        out.push_str("# HELP kernel_subscription_unacked Events sent and not yet acked per subscription.\n# TYPE kernel_subscription_unacked gauge\n");
-        for s in &subs {
-            let _ = writeln!(
-                out,
-                "kernel_subscription_unacked{{id=\"{}\",subscription=\"{}\"}} {}",
-                s.id,
-                escape(&s.label()),
-                s.unacked()
-            );
-        }
     }
 }
 

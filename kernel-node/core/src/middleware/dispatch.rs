@@ -1,78 +1,29 @@
-//! The call router: the entry point for every call, and the innermost
-//! service of the kernel pipeline (provider selection and dispatch).
+//! Dispatch, the innermost stage: provider selection, concurrency gate and
+//! hand-over.
 //!
-//! [`Router::call`] runs a [`Request`] through the tower stack composed in
-//! [`crate::middleware::pipeline`]: trace → (capability slot) → validate →
-//! accounting → [`Dispatch`]. Dispatch picks an instance, takes a slot on its
-//! concurrency gate (waiting in the bounded queue when all are busy), and
-//! hands the call over: an in-process handler is called directly, a remote
-//! one gets an invocation frame. A drop guard makes an abandoned call
-//! (deadline, branch cancel, caller gone: the layers above drop this
-//! future) send the provider a cancel frame and cancel the call's branch.
+//! Dispatch picks an instance, takes a slot on its concurrency gate
+//! (waiting in the bounded queue when all are busy), and hands the call
+//! over: an in-process handler is called directly, a remote one gets an
+//! invocation frame. A drop guard makes an abandoned call (deadline, branch
+//! cancel, caller gone: the stages above drop this future) send the
+//! provider a cancel frame and cancel the call's branch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use kernel_proto::headers;
+use kernel_proto::trace::{self, SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::{self as pb, Failure};
 use tokio::sync::OwnedSemaphorePermit;
-use tower::Service;
 
+use crate::call::{BoxFuture, Headers, Reply};
 use crate::config::RouterConfig;
-use crate::context::{headers, Node, Parent};
+use crate::context::Node;
 use crate::error::Error;
-use crate::middleware::{Invocation, Pipeline, Stage};
-use crate::provider::{BoxFuture, Headers, Instance, Link, LocalCall, Reply};
-use crate::registry::Registry;
-use crate::telemetry::{self, SpanKind, Telemetry};
-
-/// A call as the kernel sees it, whoever made it.
-#[derive(Debug, Default)]
-pub struct Request {
-    /// The service to call.
-    pub service: String,
-    /// The method (may be empty).
-    pub method: String,
-    /// The arguments.
-    pub payload: Bytes,
-    /// Their content type (empty = JSON).
-    pub content_type: String,
-    /// Caller-supplied headers; only trace, baggage and budget are honoured.
-    pub headers: Headers,
-    /// Where the call hangs in the context tree.
-    pub parent: Parent,
-    /// The caller's absolute deadline.
-    pub deadline: Option<Instant>,
-    /// The calling plugin, as the kernel knows it (never from a header).
-    pub caller: Option<Arc<str>>,
-}
-
-/// The future of one call through the pipeline.
-pub type CallFuture = <Pipeline as Stage>::Future;
-
-/// Routes calls through the pipeline.
-#[derive(Debug, Clone)]
-pub struct Router {
-    pipeline: Pipeline,
-}
-
-impl Router {
-    /// A router over a composed pipeline.
-    pub fn new(pipeline: Pipeline) -> Router {
-        Router { pipeline }
-    }
-
-    /// Runs one call to completion. The error carries the causality chain,
-    /// with this hop appended.
-    ///
-    /// The pipeline's own future, not wrapped in another `async` block:
-    /// every wrapper would copy the request into one more state machine.
-    pub fn call(&self, req: Request) -> CallFuture {
-        self.pipeline.run(Invocation::new(req))
-    }
-}
+use crate::invocation::{Invocation, Stage};
+use crate::provider::{Instance, Link, LocalCall, RemoteLink};
+use crate::registry::{Pool, Registry};
 
 /// The innermost service: provider selection, concurrency gate, dispatch.
 #[derive(Debug, Clone)]
@@ -98,20 +49,6 @@ impl Dispatch {
                 telemetry,
             }),
         }
-    }
-}
-
-impl Service<Box<Invocation>> for Dispatch {
-    type Response = Reply;
-    type Error = Failure;
-    type Future = BoxFuture<Result<Reply, Failure>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, inv: Box<Invocation>) -> Self::Future {
-        self.run(inv)
     }
 }
 
@@ -141,13 +78,13 @@ impl Dispatch {
             None => Box::pin(self.acquire(&node, &service, None)).await?,
         };
         node.set_plugin(&inst.plugin);
-        let _busy = InFlight::enter(&inst);
+        let _busy = Busy::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
         let span = inv.trace.as_ref().and_then(|cx| {
             self.state.telemetry.start(
                 "kernel.dispatch",
                 SpanKind::Client,
-                telemetry::Parent::Span(cx),
+                SpanParent::Span(cx),
                 || {
                     vec![
                         opentelemetry::KeyValue::new("kernel.service", service.clone()),
@@ -160,7 +97,7 @@ impl Dispatch {
         });
         let mut headers = passthrough(req.headers);
         if let Some(cx) = &span {
-            headers.insert(headers::TRACEPARENT.to_owned(), telemetry::traceparent(cx));
+            headers.insert(headers::TRACEPARENT.to_owned(), trace::traceparent(cx));
         }
         let result = match &inst.link {
             Link::Local(handler) => {
@@ -223,7 +160,7 @@ impl Dispatch {
     fn try_acquire(
         &self,
         service: &str,
-        known: Option<Arc<crate::registry::Pool>>,
+        known: Option<Arc<Pool>>,
     ) -> Result<Option<(Arc<Instance>, OwnedSemaphorePermit)>, Failure> {
         let pool = match known {
             Some(p) => p,
@@ -249,7 +186,7 @@ impl Dispatch {
         &self,
         node: &Arc<Node>,
         service: &str,
-        mut known: Option<Arc<crate::registry::Pool>>,
+        mut known: Option<Arc<Pool>>,
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit), Failure> {
         // Read the clock only if the call has to queue.
         let mut queue_until: Option<Instant> = None;
@@ -345,16 +282,16 @@ fn provider_headers(node: &Arc<Node>, mut h: Headers, caller: Option<&str>) -> H
     h
 }
 
-struct InFlight<'a>(&'a Instance);
+struct Busy<'a>(&'a Instance);
 
-impl<'a> InFlight<'a> {
+impl<'a> Busy<'a> {
     fn enter(i: &'a Instance) -> Self {
         i.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(i)
+        Busy(i)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -372,7 +309,7 @@ impl Drop for Waiting {
 /// still working on it, send a cancel frame.
 struct Abandon<'a> {
     node: &'a Arc<Node>,
-    remote: Option<(&'a crate::provider::RemoteLink, u64)>,
+    remote: Option<(&'a RemoteLink, u64)>,
     done: bool,
 }
 

@@ -1,0 +1,59 @@
+//! The kernel proper: a small, stable microkernel with no server in it.
+//!
+//! Plugins register string-named services, call each other through the
+//! router, and publish/subscribe events through the broker; every call and
+//! delivery gets a context (trace, context path, deadline, budget). The
+//! `kernel-node` crate puts a gRPC server, configuration loading and trace
+//! export around a [`Kernel`]; in-process plugins (the SDK's `in-process`
+//! feature) use it directly.
+//!
+//! # Layout, from the ground up
+//! Each module imports only modules above it in this list (checked with
+//! `shared/tools/import-circles`; see `docs/ARCHITECTURE.md`, Floors).
+//! - `config`, `error`, `names`, `stats`, `lifecycle`, `metrics`: leaves
+//!   (the crate's other modules are not imported by them).
+//! - `context`: the context tree, paths and budgets.
+//! - `schema`: JSON Schema compilation and bounded error listing.
+//! - `call`: [`Request`], [`Reply`], [`Headers`]: a call as every layer sees it.
+//! - `provider`: remote (Register session) and in-process provider instances.
+//! - `registry`: which instances provide which service names.
+//! - `invocation`: a call on its way down the pipeline, and the `Stage` trait.
+//! - `middleware`: the pipeline's stages (trace, validate, accounting,
+//!   dispatch), composed in one place.
+//! - `router`: the entry point for every call.
+//! - `broker`: the event bus (topic trie, subscriptions, acks, dead letters).
+//! - `kernel`: the [`Kernel`] that owns all of the above; the in-process API.
+
+mod broker;
+mod call;
+mod config;
+mod context;
+mod error;
+mod invocation;
+mod kernel;
+mod lifecycle;
+mod metrics;
+mod middleware;
+mod names;
+mod provider;
+mod registry;
+mod router;
+mod schema;
+mod stats;
+
+pub use broker::subscription::{DeadLetter, Subscription, Take};
+pub use broker::trie::Trie;
+pub use broker::trie::{Interest, Match, Queue};
+pub use broker::{Accepted, Broker, InterestChange, Publication, SubscribeRequest};
+pub use call::{BoxFuture, Headers, Reply, Request};
+pub use config::{BrokerConfig, BudgetConfig, BudgetOverride, Config, RouterConfig};
+pub use context::{ChildSpec, Contexts, Node as ContextNode, Parent};
+pub use error::Error;
+pub use kernel::{Kernel, LocalRegistration};
+pub use lifecycle::{Drained, Lifecycle, Work};
+pub use metrics::{EdgeRequest, EdgeSeries, Metrics, NodeFigures};
+pub use names::{validate_pattern, validate_service, validate_topic, MAX_NAME_BYTES, MAX_TOKENS};
+pub use provider::{Down, Instance, Link, LocalCall, LocalHandler, RemoteLink};
+pub use registry::{Pool, Registry};
+pub use router::CallFuture;
+pub use stats::Stats;

@@ -1,0 +1,112 @@
+//! Failures on the wire: a `kernel.v1.Failure` (code, message, causality
+//! chain) inside stream frames, and packed in a standard `google.rpc.Status`
+//! in the `grpc-status-details-bin` trailer of a unary status.
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::v1::{Failure, Hop};
+
+/// Adds the hop a failure just crossed to its causality chain.
+pub fn push_hop(failure: &mut Failure, context: &str, service: &str, plugin: &str) {
+    failure.causality.push(Hop {
+        context: context.to_owned(),
+        service: service.to_owned(),
+        plugin: plugin.to_owned(),
+    });
+}
+
+/// `google.rpc.Status`, the standard payload of `grpc-status-details-bin`
+/// that every gRPC library (grpc-go, grpcio, grpc-java) knows how to parse.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<Any>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Any {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// The type URL of a `kernel.v1.Failure` packed in status details.
+pub const FAILURE_TYPE_URL: &str = "type.googleapis.com/kernel.v1.Failure";
+
+/// Renders a failure as a gRPC status: code and message (with the origin of
+/// the causality chain appended), and the whole `Failure` packed as an `Any`
+/// in a standard `google.rpc.Status` in the details.
+pub fn failure_to_status(failure: &Failure) -> Status {
+    let mut message = failure.message.clone();
+    if let Some(origin) = failure.causality.first() {
+        if origin.context.is_empty() {
+            message.push_str(&format!(" (origin: {})", origin.service));
+        } else {
+            message.push_str(&format!(
+                " (origin: {} at {})",
+                origin.service, origin.context
+            ));
+        }
+    }
+    let details = RpcStatus {
+        code: failure.code,
+        message: message.clone(),
+        details: vec![Any {
+            type_url: FAILURE_TYPE_URL.to_owned(),
+            value: failure.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        Code::from_i32(failure.code),
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// Reads the `Failure` back out of a status made by [`failure_to_status`],
+/// or builds a chain-less one from the code and message.
+pub fn status_to_failure(status: &Status) -> Failure {
+    RpcStatus::decode(status.details())
+        .ok()
+        .and_then(|s| {
+            s.details
+                .into_iter()
+                .find(|a| a.type_url == FAILURE_TYPE_URL)
+        })
+        .and_then(|a| Failure::decode(a.value.as_slice()).ok())
+        .unwrap_or_else(|| Failure {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            causality: Vec::new(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_survives_a_status_round_trip() {
+        let mut f = Failure {
+            code: Code::NotFound as i32,
+            message: "no provider for service `inventory.check`".into(),
+            causality: Vec::new(),
+        };
+        push_hop(&mut f, "00000000000000aa.1", "inventory.check", "");
+        let status = failure_to_status(&f);
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status
+            .message()
+            .contains("origin: inventory.check at 00000000000000aa.1"));
+        assert_eq!(status_to_failure(&status), f);
+        let plain = Status::internal("boom");
+        assert_eq!(status_to_failure(&plain).message, "boom");
+    }
+}

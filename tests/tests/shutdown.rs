@@ -1,0 +1,280 @@
+//! Graceful shutdown of the real binary: every tracked piece of work (a
+//! provider session, a subscription, a call in flight, streams of calls
+//! under load) is drained or ended within the grace period, the process
+//! exits as soon as the last one is done, and no call is left without a
+//! reply or an error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kernel_proto::v1::{self as pb, kernel_client::KernelClient};
+use kernel_sdk::SubscribeOptions;
+use kernel_tests::{eventually, NodeProcess, PluginProcess};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// Long enough that a node which waited for it would fail every bound
+/// below: the node must end on its own once its work is done.
+const GRACE_MS: &str = "30000";
+
+/// Waits until a call to `service` succeeds (the provider registered).
+async fn wait_served(client: &kernel_sdk::Client, service: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{service} served"),
+        || {
+            let c = client.clone();
+            let s = service.to_owned();
+            async move {
+                c.call(&s, "warm")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_session_a_subscription_and_a_call_then_exits_when_they_are_done() {
+    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
+    // A provider session whose calls take 700 ms.
+    let _plugin = PluginProcess::spawn_at(
+        &node.url,
+        &["--service", "slow.echo", "--delay-ms", "700"],
+        &[],
+    );
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    wait_served(&client, "slow.echo").await;
+    // A subscription, with an event delivered before the signal.
+    let mut sub = client
+        .subscriber(SubscribeOptions::new("news.>"))
+        .await
+        .expect("subscribe");
+    client
+        .publish("news.early", "before")
+        .await
+        .expect("publish");
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("delivered")
+        .expect("an event");
+    assert_eq!(first.payload, "before");
+    // A call in flight at SIGTERM.
+    let c = client.clone();
+    let in_flight = tokio::spawn(async move { c.call("slow.echo", "finish me").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    node.terminate().await;
+
+    // The call finishes with its reply...
+    let reply = in_flight
+        .await
+        .expect("join")
+        .expect("the in-flight call completes");
+    assert_eq!(reply, "finish me");
+    // ...the subscription ends (the node closes it once calls are done)...
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if sub.next().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the subscription did not end within 10 s");
+    // ...and the process exits on its own, far inside the 30 s grace.
+    let status = tokio::time::timeout(Duration::from_secs(10), node.child.wait())
+        .await
+        .expect("the node exits once its work is done, not at the end of the grace")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// What one raw CallStream caller saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: u64,
+    unavailable: u64,
+    other: Vec<String>,
+    /// Calls sent whose stream ended before they were answered.
+    unanswered: u64,
+    /// How the stream ended.
+    end: String,
+}
+
+/// Calls `service` on one CallStream, `window` calls outstanding at a time,
+/// until the stream ends; counts every outcome.
+async fn caller(url: String, service: &'static str, window: u64, sent: Arc<AtomicU64>) -> Seen {
+    let mut client = KernelClient::connect(url).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::CallStreamUp>();
+    let mut inbound = client
+        .call_stream(UnboundedReceiverStream::new(rx))
+        .await
+        .expect("open call stream")
+        .into_inner();
+    let mut next_id = 1u64;
+    let mut pending: HashMap<u64, ()> = HashMap::new();
+    let mut seen = Seen::default();
+    let send = |pending: &mut HashMap<u64, ()>, next_id: &mut u64| {
+        let id = *next_id;
+        *next_id += 1;
+        pending.insert(id, ());
+        sent.fetch_add(1, Ordering::Relaxed);
+        tx.send(pb::CallStreamUp {
+            calls: vec![pb::CallFrame {
+                id,
+                service: service.into(),
+                payload: "x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .is_ok()
+    };
+    for _ in 0..window {
+        send(&mut pending, &mut next_id);
+    }
+    loop {
+        match inbound.message().await {
+            Ok(Some(down)) => {
+                for r in down.replies {
+                    assert!(pending.remove(&r.id).is_some(), "a reply to an unknown id");
+                    match r.error {
+                        None => seen.ok += 1,
+                        Some(f) if f.code == tonic::Code::Unavailable as i32 => {
+                            seen.unavailable += 1
+                        }
+                        Some(f) => seen.other.push(format!("{}: {}", f.code, f.message)),
+                    }
+                    send(&mut pending, &mut next_id);
+                }
+            }
+            Ok(None) => {
+                seen.end = "OK".into();
+                break;
+            }
+            Err(status) => {
+                seen.end = format!("{:?}", status.code());
+                break;
+            }
+        }
+    }
+    seen.unanswered = pending.len() as u64;
+    seen
+}
+
+#[tokio::test]
+async fn sigterm_under_call_stream_load_refuses_new_calls_and_answers_every_call() {
+    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
+    let _plugin = PluginProcess::spawn_at(
+        &node.url,
+        &["--service", "load.echo", "--delay-ms", "2"],
+        &[],
+    );
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    wait_served(&client, "load.echo").await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(caller(node.url.clone(), "load.echo", 4, sent.clone())))
+        .collect();
+    // Load running: a few hundred calls answered before the signal.
+    eventually(Duration::from_secs(20), "calls flowing", || {
+        let n = sent.load(Ordering::Relaxed);
+        async move { (n > 500).then_some(()).ok_or(format!("{n} sent")) }
+    })
+    .await;
+    let signalled = Instant::now();
+    node.terminate().await;
+    let mut total = Seen::default();
+    for c in callers {
+        let s = tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .expect("every stream ends")
+            .expect("join");
+        total.ok += s.ok;
+        total.unavailable += s.unavailable;
+        total.other.extend(s.other);
+        total.unanswered += s.unanswered;
+        assert_eq!(s.end, "Unavailable", "a stream ended by shutdown says so");
+    }
+    assert_eq!(total.unanswered, 0, "calls left without a reply: {total:?}");
+    assert!(
+        total.other.is_empty(),
+        "unexpected errors: {:?}",
+        total.other
+    );
+    assert!(total.ok > 500, "{total:?}");
+    let status = tokio::time::timeout(Duration::from_secs(15), node.child.wait())
+        .await
+        .expect("the node exits well before the 30 s grace")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_call_stream_open_at_sigterm_refuses_new_calls_and_finishes_the_running_one() {
+    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
+    let _plugin = PluginProcess::spawn_at(
+        &node.url,
+        &["--service", "slow.echo", "--delay-ms", "1500"],
+        &[],
+    );
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    wait_served(&client, "slow.echo").await;
+    let mut raw = KernelClient::connect(node.url.clone())
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::CallStreamUp>();
+    let mut inbound = raw
+        .call_stream(UnboundedReceiverStream::new(rx))
+        .await
+        .expect("open call stream")
+        .into_inner();
+    let call = |id: u64| pb::CallStreamUp {
+        calls: vec![pb::CallFrame {
+            id,
+            service: "slow.echo".into(),
+            payload: format!("call {id}").into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    tx.send(call(1)).expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.terminate().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream is still open (call 1 runs): a new call is refused at once.
+    tx.send(call(2)).expect("send");
+    let mut replies = HashMap::new();
+    let end = loop {
+        match inbound.message().await {
+            Ok(Some(down)) => {
+                for r in down.replies {
+                    replies.insert(r.id, r);
+                }
+            }
+            Ok(None) => break "OK".to_owned(),
+            Err(status) => break format!("{:?}", status.code()),
+        }
+    };
+    let refused = replies.get(&2).expect("call 2 answered");
+    let err = refused.error.as_ref().expect("call 2 refused");
+    assert_eq!(err.code, tonic::Code::Unavailable as i32, "{err:?}");
+    assert!(err.message.contains("shutting down"), "{}", err.message);
+    let done = replies.get(&1).expect("call 1 answered");
+    assert!(done.error.is_none(), "{:?}", done.error);
+    assert_eq!(done.payload, "call 1");
+    assert_eq!(end, "Unavailable");
+    let status = tokio::time::timeout(Duration::from_secs(10), node.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
