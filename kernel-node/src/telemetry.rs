@@ -23,9 +23,13 @@ use crate::config::TelemetryConfig;
 /// than once (later calls are ignored), which tests rely on.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr (as OPERATIONS.md says): stdout carries only the
+    // "listening" line, and a reader that closed it must not make a log
+    // line fail.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

@@ -257,6 +257,8 @@ impl NodeProcess {
             .expect("read")
             .expect("a line");
         assert!(first.contains("listening"), "{first}");
+        // Keep reading, so the node never writes into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         NodeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),

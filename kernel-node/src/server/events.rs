@@ -20,9 +20,9 @@ use kernel_core::{Subscription, Take, Work};
 use kernel_proto::batch::batched;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// Largest batch of events sent in one Subscribe frame. Measured with
-/// `kernel-bench events` (256-byte events): 64 and 128 deliver the most;
-/// 512 spends its time growing decode buffers, 32 pays per frame.
+/// Largest batch of events sent in one Subscribe frame: larger batches
+/// spend their time growing the client's decode buffers, smaller ones pay
+/// per frame (`kernel-bench events`; figures in `docs/PERFORMANCE.md`).
 const DELIVERY_BATCH: usize = 64;
 
 /// A unary publish: context from metadata.
@@ -219,8 +219,16 @@ pub(crate) async fn subscribe(
         let sub = sub.clone();
         let leave = reader_leave.clone();
         tokio::spawn(async move {
+            let life = kernel.lifecycle().clone();
             loop {
-                let frame = match inbound.message().await {
+                // When sessions close, the upstream is dropped too: a
+                // half-open stream would hold its connection (and the
+                // node's exit) open.
+                let next = tokio::select! {
+                    n = inbound.message() => n,
+                    _ = life.closing() => break,
+                };
+                let frame = match next {
                     Ok(Some(f)) => f,
                     // Half-close: keep delivering until the downstream ends too.
                     Ok(None) => break,

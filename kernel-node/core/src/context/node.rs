@@ -27,8 +27,8 @@ pub struct Node {
     pub service: Arc<str>,
     /// The provider plugin, once one was selected (see [`Node::plugin`]).
     /// A mutex rather than a `OnceLock`: it is set on every dispatched
-    /// call, and `OnceLock::set` went through std's general `Once` path,
-    /// about 150 instructions against a lock's two atomics.
+    /// call, and `OnceLock::set` goes through std's general `Once` path,
+    /// where an uncontended lock is two atomics (`docs/PERFORMANCE.md`).
     plugin: parking_lot::Mutex<Option<Arc<str>>>,
     /// Set when this node itself was cancelled (see [`Node::is_cancelled`]).
     pub(super) cancelled: AtomicBool,
