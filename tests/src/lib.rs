@@ -207,6 +207,28 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     .await
 }
 
+/// `Ok` once some provider instance of the node at `url` has a call in
+/// flight (asked through Admin `ListPlugins`); else what it saw.
+pub async fn provider_busy(url: &str) -> Result<(), String> {
+    let mut admin = kernel_proto::v1::admin_client::AdminClient::connect(url.to_owned())
+        .await
+        .map_err(|e| e.to_string())?;
+    let plugins = admin
+        .list_plugins(kernel_proto::v1::ListPluginsRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .plugins;
+    if plugins.iter().any(|p| p.in_flight > 0) {
+        Ok(())
+    } else {
+        Err(format!(
+            "in flight: {:?}",
+            plugins.iter().map(|p| p.in_flight).collect::<Vec<_>>()
+        ))
+    }
+}
+
 /// A path next to the test binaries (`make test` builds every binary).
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");

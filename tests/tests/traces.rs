@@ -9,7 +9,7 @@ use std::time::Duration;
 use kernel_node::config::Config;
 use kernel_proto::v1 as pb;
 use kernel_sdk::{Bytes, Plugin, SubscribeOptions};
-use kernel_tests::{Node, PluginProcess};
+use kernel_tests::{eventually, Node, PluginProcess};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -106,8 +106,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// Waits until the receiver holds every span name in `want` for our trace.
 async fn collect(node: &Node, r: &Receiver, want: &[(&str, usize)]) -> Vec<Seen> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "every span of the trace", || {
         node.kernel.telemetry().flush();
         let spans: Vec<Seen> = r
             .spans
@@ -119,19 +118,20 @@ async fn collect(node: &Node, r: &Receiver, want: &[(&str, usize)]) -> Vec<Seen>
         let ok = want
             .iter()
             .all(|(name, n)| spans.iter().filter(|s| s.name == *name).count() >= *n);
-        if ok {
-            return spans;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "missing spans; have {:?}",
-            spans
-                .iter()
-                .map(|s| (&s.name, s.attrs.get("kernel.service")))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let out = if ok {
+            Ok(spans)
+        } else {
+            Err(format!(
+                "spans {:?}",
+                spans
+                    .iter()
+                    .map(|s| (&s.name, s.attrs.get("kernel.service")))
+                    .collect::<Vec<_>>()
+            ))
+        };
+        async move { out }
+    })
+    .await
 }
 
 fn by_id(spans: &[Seen]) -> HashMap<String, Seen> {
