@@ -34,6 +34,7 @@ impl Invocation {
     /// A fresh invocation, boxed: it passes through every layer by value,
     /// and a box moves as one pointer where the struct would be copied
     /// (a few hundred bytes) at each layer and inside dispatch.
+    #[inline]
     pub fn new(req: Request) -> Box<Invocation> {
         Box::new(Invocation {
             req,

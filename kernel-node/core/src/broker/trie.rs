@@ -136,9 +136,16 @@ impl<V: Copy + PartialEq> Slot<V> {
         }
     }
 
+    /// Inlined into the walk: most slots it visits are empty, and a call
+    /// per slot would cost more than the check.
+    #[inline(always)]
     fn report<'a>(&'a self, f: &mut impl FnMut(Match<'a, V>)) {
-        self.plain.iter().for_each(|v| f(Match::Plain(*v)));
-        self.queues.iter().for_each(|q| f(Match::Queue(q)));
+        for v in &self.plain {
+            f(Match::Plain(*v));
+        }
+        for q in &self.queues {
+            f(Match::Queue(q));
+        }
     }
 }
 

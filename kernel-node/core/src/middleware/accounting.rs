@@ -70,6 +70,7 @@ where
 }
 
 /// The layer's work around `inner`.
+#[inline]
 fn account<F>(
     contexts: &Contexts,
     mut inv: Box<Invocation>,

@@ -70,6 +70,7 @@ where
 }
 
 /// Starts the span and the metrics, then runs `inner`.
+#[inline]
 fn traced<F>(
     layer: &TraceLayer,
     mut inv: Box<Invocation>,
