@@ -13,8 +13,7 @@ use std::time::Instant;
 use kernel_core::{ChildSpec, Config, Kernel, LocalRegistration, Parent, Request, Trie};
 use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
 
-use crate::measure::mean_ns;
-use crate::scenarios::{row, Row};
+use crate::measure::{mean_ns, row, Row};
 
 const CALL_PAYLOAD: usize = 64;
 const EVENT_PAYLOAD: usize = 256;

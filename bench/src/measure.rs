@@ -82,3 +82,20 @@ where
     }
     t.elapsed().as_nanos() as f64 / iters as f64
 }
+
+/// One line of the report: what was measured, its value, its target.
+pub(crate) struct Row {
+    pub(crate) what: String,
+    pub(crate) value: String,
+    pub(crate) target: String,
+}
+
+/// Prints a row as it is measured and keeps it for the closing table.
+pub(crate) fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
+    println!("  {what}: {value}  {target}");
+    rows.push(Row {
+        what: what.into(),
+        value,
+        target,
+    });
+}

@@ -8,7 +8,7 @@ use kernel_sdk::{Bytes, Client, SubscribeOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::measure::{latency, throughput, Latency};
+use crate::measure::{latency, row, throughput, Latency, Row};
 
 const CALL_PAYLOAD: usize = 64;
 const EVENT_PAYLOAD: usize = 256;
@@ -68,21 +68,6 @@ async fn wait_line(child: &mut Child, prefix: &str) {
     }
     // Keep draining so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-}
-
-pub(crate) struct Row {
-    what: String,
-    value: String,
-    target: String,
-}
-
-pub(crate) fn row(rows: &mut Vec<Row>, what: &str, value: String, target: String) {
-    println!("  {what}: {value}  {target}");
-    rows.push(Row {
-        what: what.into(),
-        value,
-        target,
-    });
 }
 
 pub(crate) async fn all(secs: u64, samples: usize) {
