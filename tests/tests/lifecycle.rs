@@ -1,9 +1,10 @@
-//! The node's lifecycle: the real binary's config errors and graceful
-//! shutdown, and plugins and clients reconnecting after a restart.
+//! The node's lifecycle: the real binary's config errors, and plugins and
+//! clients reconnecting after a restart. Graceful shutdown has its own
+//! file, `shutdown.rs`.
 
 use std::time::Duration;
 
-use kernel_tests::{binary, eventually, provider_busy, Node, NodeProcess, PluginProcess};
+use kernel_tests::{binary, eventually, Node, PluginProcess};
 use tokio::process::Command;
 
 #[tokio::test]
@@ -56,45 +57,6 @@ async fn bad_config_exits_naming_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key) && err.contains(expect), "{err}");
     }
-}
-
-#[tokio::test]
-async fn sigterm_lets_in_flight_calls_finish_then_exits() {
-    let mut node = NodeProcess::start(&[]).await;
-    let url = node.url.clone();
-    let mut plugin =
-        PluginProcess::spawn_at(&url, &["--service", "slow.echo", "--delay-ms", "700"], &[]);
-    let client = kernel_sdk::Client::connect(&url).expect("client");
-    eventually(Duration::from_secs(20), "the plugin registered", || {
-        let c = client.clone();
-        async move {
-            c.call("slow.echo", "warm")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let c = client.clone();
-    let in_flight = tokio::spawn(async move { c.call("slow.echo", "finish me").await });
-    // The call is in flight once the provider holds it.
-    eventually(Duration::from_secs(10), "the call at the provider", || {
-        let url = url.clone();
-        async move { provider_busy(&url).await }
-    })
-    .await;
-    node.terminate().await;
-    let reply = in_flight
-        .await
-        .expect("join")
-        .expect("the in-flight call completes");
-    assert_eq!(reply, "finish me");
-    let status = tokio::time::timeout(Duration::from_secs(10), node.child.wait())
-        .await
-        .expect("the node exits within its grace period")
-        .expect("wait");
-    assert!(status.success(), "{status:?}");
-    let _ = plugin.kill().await;
 }
 
 #[tokio::test]

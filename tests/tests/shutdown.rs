@@ -2,7 +2,9 @@
 //! provider session, a subscription, a call in flight, streams of calls
 //! under load) is drained or ended within the grace period, the process
 //! exits as soon as the last one is done, and no call is left without a
-//! reply or an error.
+//! reply or an error. (The first test also covers what `lifecycle.rs` once
+//! checked alone: a call in flight at SIGTERM finishes with its reply and
+//! the process exits with success.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,15 +13,26 @@ use std::time::{Duration, Instant};
 
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient};
 use kernel_sdk::SubscribeOptions;
-use kernel_tests::{eventually, NodeProcess, PluginProcess};
+use kernel_tests::{eventually, provider_busy, NodeProcess, PluginProcess};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// Long enough that a node which waited for it would fail every bound
 /// below: the node must end on its own once its work is done.
 const GRACE_MS: &str = "30000";
 
-/// Waits until a call to `service` succeeds (the provider registered).
-async fn wait_served(client: &kernel_sdk::Client, service: &str) {
+/// A node binary with a 30 s grace, a `test-plugin` providing `service`
+/// (each call taking `delay_ms`), and a client that has seen it answer.
+async fn node_with_provider(
+    service: &str,
+    delay_ms: &str,
+) -> (NodeProcess, PluginProcess, kernel_sdk::Client) {
+    let node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
+    let plugin = PluginProcess::spawn_at(
+        &node.url,
+        &["--service", service, "--delay-ms", delay_ms],
+        &[],
+    );
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
     eventually(
         Duration::from_secs(20),
         &format!("{service} served"),
@@ -35,19 +48,21 @@ async fn wait_served(client: &kernel_sdk::Client, service: &str) {
         },
     )
     .await;
+    (node, plugin, client)
+}
+
+/// Waits until the provider holds a call (Admin `ListPlugins`).
+async fn at_provider(url: &str) {
+    eventually(Duration::from_secs(10), "a call at the provider", || {
+        let url = url.to_owned();
+        async move { provider_busy(&url).await }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_a_session_a_subscription_and_a_call_then_exits_when_they_are_done() {
-    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
-    // A provider session whose calls take 700 ms.
-    let _plugin = PluginProcess::spawn_at(
-        &node.url,
-        &["--service", "slow.echo", "--delay-ms", "700"],
-        &[],
-    );
-    let client = kernel_sdk::Client::connect(&node.url).expect("client");
-    wait_served(&client, "slow.echo").await;
+    let (mut node, _plugin, client) = node_with_provider("slow.echo", "700").await;
     // A subscription, with an event delivered before the signal.
     let mut sub = client
         .subscriber(SubscribeOptions::new("news.>"))
@@ -65,7 +80,7 @@ async fn sigterm_drains_a_session_a_subscription_and_a_call_then_exits_when_they
     // A call in flight at SIGTERM.
     let c = client.clone();
     let in_flight = tokio::spawn(async move { c.call("slow.echo", "finish me").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    at_provider(&node.url).await;
     let signalled = Instant::now();
     node.terminate().await;
 
@@ -175,14 +190,7 @@ async fn caller(url: String, service: &'static str, window: u64, sent: Arc<Atomi
 
 #[tokio::test]
 async fn sigterm_under_call_stream_load_refuses_new_calls_and_answers_every_call() {
-    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
-    let _plugin = PluginProcess::spawn_at(
-        &node.url,
-        &["--service", "load.echo", "--delay-ms", "2"],
-        &[],
-    );
-    let client = kernel_sdk::Client::connect(&node.url).expect("client");
-    wait_served(&client, "load.echo").await;
+    let (mut node, _plugin, _client) = node_with_provider("load.echo", "2").await;
     let sent = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..16)
         .map(|_| tokio::spawn(caller(node.url.clone(), "load.echo", 4, sent.clone())))
@@ -233,14 +241,7 @@ async fn sigterm_under_call_stream_load_refuses_new_calls_and_answers_every_call
 
 #[tokio::test]
 async fn a_call_stream_open_at_sigterm_refuses_new_calls_and_finishes_the_running_one() {
-    let mut node = NodeProcess::start(&[("KERNEL_SERVER__SHUTDOWN_GRACE_MS", GRACE_MS)]).await;
-    let _plugin = PluginProcess::spawn_at(
-        &node.url,
-        &["--service", "slow.echo", "--delay-ms", "1500"],
-        &[],
-    );
-    let client = kernel_sdk::Client::connect(&node.url).expect("client");
-    wait_served(&client, "slow.echo").await;
+    let (mut node, _plugin, _client) = node_with_provider("slow.echo", "1500").await;
     let mut raw = KernelClient::connect(node.url.clone())
         .await
         .expect("connect");
@@ -259,10 +260,34 @@ async fn a_call_stream_open_at_sigterm_refuses_new_calls_and_finishes_the_runnin
         }],
         ..Default::default()
     };
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(node.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    )
+    .watch(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .expect("watch")
+    .into_inner();
     tx.send(call(1)).expect("send");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    at_provider(&node.url).await;
     node.terminate().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node heard the signal once its health says so (on a watch
+    // opened before: it takes no new streams now).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(update)) = watch.message().await {
+            if update.status
+                == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+            {
+                return;
+            }
+        }
+        panic!("the health watch ended before NOT_SERVING");
+    })
+    .await
+    .expect("health NOT_SERVING");
     // The stream is still open (call 1 runs): a new call is refused at once.
     tx.send(call(2)).expect("send");
     let mut replies = HashMap::new();

@@ -179,21 +179,17 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernel_proto::failure::{push_hop, status_to_failure};
+    use kernel_proto::failure::status_to_failure;
 
     #[test]
-    fn an_error_survives_a_status_round_trip() {
-        let mut f = Failure::from(Error::NoProvider {
-            service: "inventory.check".into(),
+    fn an_error_reaches_the_caller_with_its_code_and_its_wire_form() {
+        let status = Status::from(Error::DuplicateInstance {
+            instance: "greeter-1".into(),
         });
-        push_hop(&mut f, "00000000000000aa.1", "inventory.check", "");
-        let status = failure_to_status(&f);
-        assert_eq!(status.code(), Code::NotFound);
-        assert!(status
-            .message()
-            .contains("origin: inventory.check at 00000000000000aa.1"));
-        assert_eq!(status_to_failure(&status), f);
-        let plain = Status::internal("boom");
-        assert_eq!(status_to_failure(&plain).message, "boom");
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let f = status_to_failure(&status);
+        assert_eq!(f.code, Code::AlreadyExists as i32);
+        assert!(f.message.contains("`greeter-1`"), "{}", f.message);
+        assert_eq!(Status::from(Error::ShuttingDown).code(), Code::Unavailable);
     }
 }
