@@ -30,6 +30,13 @@ pub struct Config {
     pub server: ServerConfig,
     /// Traces and metrics.
     pub telemetry: TelemetryConfig,
+    /// `[[plugins]]`: plugins the node supervises itself (manifests, see
+    /// `docs/PLUGINS.md` §6). Kept as raw tables here so one bad manifest
+    /// is refused on its own, naming its key, while the others start.
+    pub plugins: Vec<toml::Value>,
+    /// A directory of plugin manifests (one `*.toml` per plugin),
+    /// supervised beside `[[plugins]]`.
+    pub plugins_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -41,6 +48,8 @@ impl Default for Config {
             budget: BudgetConfig::default(),
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
+            plugins: Vec::new(),
+            plugins_dir: None,
         }
     }
 }
@@ -214,7 +223,8 @@ impl Config {
 }
 
 /// Top-level keys an environment variable may set.
-const KNOWN_ROOTS: [&str; 6] = [
+const KNOWN_ROOTS: [&str; 7] = [
+    "plugins_dir",
     "listen",
     "router",
     "broker",

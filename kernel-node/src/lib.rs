@@ -9,8 +9,10 @@
 //!   the transport edge, the admin HTTP port, and [`server::run`].
 //! - [`config`]: TOML + `KERNEL_*` environment configuration.
 //! - [`telemetry`]: logs, and the OTLP exporter behind the kernel's spans.
+//! - [`plugins`]: plugins the node supervises itself (`plugin-host`).
 
 pub mod config;
+pub mod plugins;
 pub mod server;
 pub mod telemetry;
 

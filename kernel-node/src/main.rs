@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kernel_node::{server, telemetry, Config, Kernel};
+use kernel_node::{plugins, server, telemetry, Config, Kernel};
 
 /// Every call and event allocates a few small, short-lived objects across
 /// worker threads; mimalloc's thread-local free lists serve that pattern at
@@ -26,6 +26,9 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
+    // A supervised plugin's shim is this executable run again: it must
+    // not parse flags or start a node.
+    plugin_host::shim::run_if_requested();
     telemetry::init();
     let flags = Flags::parse();
     let config = match Config::load(flags.config.as_deref()) {
@@ -73,13 +76,24 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
         }
     };
     let admin_listen = config.telemetry.admin_listen.clone();
+    let manifests = plugins::manifests(&config);
     let kernel = Kernel::with_telemetry(config.clone(), telemetry.clone());
+    let local = match listener.local_addr() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        Ok(a) => format!("http://{a}"),
+        Err(_) => format!("http://{}", config.listen),
+    };
+    let hosted = plugins::start(manifests, &kernel, &local);
     if !admin_listen.is_empty() {
         match tokio::net::TcpListener::bind(&admin_listen).await {
             Ok(l) => {
                 let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(admin = %at, "metrics and health on http://{at}/metrics, /healthz, /readyz");
-                tokio::spawn(server::serve_admin_http(l, kernel.clone()));
+                tokio::spawn(server::serve_admin_http_with(
+                    l,
+                    kernel.clone(),
+                    hosted.clone(),
+                ));
             }
             Err(e) => {
                 eprintln!(
@@ -90,6 +104,10 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
         }
     }
     let out = server::run(listener, kernel, config.server.clone(), shutdown_signal()).await;
+    // Plugins stop after the node drained the calls they were serving.
+    if let Some(host) = hosted {
+        host.stop().await;
+    }
     telemetry.shutdown();
     match out {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 pub use admin::AdminService;
-pub use admin_http::serve_admin_http;
+pub use admin_http::{serve_admin_http, serve_admin_http_with};
 
 use kernel_core::Kernel;
 use kernel_proto::headers;

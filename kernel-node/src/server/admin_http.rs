@@ -14,6 +14,16 @@ use kernel_core::Kernel;
 
 /// Serves the admin endpoints until the kernel shuts down.
 pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
+    serve_admin_http_with(listener, kernel, None).await
+}
+
+/// The same, with the node's supervised plugins: their `kernel_plugin_*`
+/// metrics, and `/readyz` 503 naming any critical plugin that is down.
+pub async fn serve_admin_http_with(
+    listener: TcpListener,
+    kernel: Arc<Kernel>,
+    plugins: Option<Arc<plugin_host::Host>>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -27,13 +37,19 @@ pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
             _ = kernel.lifecycle().stopped() => return,
         };
         let kernel = kernel.clone();
+        let plugins = plugins.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &kernel)).await;
+            let answered = answer(stream, &kernel, plugins.as_deref());
+            let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, kernel: &Kernel) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    kernel: &Kernel,
+    plugins: Option<&plugin_host::Host>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -57,13 +73,20 @@ async fn answer(mut stream: TcpStream, kernel: &Kernel) -> std::io::Result<()> {
     }
     match path.split('?').next().unwrap_or_default() {
         "/metrics" => {
-            let body = kernel.render_metrics();
+            let mut body = kernel.render_metrics();
+            if let Some(p) = plugins {
+                body.push_str(&p.render_metrics());
+            }
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
         "/readyz" => {
+            let down = plugins.map(|p| p.critical_down()).unwrap_or_default();
             if kernel.lifecycle().is_draining() {
                 respond(&mut stream, 503, "text/plain", "shutting down\n").await
+            } else if !down.is_empty() {
+                let body = format!("critical plugins down: {}\n", down.join(", "));
+                respond(&mut stream, 503, "text/plain", &body).await
             } else {
                 respond(&mut stream, 200, "text/plain", "ready\n").await
             }

@@ -1,0 +1,46 @@
+//! Plugins the node supervises itself: the `[[plugins]]` of its config and
+//! the manifests in `plugins_dir`, run by an embedded `plugin_host::Host`
+//! that connects them to this node.
+
+use std::sync::Arc;
+
+use kernel_core::Kernel;
+use plugin_host::{Host, Manifest, Readiness};
+
+use crate::config::Config;
+
+/// A plugin is ready once the node's registry has every service its
+/// manifest lists.
+struct Registered(Arc<Kernel>);
+
+impl Readiness for Registered {
+    fn is_provided(&self, service: &str) -> bool {
+        self.0.registry().pool(service).is_some()
+    }
+}
+
+/// The manifests `config` declares; each refused one is logged naming the
+/// plugin and the key, and the others still start.
+pub fn manifests(config: &Config) -> Vec<Manifest> {
+    let (mut good, mut bad) = plugin_host::manifest::from_values(config.plugins.clone());
+    if let Some(dir) = &config.plugins_dir {
+        let (g, b) = plugin_host::manifest::load_dir(dir);
+        good.extend(g);
+        bad.extend(b);
+    }
+    for e in &bad {
+        tracing::error!(cause = %e, "plugin manifest refused; the other plugins start");
+    }
+    good
+}
+
+/// Starts supervising `manifests` against the node at `url` (none: no
+/// host).
+pub fn start(manifests: Vec<Manifest>, kernel: &Arc<Kernel>, url: &str) -> Option<Arc<Host>> {
+    if manifests.is_empty() {
+        return None;
+    }
+    tracing::info!(plugins = manifests.len(), "supervising plugins");
+    let readiness: Arc<dyn Readiness> = Arc::new(Registered(kernel.clone()));
+    Some(Arc::new(Host::start(manifests, url, Some(readiness))))
+}

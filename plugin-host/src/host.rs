@@ -1,0 +1,156 @@
+//! The host: one supervisor per plugin, their status, operator orders.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::manifest::Manifest;
+use crate::status::{Event, PluginStatus, State};
+use crate::supervisor::{self, Order, Readiness, Shared};
+
+/// Supervised plugins. Dropping it does not stop them: call
+/// [`Host::stop`] (the shims still take them down when the process exits).
+pub struct Host {
+    plugins: Vec<Hosted>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
+
+struct Hosted {
+    status: Shared,
+    orders: mpsc::UnboundedSender<Order>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("plugins", &self.status())
+            .finish()
+    }
+}
+
+impl Host {
+    /// Starts a supervisor for each manifest; plugins connect to the kernel
+    /// at `kernel_url`. With `readiness`, a plugin is running once every
+    /// service its manifest lists is provided.
+    pub fn start(
+        manifests: Vec<Manifest>,
+        kernel_url: &str,
+        readiness: Option<Arc<dyn Readiness>>,
+    ) -> Host {
+        let (events, rx) = mpsc::unbounded_channel();
+        let plugins = manifests
+            .into_iter()
+            .map(|m| {
+                let status = Shared {
+                    status: Arc::new(Mutex::new(PluginStatus {
+                        name: m.name.clone(),
+                        critical: m.critical,
+                        state: State::Starting,
+                        restarts: 0,
+                        runs: Vec::new(),
+                    })),
+                    events: events.clone(),
+                };
+                let (orders, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(supervisor::supervise(
+                    m,
+                    kernel_url.to_owned(),
+                    readiness.clone(),
+                    status.clone(),
+                    rx,
+                ));
+                Hosted {
+                    status,
+                    orders,
+                    task: Mutex::new(Some(task)),
+                }
+            })
+            .collect();
+        Host {
+            plugins,
+            events: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Every [`Event`] since the host started, in order (once: the first
+    /// caller takes the receiver).
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.events.lock().take()
+    }
+
+    /// Every plugin's status, in manifest order.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.plugins
+            .iter()
+            .map(|p| p.status.lock().clone())
+            .collect()
+    }
+
+    /// Critical plugins that are not running: the node is not ready while
+    /// there is any.
+    pub fn critical_down(&self) -> Vec<String> {
+        self.status()
+            .into_iter()
+            .filter(|s| s.critical && !s.state.is_up())
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// Takes `plugin` out of a crash loop (or an exit it was not to be
+    /// restarted from) and starts it again.
+    pub fn reset(&self, plugin: &str) -> Result<(), Error> {
+        let p = self
+            .plugins
+            .iter()
+            .find(|p| p.status.lock().name == plugin)
+            .ok_or_else(|| Error::Unknown {
+                plugin: plugin.to_owned(),
+            })?;
+        let _ = p.orders.send(Order::Reset);
+        Ok(())
+    }
+
+    /// Stops every plugin (SIGTERM, then SIGKILL after its grace) and
+    /// waits for them.
+    pub async fn stop(&self) {
+        for p in &self.plugins {
+            let _ = p.orders.send(Order::Stop);
+        }
+        for p in &self.plugins {
+            let task = p.task.lock().take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// The status as Prometheus text (`kernel_plugin_*`).
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let status = self.status();
+        out.push_str("# HELP kernel_plugin_up Whether a supervised plugin is running and ready.\n# TYPE kernel_plugin_up gauge\n");
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "kernel_plugin_up{{plugin=\"{}\",state=\"{}\"}} {}",
+                s.name,
+                s.state.as_str(),
+                u8::from(s.state.is_up())
+            );
+        }
+        out.push_str("# HELP kernel_plugin_restarts Restarts of a supervised plugin since start or reset.\n# TYPE kernel_plugin_restarts gauge\n");
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "kernel_plugin_restarts{{plugin=\"{}\"}} {}",
+                s.name, s.restarts
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,355 @@
+//! One plugin's supervisor: start it, watch it, restart it by its policy
+//! with backoff, stop restarting in a crash loop, stop it gracefully.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::manifest::{Manifest, Restart};
+use crate::shim;
+use crate::status::{Event, Exit, PluginStatus, Run, State, HISTORY};
+
+/// Asks whether a service is provided (the node's registry, when the host
+/// is embedded); the host needs nothing else from the kernel.
+pub trait Readiness: Send + Sync + 'static {
+    /// True when some instance provides `service`.
+    fn is_provided(&self, service: &str) -> bool;
+}
+
+/// What an operator (or the host) asks of a supervisor.
+#[derive(Debug)]
+pub(crate) enum Order {
+    /// Leave the crash-loop (or exited) state and start again now.
+    Reset,
+    /// Stop the plugin and the supervisor.
+    Stop,
+}
+
+/// The shared status of one plugin, and where its events go.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) status: Arc<Mutex<PluginStatus>>,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, PluginStatus> {
+        self.status.lock()
+    }
+
+    fn tell(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// Runs `manifest` until ordered to stop.
+pub(crate) async fn supervise(
+    manifest: Manifest,
+    kernel_url: String,
+    readiness: Option<Arc<dyn Readiness>>,
+    status: Shared,
+    mut orders: mpsc::UnboundedReceiver<Order>,
+) {
+    let name = manifest.name.clone();
+    let mut delay = Duration::from_millis(manifest.backoff.initial_ms);
+    // Starts within the crash-loop window.
+    let mut recent: Vec<Instant> = Vec::new();
+    let mut instance = 0u64;
+    loop {
+        instance += 1;
+        set_state(&status, State::Starting);
+        let started = Instant::now();
+        let exit = match start(&manifest, &kernel_url, instance) {
+            Ok(child) => {
+                match run(
+                    &manifest,
+                    readiness.as_deref(),
+                    &status,
+                    child,
+                    instance,
+                    &mut orders,
+                )
+                .await
+                {
+                    Outcome::Exited(exit) => exit,
+                    Outcome::Stopped => {
+                        set_state(&status, State::Stopped);
+                        return;
+                    }
+                }
+            }
+            Err(why) => {
+                let exit = Exit::SpawnFailed(why);
+                record_start(&status, instance, 0);
+                record_end(&status, exit.clone());
+                exit
+            }
+        };
+        tracing::warn!(plugin = %name, instance, reason = %exit, "plugin exited");
+        let restart = match manifest.restart {
+            Restart::Always => true,
+            Restart::OnFailure => exit.is_failure(),
+            Restart::Never => false,
+        };
+        if !restart {
+            set_state(&status, State::Exited);
+            if !wait_for_reset(&mut orders).await {
+                set_state(&status, State::Stopped);
+                return;
+            }
+            reset(&status, &mut recent, &mut delay, &manifest);
+            continue;
+        }
+        // A long healthy run starts the backoff over.
+        if started.elapsed() >= Duration::from_millis(manifest.backoff.reset_after_ms) {
+            delay = Duration::from_millis(manifest.backoff.initial_ms);
+        }
+        let window = Duration::from_millis(manifest.crash_loop.window_ms);
+        recent.retain(|t| t.elapsed() < window);
+        if recent.len() as u32 >= manifest.crash_loop.max_restarts {
+            tracing::error!(plugin = %name, restarts = recent.len(), window_ms = manifest.crash_loop.window_ms, "plugin in a crash loop: not restarted until reset");
+            set_state(&status, State::CrashLoop);
+            if !wait_for_reset(&mut orders).await {
+                set_state(&status, State::Stopped);
+                return;
+            }
+            reset(&status, &mut recent, &mut delay, &manifest);
+            continue;
+        }
+        set_state(&status, State::Backoff);
+        let jitter = rand::thread_rng().gen_range(0.0..=manifest.backoff.jitter);
+        let pause = delay.mul_f64(1.0 + jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            order = orders.recv() => match order {
+                Some(Order::Reset) => reset(&status, &mut recent, &mut delay, &manifest),
+                Some(Order::Stop) | None => {
+                    set_state(&status, State::Stopped);
+                    return;
+                }
+            },
+        }
+        recent.push(Instant::now());
+        status.lock().restarts += 1;
+        delay = delay
+            .mul_f64(manifest.backoff.multiplier)
+            .min(Duration::from_millis(manifest.backoff.max_ms));
+    }
+}
+
+fn reset(status: &Shared, recent: &mut Vec<Instant>, delay: &mut Duration, m: &Manifest) {
+    recent.clear();
+    *delay = Duration::from_millis(m.backoff.initial_ms);
+    status.lock().restarts = 0;
+    tracing::info!(plugin = %m.name, "plugin reset by an operator");
+}
+
+/// Waits for a reset (true) or a stop (false).
+async fn wait_for_reset(orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
+    matches!(orders.recv().await, Some(Order::Reset))
+}
+
+fn set_state(status: &Shared, state: State) {
+    let name = {
+        let mut s = status.lock();
+        if s.state == state {
+            return;
+        }
+        s.state = state;
+        s.name.clone()
+    };
+    status.tell(Event::State {
+        plugin: name,
+        state,
+    });
+}
+
+fn record_start(status: &Shared, instance: u64, pid: u32) {
+    let name = {
+        let mut s = status.lock();
+        if s.runs.len() == HISTORY {
+            s.runs.remove(0);
+        }
+        s.runs.push(Run {
+            instance,
+            pid,
+            started: SystemTime::now(),
+            ended: None,
+        });
+        s.name.clone()
+    };
+    status.tell(Event::Started {
+        plugin: name,
+        instance,
+        pid,
+    });
+}
+
+fn record_end(status: &Shared, exit: Exit) {
+    let (name, instance) = {
+        let mut s = status.lock();
+        let name = s.name.clone();
+        match s.runs.last_mut() {
+            Some(run) if run.ended.is_none() => {
+                run.ended = Some((SystemTime::now(), exit.clone()));
+                (name, run.instance)
+            }
+            _ => return,
+        }
+    };
+    status.tell(Event::Exited {
+        plugin: name,
+        instance,
+        exit,
+    });
+}
+
+/// Starts the plugin through the shim, in a process group of its own,
+/// with a cleared environment.
+fn start(m: &Manifest, kernel_url: &str, instance: u64) -> Result<Child, String> {
+    let program = crate::manifest::resolve(&m.command, m.cwd.as_deref())
+        .ok_or_else(|| format!("`{}` is not an executable file (nor on PATH)", m.command))?;
+    let me =
+        std::env::current_exe().map_err(|e| format!("cannot find the host's executable: {e}"))?;
+    let mut cmd = Command::new(me);
+    cmd.args(shim::args(&m.limits, &program.to_string_lossy(), &m.args))
+        .env_clear()
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for key in &m.env_allow {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(&m.env);
+    cmd.env("KERNEL_URL", kernel_url);
+    cmd.env("KERNEL_PLUGIN_INSTANCE", instance.to_string());
+    if let Some(dir) = &m.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.spawn().map_err(|e| e.to_string())
+}
+
+enum Outcome {
+    Exited(Exit),
+    Stopped,
+}
+
+/// Watches one run: logs, readiness, exit, or a stop order.
+async fn run(
+    m: &Manifest,
+    readiness: Option<&dyn Readiness>,
+    status: &Shared,
+    mut child: Child,
+    instance: u64,
+    orders: &mut mpsc::UnboundedReceiver<Order>,
+) -> Outcome {
+    let pid = child.id().unwrap_or_default();
+    record_start(status, instance, pid);
+    tracing::info!(plugin = %m.name, instance, pid, "plugin started");
+    forward_logs(&m.name, instance, &mut child);
+    let ready_by = Instant::now() + Duration::from_millis(m.ready_timeout_ms);
+    let mut ready = false;
+    loop {
+        if !ready {
+            ready = match readiness {
+                None => true,
+                Some(r) => m.services.iter().all(|s| r.is_provided(s)),
+            };
+            if ready {
+                set_state(status, State::Running);
+            } else if Instant::now() >= ready_by {
+                tracing::warn!(plugin = %m.name, instance, services = ?m.services, "plugin not ready in time: stopping it");
+                stop(m, &mut child, pid).await;
+                record_end(status, Exit::NotReady);
+                return Outcome::Exited(Exit::NotReady);
+            }
+        }
+        let poll = if ready {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(20)
+        };
+        tokio::select! {
+            done = child.wait() => {
+                let exit = match done {
+                    Ok(st) => exit_of(st),
+                    Err(e) => Exit::SpawnFailed(e.to_string()),
+                };
+                record_end(status, exit.clone());
+                return Outcome::Exited(exit);
+            }
+            order = orders.recv() => match order {
+                Some(Order::Reset) => {}
+                Some(Order::Stop) | None => {
+                    stop(m, &mut child, pid).await;
+                    if let Ok(Some(st)) = child.try_wait() {
+                        record_end(status, exit_of(st));
+                    }
+                    return Outcome::Stopped;
+                }
+            },
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// How the shim (and so the plugin) ended: the shim exits with the
+/// plugin's code, or 128 + the signal that killed the plugin.
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(shim::SPAWN_FAILED), _) => Exit::SpawnFailed("see the plugin's stderr".into()),
+        (Some(c), _) if c > 128 && c < 128 + 65 => Exit::Signal(c - 128),
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(sig)) => Exit::Signal(sig),
+        _ => Exit::Code(-1),
+    }
+}
+
+/// Graceful stop: SIGTERM to the whole group, SIGKILL after the grace.
+async fn stop(m: &Manifest, child: &mut Child, pid: u32) {
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    let grace = Duration::from_millis(m.stop_grace_ms);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(plugin = %m.name, pid, grace_ms = m.stop_grace_ms, "plugin ignored SIGTERM: killing its group");
+    }
+    // Whatever is left of the group (children the plugin started) goes too.
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+/// Each line of the plugin's stdout and stderr into the host's log, with
+/// the plugin, the instance and the stream as fields.
+fn forward_logs(name: &str, instance: u64, child: &mut Child) {
+    if let Some(out) = child.stdout.take() {
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %name, instance, stream = "stdout", "{line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %name, instance, stream = "stderr", "{line}");
+            }
+        });
+    }
+}

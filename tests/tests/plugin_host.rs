@@ -1,0 +1,372 @@
+//! The plugin host with real child processes: restarts with growing
+//! delays, crash loops and operator resets, exit reasons, memory limits,
+//! bad manifests, and no process left behind when the host (or a node
+//! supervising plugins itself) is killed with SIGKILL.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use kernel_tests::{binary, eventually, NodeProcess};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// A `plugin-host` process over a manifest file; its stdout event lines
+/// (`<ms> <plugin> started|exited|state=…`) are collected.
+struct HostProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every stdout line so far.
+    seen: Vec<String>,
+    stderr: mpsc::UnboundedReceiver<String>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "plugin-host-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    (h.finish() % 1_000_000) as u32
+}
+
+/// Lines of `r`, sent on as they come.
+fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl HostProcess {
+    async fn start(tag: &str, manifests: &str) -> HostProcess {
+        let dir = TempDir::new(tag);
+        let file = dir.0.join("plugins.toml");
+        std::fs::write(&file, manifests).expect("write manifests");
+        let mut child = Command::new(binary("plugin-host"))
+            .arg(&file)
+            .arg("--kernel")
+            .arg("http://127.0.0.1:1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn plugin-host");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = pump(child.stdout.take().expect("stdout"));
+        let stderr = pump(child.stderr.take().expect("stderr"));
+        HostProcess {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// The first stdout line, so far or still to come, containing
+    /// `needle`; panics with what it saw after `limit`.
+    async fn expect(&mut self, needle: &str, limit: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(until, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("plugin-host ended before `{needle}`; saw {:?}", self.seen),
+                Err(_) => panic!("no `{needle}` within {limit:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Reads what arrives for `span`; true if a line containing `needle`
+    /// came in meanwhile.
+    async fn arrives_within(&mut self, needle: &str, span: Duration) -> bool {
+        let until = tokio::time::Instant::now() + span;
+        while let Ok(Some(l)) = tokio::time::timeout_at(until, self.lines.recv()).await {
+            self.seen.push(l.clone());
+            if l.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn send(&mut self, command: &str) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("write command");
+    }
+}
+
+/// The milliseconds at the start of an event line.
+fn ms(line: &str) -> u64 {
+    line.split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time in `{line}`"))
+}
+
+#[tokio::test]
+async fn a_failing_plugin_restarts_with_growing_delays_then_stays_in_a_crash_loop_until_reset() {
+    let mut host = HostProcess::start(
+        "crash",
+        r#"
+        [[plugins]]
+        name = "crasher"
+        command = "sh"
+        args = ["-c", "exit 3"]
+        backoff = { initial_ms = 200, multiplier = 2.0, max_ms = 5000, jitter = 0.1 }
+        crash_loop = { max_restarts = 3, window_ms = 60000 }
+        "#,
+    )
+    .await;
+    let limit = Duration::from_secs(10);
+    let mut delays = Vec::new();
+    let mut ended = ms(&host
+        .expect("crasher exited instance=1 reason=exit code 3", limit)
+        .await);
+    for n in 2..=4 {
+        let started = ms(&host
+            .expect(&format!("crasher started instance={n}"), limit)
+            .await);
+        delays.push(started - ended);
+        ended = ms(&host
+            .expect(
+                &format!("crasher exited instance={n} reason=exit code 3"),
+                limit,
+            )
+            .await);
+    }
+    // 200, 400, 800 ms plus up to 10 % jitter: each longer than the last.
+    assert!(delays[0] >= 200, "{delays:?}");
+    assert!(delays[1] > delays[0] && delays[2] > delays[1], "{delays:?}");
+    host.expect("crasher state=crash-loop", limit).await;
+    host.send("status").await;
+    let status = host.expect("status crasher", limit).await;
+    assert!(
+        status.contains("state=crash-loop") && status.contains("last_exit=exit code 3"),
+        "{status}"
+    );
+    // It stays there: no start for longer than its last delay...
+    assert!(
+        !host
+            .arrives_within("started", Duration::from_millis(1500))
+            .await,
+        "restarted in a crash loop: {:?}",
+        host.seen
+    );
+    // ...until an operator resets it.
+    host.send("reset crasher").await;
+    host.expect("crasher started instance=5", limit).await;
+}
+
+#[tokio::test]
+async fn a_plugin_over_its_memory_limit_dies_and_is_restarted_and_a_clean_exit_is_final() {
+    let mut host = HostProcess::start(
+        "limits",
+        r#"
+        [[plugins]]
+        name = "hungry"
+        command = "python3"
+        args = ["-c", "b = bytearray(800 * 1024 * 1024)"]
+        limits = { address_space_bytes = 268435456 }
+        backoff = { initial_ms = 100 }
+
+        [[plugins]]
+        name = "done"
+        command = "sh"
+        args = ["-c", "exit 0"]
+        "#,
+    )
+    .await;
+    let limit = Duration::from_secs(20);
+    // Python's MemoryError exits 1; the plugin is started again.
+    host.expect("hungry exited instance=1 reason=exit code 1", limit)
+        .await;
+    host.expect("hungry started instance=2", limit).await;
+    // restart = on-failure (the default): a clean exit is not restarted.
+    host.expect("done exited instance=1 reason=exit code 0", limit)
+        .await;
+    host.expect("done state=exited", limit).await;
+}
+
+#[tokio::test]
+async fn a_bad_manifest_is_refused_naming_plugin_and_key_and_the_others_start() {
+    let mut host = HostProcess::start(
+        "bad",
+        r#"
+        [[plugins]]
+        name = "typo"
+        command = "sh"
+        restart_policy = "always"
+
+        [[plugins]]
+        name = "ghost"
+        command = "/no/such/plugin"
+
+        [[plugins]]
+        name = "good"
+        command = "sh"
+        args = ["-c", "sleep 30"]
+        "#,
+    )
+    .await;
+    host.expect("good started instance=1", Duration::from_secs(10))
+        .await;
+    let mut refused = Vec::new();
+    eventually(Duration::from_secs(10), "both refusals logged", || {
+        while let Ok(l) = host.stderr.try_recv() {
+            if l.contains("refused") {
+                refused.push(l);
+            }
+        }
+        let r = refused.clone();
+        async move {
+            let typo = r
+                .iter()
+                .any(|l| l.contains("`typo`") && l.contains("restart_policy"));
+            let ghost = r
+                .iter()
+                .any(|l| l.contains("`ghost`") && l.contains("/no/such/plugin"));
+            (typo && ghost).then_some(()).ok_or(format!("{r:?}"))
+        }
+    })
+    .await;
+}
+
+/// Pids of processes whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !is_zombie(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// A plugin that starts a child of its own and waits: the sleep's odd
+/// length marks both processes.
+fn family_manifest(marker_secs: u32) -> String {
+    format!(
+        r#"
+        [[plugins]]
+        name = "family"
+        command = "sh"
+        args = ["-c", "sleep {marker_secs} & wait"]
+        "#
+    )
+}
+
+async fn expect_gone(marker: &str) {
+    eventually(Duration::from_secs(10), "no plugin process left", || {
+        let left = pids_with(marker);
+        async move {
+            left.is_empty()
+                .then_some(())
+                .ok_or(format!("left: {left:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigkill_of_the_host_leaves_no_plugin_process_behind_nor_its_child() {
+    let secs = 100_000 + rand_suffix();
+    let marker = format!("sleep {secs}");
+    let mut host = HostProcess::start("orphans", &family_manifest(secs)).await;
+    host.expect("family started instance=1", Duration::from_secs(10))
+        .await;
+    // The plugin (sh) and its child (sleep) both run.
+    eventually(Duration::from_secs(10), "plugin and child running", || {
+        let n = pids_with(&marker).len();
+        async move { (n >= 2).then_some(()).ok_or(format!("{n} processes")) }
+    })
+    .await;
+    host.child.start_kill().expect("SIGKILL the host");
+    let _ = host.child.wait().await;
+    expect_gone(&marker).await;
+}
+
+#[tokio::test]
+async fn sigkill_of_a_node_supervising_plugins_leaves_none_behind() {
+    let secs = 100_000 + rand_suffix();
+    let marker = format!("sleep {secs}");
+    let dir = TempDir::new("node");
+    std::fs::write(
+        dir.0.join("family.toml"),
+        family_manifest(secs).replace("[[plugins]]", ""),
+    )
+    .expect("manifest");
+    let dir_text = dir.0.display().to_string();
+    let mut node = NodeProcess::start(&[("KERNEL_PLUGINS_DIR", dir_text.as_str())]).await;
+    eventually(Duration::from_secs(10), "plugin and child running", || {
+        let n = pids_with(&marker).len();
+        async move { (n >= 2).then_some(()).ok_or(format!("{n} processes")) }
+    })
+    .await;
+    node.child.start_kill().expect("SIGKILL the node");
+    let _ = node.child.wait().await;
+    expect_gone(&marker).await;
+}
