@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kernel_core::Kernel;
+use kernel_core::{Absence, Kernel};
 use plugin_host::{Host, Manifest, Readiness};
 
 use crate::config::Config;
@@ -16,6 +16,18 @@ struct Registered(Arc<Kernel>);
 impl Readiness for Registered {
     fn is_provided(&self, service: &str) -> bool {
         self.0.registry().pool(service).is_some()
+    }
+}
+
+/// A call to a service of a supervised plugin that is down fails at once
+/// with `UNAVAILABLE` naming the plugin and its state.
+struct Down(Arc<Host>);
+
+impl Absence for Down {
+    fn why_absent(&self, service: &str) -> Option<(String, String)> {
+        self.0
+            .down_for(service)
+            .map(|(plugin, state)| (plugin, state.as_str().to_owned()))
     }
 }
 
@@ -42,5 +54,7 @@ pub fn start(manifests: Vec<Manifest>, kernel: &Arc<Kernel>, url: &str) -> Optio
     }
     tracing::info!(plugins = manifests.len(), "supervising plugins");
     let readiness: Arc<dyn Readiness> = Arc::new(Registered(kernel.clone()));
-    Some(Arc::new(Host::start(manifests, url, Some(readiness))))
+    let host = Arc::new(Host::start(manifests, url, Some(readiness)));
+    kernel.registry().set_absence(Box::new(Down(host.clone())));
+    Some(host)
 }

@@ -19,6 +19,8 @@ pub struct Host {
 }
 
 struct Hosted {
+    /// The services its manifest lists.
+    services: Vec<String>,
     status: Shared,
     orders: mpsc::UnboundedSender<Order>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -56,6 +58,7 @@ impl Host {
                     events: events.clone(),
                 };
                 let (orders, rx) = mpsc::unbounded_channel();
+                let services = m.services.clone();
                 let task = tokio::spawn(supervisor::supervise(
                     m,
                     kernel_url.to_owned(),
@@ -64,6 +67,7 @@ impl Host {
                     rx,
                 ));
                 Hosted {
+                    services,
                     status,
                     orders,
                     task: Mutex::new(Some(task)),
@@ -88,6 +92,17 @@ impl Host {
             .iter()
             .map(|p| p.status.lock().clone())
             .collect()
+    }
+
+    /// The plugin whose manifest lists `service`, and its state, when that
+    /// plugin is not running (so a call to it can fail at once, naming it).
+    pub fn down_for(&self, service: &str) -> Option<(String, State)> {
+        let p = self
+            .plugins
+            .iter()
+            .find(|p| p.services.iter().any(|s| s == service))?;
+        let s = p.status.lock();
+        (!s.state.is_up()).then(|| (s.name.clone(), s.state))
     }
 
     /// Critical plugins that are not running: the node is not ready while

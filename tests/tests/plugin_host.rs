@@ -370,3 +370,144 @@ async fn sigkill_of_a_node_supervising_plugins_leaves_none_behind() {
     let _ = node.child.wait().await;
     expect_gone(&marker).await;
 }
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// GET `path` on the admin port: (status code, body).
+async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("no status in {text:?}"))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((code, body))
+}
+
+/// A manifest for a plugin that fails at once and lands in a crash loop.
+fn failing(name: &str, service: &str, critical: bool) -> String {
+    format!(
+        r#"
+        name = "{name}"
+        command = "sh"
+        args = ["-c", "exit 1"]
+        critical = {critical}
+        services = ["{service}"]
+        backoff = {{ initial_ms = 20 }}
+        crash_loop = {{ max_restarts = 2, window_ms = 60000 }}
+        "#
+    )
+}
+
+#[tokio::test]
+async fn a_down_plugin_fails_its_calls_at_once_naming_it_and_only_a_critical_one_makes_the_node_unready(
+) {
+    let dir = TempDir::new("degrade");
+    std::fs::write(
+        dir.0.join("flaky.toml"),
+        failing("flaky", "flaky.echo", false),
+    )
+    .expect("write");
+    let dir_text = dir.0.display().to_string();
+    let admin = free_port();
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let node = NodeProcess::start(&[
+        ("KERNEL_PLUGINS_DIR", dir_text.as_str()),
+        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin_listen.as_str()),
+    ])
+    .await;
+    // Another plugin, connected on its own, keeps answering.
+    let _other =
+        kernel_tests::PluginProcess::spawn_at(&node.url, &["--service", "other.echo"], &[]);
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    eventually(Duration::from_secs(20), "other.echo answering", || {
+        let c = client.clone();
+        async move {
+            c.call("other.echo", "hi")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    // flaky.echo fails at once, UNAVAILABLE, naming the plugin and its state.
+    let started = std::time::Instant::now();
+    let err = client
+        .call("flaky.echo", "x")
+        .await
+        .expect_err("flaky is down");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("plugin `flaky`"), "{err}");
+    eventually(Duration::from_secs(10), "flaky in its crash loop", || {
+        let c = client.clone();
+        async move {
+            let e = c.call("flaky.echo", "x").await.expect_err("down");
+            e.message()
+                .contains("is crash-loop")
+                .then_some(())
+                .ok_or(e.message().to_owned())
+        }
+    })
+    .await;
+    assert_eq!(
+        client.call("other.echo", "still").await.expect("other"),
+        "still"
+    );
+    // A non-critical plugin down: the node stays ready.
+    let (code, body) = get(admin, "/readyz").await.expect("readyz");
+    assert_eq!(code, 200, "{body}");
+    let (_, metrics) = get(admin, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("kernel_plugin_up{plugin=\"flaky\",state=\"crash-loop\"} 0"),
+        "{metrics}"
+    );
+
+    // A critical one down: not ready, and /readyz names it.
+    let dir2 = TempDir::new("critical");
+    std::fs::write(
+        dir2.0.join("vital.toml"),
+        failing("vital", "vital.echo", true),
+    )
+    .expect("write");
+    let dir2_text = dir2.0.display().to_string();
+    let admin2 = free_port();
+    let admin2_listen = format!("127.0.0.1:{admin2}");
+    let _node2 = NodeProcess::start(&[
+        ("KERNEL_PLUGINS_DIR", dir2_text.as_str()),
+        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin2_listen.as_str()),
+    ])
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "/readyz 503 naming vital",
+        || async move {
+            match get(admin2, "/readyz").await {
+                Ok((503, body)) if body.contains("vital") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}

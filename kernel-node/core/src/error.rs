@@ -112,6 +112,17 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// Nobody provides the service because the plugin that does is down
+    /// (known to the plugin host): a clear answer at once, not a wait.
+    #[error("`{service}` is unavailable: its plugin `{plugin}` is {state}")]
+    PluginDown {
+        /// The service that was called.
+        service: String,
+        /// The plugin that provides it when it runs.
+        plugin: String,
+        /// Its state (`backoff`, `crash-loop`, `exited`, ...).
+        state: String,
+    },
     /// The node is shutting down: the work is refused, or was cut when the
     /// grace period ended.
     #[error("node shutting down: call refused or cut at the end of the grace period (server.shutdown_grace_ms); retry on another node or after the restart")]
@@ -142,7 +153,9 @@ impl Error {
             | Error::BudgetExhausted { .. }
             | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
-            Error::ProviderGone { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::ProviderGone { .. } | Error::ShuttingDown | Error::PluginDown { .. } => {
+                Code::Unavailable
+            }
             Error::DuplicateInstance { .. } => Code::AlreadyExists,
             Error::Remote(f) => Code::from_i32(f.code),
         }

@@ -79,17 +79,57 @@ impl Pool {
 
 type Snapshot = HashMap<String, Arc<Pool>>;
 
+/// Why a service has no provider, when something outside the registry
+/// knows (the plugin host: the plugin that provides it is down).
+pub trait Absence: Send + Sync + 'static {
+    /// The plugin expected to provide `service` and the state it is in,
+    /// when that plugin is known and down.
+    fn why_absent(&self, service: &str) -> Option<(String, String)>;
+}
+
 /// Names to pools, plus every connected instance.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     services: ArcSwap<Snapshot>,
     instances: Mutex<Vec<Arc<Instance>>>,
+    absence: arc_swap::ArcSwapOption<Box<dyn Absence>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("services", &self.services)
+            .field("instances", &self.instances)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Tells the registry who knows why a service may be missing.
+    pub fn set_absence(&self, absence: Box<dyn Absence>) {
+        self.absence.store(Some(Arc::new(absence)));
+    }
+
+    /// The error for a call to `service`, which nobody provides: the
+    /// plugin that should, and its state, when that is known
+    /// (`UNAVAILABLE`); else `NOT_FOUND`.
+    pub fn missing(&self, service: &str) -> Error {
+        let known = self.absence.load();
+        match known.as_ref().and_then(|a| a.why_absent(service)) {
+            Some((plugin, state)) => Error::PluginDown {
+                service: service.to_owned(),
+                plugin,
+                state,
+            },
+            None => Error::NoProvider {
+                service: service.to_owned(),
+            },
+        }
     }
 
     /// The pool for a name, if anyone provides it.

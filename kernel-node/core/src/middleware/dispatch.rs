@@ -166,12 +166,7 @@ impl Dispatch {
             Some(p) => p,
             None => match self.state.registry.pool(service) {
                 Some(p) => p,
-                None => {
-                    return Err(Error::NoProvider {
-                        service: service.to_owned(),
-                    }
-                    .into_failure())
-                }
+                None => return Err(self.state.registry.missing(service).into()),
             },
         };
         Ok(pool.pick().and_then(|inst| {
@@ -191,12 +186,7 @@ impl Dispatch {
         // Read the clock only if the call has to queue.
         let mut queue_until: Option<Instant> = None;
         loop {
-            let no_provider = || {
-                Error::NoProvider {
-                    service: service.to_owned(),
-                }
-                .into_failure()
-            };
+            let no_provider = || Failure::from(self.state.registry.missing(service));
             // The pool a layer above already looked up serves the first try.
             let pool = match known.take() {
                 Some(p) => p,
