@@ -17,6 +17,21 @@ impl Readiness for Registered {
     fn is_provided(&self, service: &str) -> bool {
         self.0.registry().pool(service).is_some()
     }
+
+    fn instance_ready(&self, instance: &str, services: &[String]) -> bool {
+        services.iter().all(|s| {
+            self.0
+                .registry()
+                .pool(s)
+                .is_some_and(|p| p.instances.iter().any(|i| &*i.id == instance))
+        })
+    }
+
+    fn drain(&self, instance: &str) -> bool {
+        self.0
+            .registry()
+            .drain(instance, "replaced by a reload of its plugin")
+    }
 }
 
 /// A call to a service of a supervised plugin that is down fails at once

@@ -34,6 +34,41 @@ impl std::fmt::Debug for Host {
     }
 }
 
+/// How often a plugin's program file is looked at for changes.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Asks for a reload when the program file at `path` changed and then
+/// stayed the same for one more look (a copy in progress is not run);
+/// ends when the supervisor is gone.
+async fn watch(path: std::path::PathBuf, orders: mpsc::UnboundedSender<Order>) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            (
+                m.modified().ok(),
+                m.len(),
+                std::os::unix::fs::MetadataExt::ino(&m),
+            )
+        })
+    };
+    let mut running = stamp(&path);
+    let mut seen = running;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if orders.is_closed() {
+            return;
+        }
+        let now = stamp(&path);
+        if now.is_some() && now == seen && now != running {
+            tracing::info!(program = %path.display(), "plugin program changed: reloading");
+            if orders.send(Order::Reload).is_err() {
+                return;
+            }
+            running = now;
+        }
+        seen = now;
+    }
+}
+
 impl Host {
     /// Starts a supervisor for each manifest; plugins connect to the kernel
     /// at `kernel_url`. With `readiness`, a plugin is running once every
@@ -53,12 +88,18 @@ impl Host {
                         critical: m.critical,
                         state: State::Starting,
                         restarts: 0,
+                        reload_failures: 0,
                         runs: Vec::new(),
                     })),
                     events: events.clone(),
                 };
                 let (orders, rx) = mpsc::unbounded_channel();
                 let services = m.services.clone();
+                if m.reload_on_change {
+                    if let Some(program) = crate::manifest::resolve(&m.command, m.cwd.as_deref()) {
+                        tokio::spawn(watch(program, orders.clone()));
+                    }
+                }
                 let task = tokio::spawn(supervisor::supervise(
                     m,
                     kernel_url.to_owned(),
@@ -129,6 +170,20 @@ impl Host {
         Ok(())
     }
 
+    /// Reloads `plugin`: a new instance beside the old one, traffic
+    /// switched once it is ready, rolled back if it is not.
+    pub fn reload(&self, plugin: &str) -> Result<(), Error> {
+        let p = self
+            .plugins
+            .iter()
+            .find(|p| p.status.lock().name == plugin)
+            .ok_or_else(|| Error::Unknown {
+                plugin: plugin.to_owned(),
+            })?;
+        let _ = p.orders.send(Order::Reload);
+        Ok(())
+    }
+
     /// Stops every plugin (SIGTERM, then SIGKILL after its grace) and
     /// waits for them.
     pub async fn stop(&self) {
@@ -156,6 +211,14 @@ impl Host {
                 s.name,
                 s.state.as_str(),
                 u8::from(s.state.is_up())
+            );
+        }
+        out.push_str("# HELP kernel_plugin_reload_failures Reloads rolled back.\n# TYPE kernel_plugin_reload_failures counter\n");
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "kernel_plugin_reload_failures_total{{plugin=\"{}\"}} {}",
+                s.name, s.reload_failures
             );
         }
         out.push_str("# HELP kernel_plugin_restarts Restarts of a supervised plugin since start or reset.\n# TYPE kernel_plugin_restarts gauge\n");

@@ -28,4 +28,4 @@ pub use error::Error;
 pub use host::Host;
 pub use manifest::Manifest;
 pub use status::{Event, Exit, PluginStatus, State};
-pub use supervisor::Readiness;
+pub use supervisor::{instance_id, Readiness};

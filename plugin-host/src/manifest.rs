@@ -57,6 +57,13 @@ pub struct Manifest {
     /// Resource limits of its processes.
     #[serde(default)]
     pub limits: Limits,
+    /// Hot-reload the plugin when its program file changes.
+    #[serde(default = "default_true")]
+    pub reload_on_change: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_ready_timeout_ms() -> u64 {

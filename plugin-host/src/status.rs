@@ -97,6 +97,8 @@ pub struct PluginStatus {
     pub state: State,
     /// Restarts since the host started it (or an operator reset it).
     pub restarts: u32,
+    /// Reloads rolled back.
+    pub reload_failures: u32,
     /// Its recent runs, oldest first (at most [`HISTORY`]).
     pub runs: Vec<Run>,
 }
@@ -121,6 +123,25 @@ pub enum Event {
         instance: u64,
         /// How.
         exit: Exit,
+    },
+    /// A reload switched traffic from instance `from` to `to`.
+    Reloaded {
+        /// The plugin.
+        plugin: String,
+        /// The old instance.
+        from: u64,
+        /// The new one.
+        to: u64,
+    },
+    /// A reload was rolled back: the new instance was stopped, the old one
+    /// serves on.
+    ReloadFailed {
+        /// The plugin.
+        plugin: String,
+        /// The instance that failed.
+        instance: u64,
+        /// Why.
+        reason: String,
     },
     /// The plugin's state changed.
     State {

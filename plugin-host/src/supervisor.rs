@@ -17,11 +17,32 @@ use crate::manifest::{Manifest, Restart};
 use crate::shim;
 use crate::status::{Event, Exit, PluginStatus, Run, State, HISTORY};
 
-/// Asks whether a service is provided (the node's registry, when the host
-/// is embedded); the host needs nothing else from the kernel.
+/// What the host asks of the kernel it serves (the node's registry, when
+/// the host is embedded); nothing else of the kernel is needed.
 pub trait Readiness: Send + Sync + 'static {
     /// True when some instance provides `service`.
     fn is_provided(&self, service: &str) -> bool;
+
+    /// True when the instance registered as `instance` provides every one
+    /// of `services` (a reload's new instance, told apart from the old).
+    fn instance_ready(&self, instance: &str, services: &[String]) -> bool {
+        let _ = instance;
+        services.iter().all(|s| self.is_provided(s))
+    }
+
+    /// Asks the kernel to drain the instance registered as `instance`: no
+    /// new calls, the running ones finish, the session closes. False when
+    /// it cannot (then the old instance is stopped with SIGTERM).
+    fn drain(&self, instance: &str) -> bool {
+        let _ = instance;
+        false
+    }
+}
+
+/// The instance id a supervised plugin registers with (its
+/// `KERNEL_INSTANCE_ID`): the plugin's name and which start it is.
+pub fn instance_id(plugin: &str, instance: u64) -> String {
+    format!("{plugin}-{instance}")
 }
 
 /// What an operator (or the host) asks of a supervisor.
@@ -29,6 +50,10 @@ pub trait Readiness: Send + Sync + 'static {
 pub(crate) enum Order {
     /// Leave the crash-loop (or exited) state and start again now.
     Reset,
+    /// Start a new instance beside the running one; once it is ready,
+    /// drain and stop the old one; if it never gets ready, stop it and
+    /// keep the old one (rollback).
+    Reload,
     /// Stop the plugin and the supervisor.
     Stop,
 }
@@ -71,10 +96,11 @@ pub(crate) async fn supervise(
             Ok(child) => {
                 match run(
                     &manifest,
+                    &kernel_url,
                     readiness.as_deref(),
                     &status,
                     child,
-                    instance,
+                    &mut instance,
                     &mut orders,
                 )
                 .await
@@ -131,6 +157,8 @@ pub(crate) async fn supervise(
             _ = tokio::time::sleep(pause) => {}
             order = orders.recv() => match order {
                 Some(Order::Reset) => reset(&status, &mut recent, &mut delay, &manifest),
+                // The next start runs the new binary anyway.
+                Some(Order::Reload) => {}
                 Some(Order::Stop) | None => {
                     set_state(&status, State::Stopped);
                     return;
@@ -152,9 +180,9 @@ fn reset(status: &Shared, recent: &mut Vec<Instant>, delay: &mut Duration, m: &M
     tracing::info!(plugin = %m.name, "plugin reset by an operator");
 }
 
-/// Waits for a reset (true) or a stop (false).
+/// Waits for a reset or a reload (true: start again) or a stop (false).
 async fn wait_for_reset(orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
-    matches!(orders.recv().await, Some(Order::Reset))
+    matches!(orders.recv().await, Some(Order::Reset | Order::Reload))
 }
 
 fn set_state(status: &Shared, state: State) {
@@ -235,6 +263,7 @@ fn start(m: &Manifest, kernel_url: &str, instance: u64) -> Result<Child, String>
     cmd.envs(&m.env);
     cmd.env("KERNEL_URL", kernel_url);
     cmd.env("KERNEL_PLUGIN_INSTANCE", instance.to_string());
+    cmd.env("KERNEL_INSTANCE_ID", instance_id(&m.name, instance));
     if let Some(dir) = &m.cwd {
         cmd.current_dir(dir);
     }
@@ -246,31 +275,33 @@ enum Outcome {
     Stopped,
 }
 
-/// Watches one run: logs, readiness, exit, or a stop order.
+/// Watches one run: logs, readiness, exit, reloads, or a stop order.
+/// `instance` follows the run through reloads.
 async fn run(
     m: &Manifest,
+    kernel_url: &str,
     readiness: Option<&dyn Readiness>,
     status: &Shared,
     mut child: Child,
-    instance: u64,
+    instance: &mut u64,
     orders: &mut mpsc::UnboundedReceiver<Order>,
 ) -> Outcome {
-    let pid = child.id().unwrap_or_default();
-    record_start(status, instance, pid);
-    tracing::info!(plugin = %m.name, instance, pid, "plugin started");
-    forward_logs(&m.name, instance, &mut child);
+    let mut pid = child.id().unwrap_or_default();
+    record_start(status, *instance, pid);
+    tracing::info!(plugin = %m.name, instance = *instance, pid, "plugin started");
+    forward_logs(&m.name, *instance, &mut child);
     let ready_by = Instant::now() + Duration::from_millis(m.ready_timeout_ms);
     let mut ready = false;
     loop {
         if !ready {
             ready = match readiness {
                 None => true,
-                Some(r) => m.services.iter().all(|s| r.is_provided(s)),
+                Some(r) => r.instance_ready(&instance_id(&m.name, *instance), &m.services),
             };
             if ready {
                 set_state(status, State::Running);
             } else if Instant::now() >= ready_by {
-                tracing::warn!(plugin = %m.name, instance, services = ?m.services, "plugin not ready in time: stopping it");
+                tracing::warn!(plugin = %m.name, instance = *instance, services = ?m.services, "plugin not ready in time: stopping it");
                 stop(m, &mut child, pid).await;
                 record_end(status, Exit::NotReady);
                 return Outcome::Exited(Exit::NotReady);
@@ -292,6 +323,25 @@ async fn run(
             }
             order = orders.recv() => match order {
                 Some(Order::Reset) => {}
+                Some(Order::Reload) if !ready => {
+                    tracing::warn!(plugin = %m.name, "reload asked before the plugin is ready: ignored");
+                }
+                Some(Order::Reload) => {
+                    let next = *instance + 1;
+                    match reload(m, kernel_url, readiness, status, &mut child, pid, next).await {
+                        Ok(new_child) => {
+                            child = new_child;
+                            pid = child.id().unwrap_or_default();
+                            *instance = next;
+                        }
+                        Err(why) => {
+                            let name = status.lock().name.clone();
+                            tracing::error!(plugin = %name, instance = next, reason = %why, "reload rolled back: the running instance keeps serving");
+                            status.lock().reload_failures += 1;
+                            status.tell(Event::ReloadFailed { plugin: name, instance: next, reason: why });
+                        }
+                    }
+                }
                 Some(Order::Stop) | None => {
                     stop(m, &mut child, pid).await;
                     if let Ok(Some(st)) = child.try_wait() {
@@ -303,6 +353,75 @@ async fn run(
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// A hot reload: the new instance starts beside the old one and must get
+/// ready (registered with every declared service) within the ready timeout;
+/// then the old one is drained by the kernel and stopped once its calls
+/// are done, and the new child is returned. If the new one exits or never
+/// gets ready, it is stopped and the old one keeps serving (rollback).
+async fn reload(
+    m: &Manifest,
+    kernel_url: &str,
+    readiness: Option<&dyn Readiness>,
+    status: &Shared,
+    old: &mut Child,
+    old_pid: u32,
+    next: u64,
+) -> Result<Child, String> {
+    let mut new = start(m, kernel_url, next)?;
+    let new_pid = new.id().unwrap_or_default();
+    forward_logs(&m.name, next, &mut new);
+    tracing::info!(plugin = %m.name, instance = next, pid = new_pid, "reload: new instance started");
+    let id = instance_id(&m.name, next);
+    let started = tokio::time::Instant::now();
+    let ready_by = started + Duration::from_millis(m.ready_timeout_ms);
+    loop {
+        let ready = match readiness {
+            Some(r) => r.instance_ready(&id, &m.services),
+            // Without a kernel to ask: alive for a moment counts.
+            None => started.elapsed() >= Duration::from_millis(500),
+        };
+        if ready {
+            break;
+        }
+        if tokio::time::Instant::now() >= ready_by {
+            stop(m, &mut new, new_pid).await;
+            return Err(format!(
+                "instance {next} not ready within {} ms",
+                m.ready_timeout_ms
+            ));
+        }
+        tokio::select! {
+            done = new.wait() => {
+                let exit = done.map(exit_of).unwrap_or_else(|e| Exit::SpawnFailed(e.to_string()));
+                stop(m, &mut new, new_pid).await;
+                return Err(format!("instance {next} exited before it was ready: {exit}"));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    // Switch: the old instance takes no new calls and finishes its own.
+    let old_id = instance_id(&m.name, next - 1);
+    let drained = readiness.is_some_and(|r| r.drain(&old_id));
+    if drained {
+        // It closes its session and exits once its calls are done; the
+        // grace bounds the wait.
+        let grace = Duration::from_millis(m.stop_grace_ms);
+        let _ = tokio::time::timeout(grace, old.wait()).await;
+    }
+    stop(m, old, old_pid).await;
+    if let Ok(Some(st)) = old.try_wait() {
+        record_end(status, exit_of(st));
+    }
+    record_start(status, next, new_pid);
+    let name = status.lock().name.clone();
+    status.tell(Event::Reloaded {
+        plugin: name,
+        from: next - 1,
+        to: next,
+    });
+    Ok(new)
 }
 
 /// How the shim (and so the plugin) ended: the shim exits with the

@@ -80,7 +80,9 @@ impl Plugin {
     pub fn new(name: &str) -> Plugin {
         Plugin {
             name: name.to_owned(),
-            instance_id: String::new(),
+            // A supervised plugin gets its instance id from the plugin host,
+            // which tells its instances apart by it (hot reload).
+            instance_id: std::env::var("KERNEL_INSTANCE_ID").unwrap_or_default(),
             services: Vec::new(),
             handlers: FxHashMap::default(),
             max_concurrency: 0,

@@ -511,3 +511,205 @@ async fn a_down_plugin_fails_its_calls_at_once_naming_it_and_only_a_critical_one
     )
     .await;
 }
+
+/// Installs `from` at `to` the way a deploy should: a copy beside it, then
+/// a rename over it (the running program's file is never written).
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
+/// The instance ids the node lists for `plugin`, through Admin.
+async fn instances_of(url: &str, plugin: &str) -> Result<Vec<String>, String> {
+    let mut admin = kernel_proto::v1::admin_client::AdminClient::connect(url.to_owned())
+        .await
+        .map_err(|e| e.to_string())?;
+    let list = admin
+        .list_plugins(kernel_proto::v1::ListPluginsRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .plugins;
+    let mut ids: Vec<String> = list
+        .into_iter()
+        .filter(|p| p.plugin == plugin)
+        .map(|p| format!("{}:{}", p.instance_id, p.state))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Callers calling `service` until told to stop: (ok, failures seen).
+fn callers(
+    client: &kernel_sdk::Client,
+    service: &'static str,
+    n: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    use std::sync::atomic::Ordering;
+    (0..n)
+        .map(|i| {
+            let (client, stop, ok) = (client.clone(), stop.clone(), ok.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let payload = format!("{i}-{k}");
+                    match client.call(service, payload.clone()).await {
+                        Ok(r) if r == payload.as_bytes() => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.push(format!("wrong reply {r:?}")),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_back() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = TempDir::new("reload");
+    let program = dir.0.join("reloadable-plugin");
+    install(&binary("test-plugin"), &program);
+    let manifests = dir.0.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("dir");
+    std::fs::write(
+        manifests.join("reloadable.toml"),
+        format!(
+            r#"
+            name = "reloadable"
+            command = "{}"
+            args = ["--service", "reload.echo", "--name", "reloadable"]
+            services = ["reload.echo"]
+            ready_timeout_ms = 5000
+            "#,
+            program.display()
+        ),
+    )
+    .expect("manifest");
+    let admin = free_port();
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let manifests_text = manifests.display().to_string();
+    let node = NodeProcess::start(&[
+        ("KERNEL_PLUGINS_DIR", manifests_text.as_str()),
+        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin_listen.as_str()),
+    ])
+    .await;
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    eventually(Duration::from_secs(20), "reload.echo answering", || {
+        let c = client.clone();
+        async move {
+            c.call("reload.echo", "hi")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        instances_of(&node.url, "reloadable").await.expect("admin"),
+        vec!["reloadable-1:active".to_owned()]
+    );
+
+    // A good reload under a continuous stream of calls.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let running = callers(&client, "reload.echo", 4, &stop, &ok);
+    eventually(Duration::from_secs(20), "calls flowing", || {
+        let n = ok.load(Ordering::Relaxed);
+        async move { (n >= 300).then_some(()).ok_or(format!("{n} calls")) }
+    })
+    .await;
+    let before = ok.load(Ordering::Relaxed);
+    install(&binary("test-plugin"), &program);
+    eventually(
+        Duration::from_secs(30),
+        "traffic on instance 2 only",
+        || {
+            let url = node.url.clone();
+            async move {
+                let ids = instances_of(&url, "reloadable").await?;
+                (ids == vec!["reloadable-2:active".to_owned()])
+                    .then_some(())
+                    .ok_or(format!("{ids:?}"))
+            }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "2,000 calls across the reload",
+        || {
+            let n = ok.load(Ordering::Relaxed) - before;
+            async move { (n >= 2000).then_some(()).ok_or(format!("{n} calls")) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in running {
+        failures.extend(c.await.expect("join"));
+    }
+    assert!(
+        failures.is_empty(),
+        "failed calls across the reload: {failures:?}"
+    );
+
+    // A broken version (exits at start) is rolled back: instance 2 serves on.
+    let broken = dir.0.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let running = callers(&client, "reload.echo", 2, &stop, &ok);
+    install(&broken, &program);
+    eventually(
+        Duration::from_secs(30),
+        "the rollback reported",
+        || async move {
+            match get(admin, "/metrics").await {
+                Ok((200, m))
+                    if m.contains(
+                        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 1",
+                    ) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let after_rollback = ok.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(20), "calls still answered", || {
+        let n = ok.load(Ordering::Relaxed);
+        async move {
+            (n >= after_rollback + 200)
+                .then_some(())
+                .ok_or(format!("{n}"))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in running {
+        failures.extend(c.await.expect("join"));
+    }
+    assert!(
+        failures.is_empty(),
+        "failed calls during the rollback: {failures:?}"
+    );
+    assert_eq!(
+        instances_of(&node.url, "reloadable").await.expect("admin"),
+        vec!["reloadable-2:active".to_owned()]
+    );
+}

@@ -185,10 +185,36 @@ impl Registry {
         Ok(())
     }
 
+    /// Takes the instance with id `instance` out of every pool and tells
+    /// it to drain: it gets no new calls, finishes the ones it has, and
+    /// closes its session (a hot reload's old instance). False when no such
+    /// instance is connected or it already drains.
+    pub fn drain(&self, instance: &str, reason: &str) -> bool {
+        let all = self.instances.lock();
+        let Some(inst) = all.iter().find(|i| &*i.id == instance).cloned() else {
+            return false;
+        };
+        if inst.draining.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.unlist(&inst);
+        tracing::info!(plugin = %inst.plugin, instance = %inst.id, reason, "instance draining");
+        if let Link::Remote(r) = &inst.link {
+            r.drain(reason.to_owned());
+        }
+        true
+    }
+
     /// Removes an instance from every pool (session closed or heartbeat lost).
     pub fn deregister(&self, inst: &Arc<Instance>) {
         let mut all = self.instances.lock();
         all.retain(|i| !Arc::ptr_eq(i, inst));
+        self.unlist(inst);
+    }
+
+    /// Takes `inst` out of every pool, and sends its queued callers back
+    /// to selection.
+    fn unlist(&self, inst: &Arc<Instance>) {
         let current = self.services.load_full();
         let mut next: Snapshot =
             HashMap::with_capacity_and_hasher(current.len(), Default::default());

@@ -92,11 +92,19 @@ fn event_line(ms: u128, e: &plugin_host::Event) -> String {
             exit,
         } => format!("{ms} {plugin} exited instance={instance} reason={exit}"),
         Event::State { plugin, state } => format!("{ms} {plugin} state={}", state.as_str()),
+        Event::Reloaded { plugin, from, to } => {
+            format!("{ms} {plugin} reloaded from={from} to={to}")
+        }
+        Event::ReloadFailed {
+            plugin,
+            instance,
+            reason,
+        } => format!("{ms} {plugin} reload-failed instance={instance} reason={reason}"),
     }
 }
 
 /// Operator commands, one a line on stdin: `reset <plugin>` (out of a
-/// crash loop), `status`.
+/// crash loop), `reload <plugin>` (hot reload), `status`.
 async fn read_commands(host: &plugin_host::Host) {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -105,6 +113,10 @@ async fn read_commands(host: &plugin_host::Host) {
         match (words.next(), words.next()) {
             (Some("reset"), Some(name)) => match host.reset(name) {
                 Ok(()) => println!("reset {name}"),
+                Err(e) => println!("error {e}"),
+            },
+            (Some("reload"), Some(name)) => match host.reload(name) {
+                Ok(()) => println!("reload {name}"),
                 Err(e) => println!("error {e}"),
             },
             (Some("status"), None) => {
@@ -119,7 +131,7 @@ async fn read_commands(host: &plugin_host::Host) {
                     );
                 }
             }
-            _ => println!("error unknown command `{line}` (reset <plugin> | status)"),
+            _ => println!("error unknown command `{line}` (reset|reload <plugin> | status)"),
         }
     }
 }

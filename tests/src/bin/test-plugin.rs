@@ -11,8 +11,8 @@ use kernel_sdk::{Bytes, CancellationToken, Client, Context, Error, Plugin, Subsc
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Kernel URL.
-    #[arg(long)]
+    /// Kernel URL (a supervised plugin gets it as `KERNEL_URL`).
+    #[arg(long, env = "KERNEL_URL")]
     url: String,
     /// Plugin name.
     #[arg(long, default_value = "test-plugin")]
