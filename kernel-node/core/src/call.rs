@@ -29,7 +29,7 @@ pub struct Reply {
 }
 
 /// A call as the kernel sees it, whoever made it.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     /// The service to call.
     pub service: String,

@@ -37,6 +37,17 @@ pub struct RouterConfig {
     pub heartbeat_interval_ms: u64,
     /// A provider silent for this long is deregistered.
     pub heartbeat_timeout_ms: u64,
+    /// Consecutive failures (UNAVAILABLE, INTERNAL, UNKNOWN,
+    /// DEADLINE_EXCEEDED from the provider) that open an instance's circuit
+    /// breaker; 0 turns breakers off.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps calls away before one probe.
+    pub breaker_open_ms: u64,
+    /// Attempts at a method its provider declared idempotent (the first
+    /// one included; 1 = no retries), within the caller's deadline.
+    pub retry_attempts: u32,
+    /// The first retry's delay; each further one doubles it.
+    pub retry_backoff_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -48,6 +59,10 @@ impl Default for RouterConfig {
             queue_timeout_ms: 5_000,
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 15_000,
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            retry_attempts: 3,
+            retry_backoff_ms: 10,
         }
     }
 }

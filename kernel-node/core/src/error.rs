@@ -112,6 +112,14 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// Every instance of the service has an open circuit breaker.
+    #[error("circuit open for every instance of `{service}` ({instances}): failing fast")]
+    CircuitOpen {
+        /// The service that was called.
+        service: String,
+        /// Its instances.
+        instances: usize,
+    },
     /// Nobody provides the service because the plugin that does is down
     /// (known to the plugin host): a clear answer at once, not a wait.
     #[error("`{service}` is unavailable: its plugin `{plugin}` is {state}")]
@@ -153,9 +161,10 @@ impl Error {
             | Error::BudgetExhausted { .. }
             | Error::Backpressure { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
-            Error::ProviderGone { .. } | Error::ShuttingDown | Error::PluginDown { .. } => {
-                Code::Unavailable
-            }
+            Error::ProviderGone { .. }
+            | Error::ShuttingDown
+            | Error::PluginDown { .. }
+            | Error::CircuitOpen { .. } => Code::Unavailable,
             Error::DuplicateInstance { .. } => Code::AlreadyExists,
             Error::Remote(f) => Code::from_i32(f.code),
         }

@@ -31,6 +31,18 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// A copy for another attempt (retries of idempotent methods): the
+    /// request, and what the layers above set.
+    pub(crate) fn duplicate(&self) -> Box<Invocation> {
+        Box::new(Invocation {
+            req: self.req.clone(),
+            node: self.node.clone(),
+            trace: self.trace.clone(),
+            started: self.started,
+            pool: self.pool.clone(),
+        })
+    }
+
     /// A fresh invocation, boxed: it passes through every layer by value,
     /// and a box moves as one pointer where the struct would be copied
     /// (a few hundred bytes) at each layer and inside dispatch.

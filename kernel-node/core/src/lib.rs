@@ -24,6 +24,7 @@
 //! - `broker`: the event bus (topic trie, subscriptions, acks, dead letters).
 //! - `kernel`: the [`Kernel`] that owns all of the above; the in-process API.
 
+mod breaker;
 mod broker;
 mod call;
 mod config;

@@ -5,7 +5,9 @@
 //! - [`trace`]: a span per call and the call metrics (outermost).
 //! - [`validate`]: JSON Schema validation of arguments.
 //! - [`accounting`]: context node, budgets, deadline and branch cancellation.
-//! - [`dispatch`]: provider selection, concurrency gate, hand-over (innermost).
+//! - [`retry`]: retries of methods declared idempotent.
+//! - [`dispatch`]: provider selection (skipping instances whose circuit
+//!   breaker is open), concurrency gate, hand-over (innermost).
 //!
 //! Each layer is a tower `Layer` whose service implements [`Stage`] only;
 //! the order is written once, in [`layers`], with the reason for each
@@ -20,6 +22,7 @@ pub(crate) mod accounting;
 #[cfg(test)]
 mod adapters;
 pub(crate) mod dispatch;
+pub(crate) mod retry;
 pub(crate) mod trace;
 pub(crate) mod validate;
 
@@ -41,15 +44,19 @@ pub(crate) use adapters::{FromTower, Tower};
 use dispatch::Dispatch;
 
 /// The composed pipeline type.
-pub(crate) type Pipeline =
-    trace::TraceStage<validate::ValidateStage<accounting::AccountingStage<Dispatch>>>;
+pub(crate) type Pipeline = trace::TraceStage<
+    validate::ValidateStage<accounting::AccountingStage<retry::RetryStage<Dispatch>>>,
+>;
 
 /// The pipeline's layers, outermost first, as a `ServiceBuilder` to put
 /// around the innermost service.
 pub(crate) type Layers = ServiceBuilder<
     Stack<
-        accounting::AccountingLayer,
-        Stack<validate::ValidateLayer, Stack<trace::TraceLayer, Identity>>,
+        retry::RetryLayer,
+        Stack<
+            accounting::AccountingLayer,
+            Stack<validate::ValidateLayer, Stack<trace::TraceLayer, Identity>>,
+        >,
     >,
 >;
 
@@ -61,15 +68,9 @@ pub(crate) fn pipeline(
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
 ) -> Pipeline {
-    layers(
-        &registry,
-        contexts,
-        config.max_payload_bytes,
-        telemetry.clone(),
-        metrics,
-    )
-    // Innermost: provider selection, concurrency gate, dispatch.
-    .service(Dispatch::new(registry, config, telemetry))
+    layers(&registry, contexts, &config, telemetry.clone(), metrics)
+        // Innermost: provider selection, concurrency gate, dispatch.
+        .service(Dispatch::new(registry, config, telemetry))
 }
 
 /// Accounting and dispatch alone: the least of the pipeline that still
@@ -102,7 +103,7 @@ pub(crate) fn bare(
 pub(crate) fn layers(
     registry: &Arc<Registry>,
     contexts: Arc<Contexts>,
-    max_payload: usize,
+    config: &RouterConfig,
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
 ) -> Layers {
@@ -115,12 +116,24 @@ pub(crate) fn layers(
         //
         // Before accounting, so a malformed request costs no budget and
         // starts no branch in the context tree.
-        .layer(validate::ValidateLayer::new(registry.clone(), max_payload))
+        .layer(validate::ValidateLayer::new(
+            registry.clone(),
+            config.max_payload_bytes,
+        ))
         // Creates the context node and owns the deadline and branch
         // cancellation race; it sits outside dispatch so that the queue wait
         // and the provider's work are both bounded by it, and inside trace so
         // that a timeout is recorded as DEADLINE_EXCEEDED.
         .layer(accounting::AccountingLayer::new(contexts))
+        // Inside accounting, so every attempt shares the call's context
+        // node, deadline and budget charge, and the deadline race covers
+        // the pauses; outside dispatch, so each attempt selects an instance
+        // again (the circuit breakers live there, per instance, and a
+        // timeout or a failure reaches them before any retry).
+        .layer(retry::RetryLayer::new(
+            config.retry_attempts,
+            std::time::Duration::from_millis(config.retry_backoff_ms),
+        ))
 }
 
 #[cfg(test)]
@@ -193,7 +206,11 @@ mod tests {
                     f.await
                 })
             });
-        let svc = layers(&registry, contexts, 1024, Telemetry::disabled(), metrics)
+        let config = RouterConfig {
+            max_payload_bytes: 1024,
+            ..RouterConfig::default()
+        };
+        let svc = layers(&registry, contexts, &config, Telemetry::disabled(), metrics)
             .service(FromTower(inner));
         (Tower(svc), handle, dropped)
     }

@@ -186,6 +186,8 @@ pub struct Instance {
     pub schemas: crate::schema::Schemas,
     /// Compiled event schemas it declared, by topic pattern.
     pub topic_schemas: Vec<(String, Arc<jsonschema::Validator>)>,
+    /// Its circuit breaker.
+    pub breaker: crate::breaker::Breaker,
 }
 
 impl Instance {
@@ -211,6 +213,7 @@ impl Instance {
             max_concurrency,
             schemas,
             topic_schemas: Vec::new(),
+            breaker: crate::breaker::Breaker::default(),
         })
     }
 

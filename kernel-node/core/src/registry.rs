@@ -31,6 +31,9 @@ pub struct Pool {
     /// Argument schemas by method, from the newest instance; None when it
     /// declared none (validation then has nothing to do).
     pub schemas: Option<Arc<MethodSchemas>>,
+    /// Methods the newest instance declared idempotent (the kernel may
+    /// retry them); None when it declared none.
+    pub idempotent: Option<Arc<[String]>>,
     /// The name's metrics series, fetched on the first call.
     series: OnceLock<&'static Series>,
     rr: AtomicUsize,
@@ -39,10 +42,16 @@ pub struct Pool {
 impl Pool {
     fn with(name: &str, instances: Vec<Arc<Instance>>) -> Pool {
         let schemas = instances.last().and_then(|i| i.schemas.get(name).cloned());
+        let idempotent = instances
+            .last()
+            .and_then(|i| i.services.iter().find(|s| s.name == name))
+            .filter(|d| !d.idempotent_methods.is_empty())
+            .map(|d| d.idempotent_methods.clone().into());
         Pool {
             name: name.into(),
             instances,
             schemas,
+            idempotent,
             series: OnceLock::new(),
             rr: AtomicUsize::new(0),
         }
@@ -54,11 +63,13 @@ impl Pool {
         self.series.get_or_init(fetch)
     }
 
-    /// Least in-flight, ties broken round robin so equal instances share load.
+    /// Least in-flight, ties broken round robin so equal instances share
+    /// load; instances whose circuit breaker is open are skipped (None when
+    /// every one is: see [`Pool::all_open`]).
     pub fn pick(&self) -> Option<&Arc<Instance>> {
         match self.instances.len() {
             0 => None,
-            1 => self.instances.first(),
+            1 => self.instances.first().filter(|i| i.breaker.allows()),
             n => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
                 let mut best: Option<&Arc<Instance>> = None;
@@ -66,14 +77,27 @@ impl Pool {
                 for i in 0..n {
                     let inst = &self.instances[(start + i) % n];
                     let load = inst.in_flight.load(Ordering::Relaxed);
-                    if load < best_load {
+                    if load < best_load && inst.breaker.available() {
                         best_load = load;
                         best = Some(inst);
                     }
                 }
-                best
+                // A half-open instance takes one probe call at a time.
+                best.filter(|b| !b.breaker.is_open() || b.breaker.claim_probe())
             }
         }
+    }
+
+    /// Whether the pool has instances and every one's breaker is open.
+    pub fn all_open(&self) -> bool {
+        !self.instances.is_empty() && self.instances.iter().all(|i| i.breaker.is_open())
+    }
+
+    /// Whether `method` was declared idempotent.
+    pub fn is_idempotent(&self, method: &str) -> bool {
+        self.idempotent
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|x| x == method))
     }
 }
 

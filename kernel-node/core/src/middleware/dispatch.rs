@@ -17,6 +17,7 @@ use kernel_proto::trace::{self, SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::{self as pb, Failure};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::breaker::is_instance_failure;
 use crate::call::{BoxFuture, Headers, Reply};
 use crate::config::RouterConfig;
 use crate::context::Node;
@@ -130,6 +131,7 @@ impl Dispatch {
                     timeout_us: node.remaining().map_or(0, |d| d.as_micros().max(1) as u64),
                 };
                 let Some((id, rx)) = link.send(inv) else {
+                    self.record(&inst, true);
                     return Err(gone(&inst, &service).into_failure());
                 };
                 // Armed until the provider answered: if the layers above drop
@@ -145,6 +147,10 @@ impl Dispatch {
             }
         };
         drop(permit);
+        self.record(
+            &inst,
+            matches!(&result, Err(f) if is_instance_failure(f.code)),
+        );
         if let Some(cx) = span {
             use opentelemetry::trace::TraceContextExt;
             if let Err(f) = &result {
@@ -154,6 +160,17 @@ impl Dispatch {
             cx.span().end();
         }
         result
+    }
+
+    /// Tells the instance's breaker how a call went.
+    #[inline]
+    fn record(&self, inst: &Instance, failed: bool) {
+        let c = &self.state.config;
+        inst.breaker.record(
+            failed,
+            c.breaker_failures,
+            Duration::from_millis(c.breaker_open_ms),
+        );
     }
 
     /// Picks an instance and takes a free slot on it, if there is one now.
@@ -193,6 +210,13 @@ impl Dispatch {
                 None => self.state.registry.pool(service).ok_or_else(no_provider)?,
             };
             let Some(inst) = pool.pick().cloned() else {
+                if pool.all_open() {
+                    return Err(Error::CircuitOpen {
+                        service: service.to_owned(),
+                        instances: pool.instances.len(),
+                    }
+                    .into());
+                }
                 return Err(no_provider());
             };
             if let Ok(p) = inst.permits.clone().try_acquire_owned() {
