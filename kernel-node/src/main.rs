@@ -103,7 +103,14 @@ async fn serve(flags: Flags, mut config: Config) -> ExitCode {
             }
         }
     }
-    let out = server::run(listener, kernel, config.server.clone(), shutdown_signal()).await;
+    let out = server::run(
+        listener,
+        kernel,
+        config.server.clone(),
+        hosted.clone(),
+        shutdown_signal(),
+    )
+    .await;
     // Plugins stop after the node drained the calls they were serving.
     if let Some(host) = hosted {
         host.stop().await;

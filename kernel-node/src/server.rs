@@ -176,11 +176,13 @@ const LINGER: Duration = Duration::from_secs(1);
 /// calls and call streams finish (new calls get `UNAVAILABLE`), then
 /// provider sessions and subscriptions end, all within
 /// `server.shutdown_grace_ms`; the node returns as soon as the last tracked
-/// task is done.
+/// task is done. `plugins`, the node's supervised plugins when it has
+/// some, are listed and driven through Admin.
 pub async fn run(
     listener: TcpListener,
     kernel: Arc<Kernel>,
     config: ServerConfig,
+    plugins: Option<Arc<plugin_host::Host>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let max_msg = kernel.config().router.max_payload_bytes + ENVELOPE_ALLOWANCE;
@@ -204,7 +206,7 @@ pub async fn run(
     let kernel_svc = KernelServer::new(KernelService::new(kernel.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let admin_svc = AdminServer::new(AdminService::new(kernel.clone()));
+    let admin_svc = AdminServer::new(AdminService::new(kernel.clone(), plugins));
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let grace = Duration::from_millis(config.shutdown_grace_ms);

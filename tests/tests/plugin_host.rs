@@ -713,3 +713,82 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
         vec!["reloadable-2:active".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn admin_lists_supervised_plugins_and_resets_one_out_of_its_crash_loop() {
+    use kernel_proto::v1::{admin_client::AdminClient, ListSupervisedRequest, PluginRequest};
+    let dir = TempDir::new("admin");
+    std::fs::write(
+        dir.0.join("looper.toml"),
+        failing("looper", "looper.echo", false),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.0.join("steady.toml"),
+        "name = \"steady\"\ncommand = \"sh\"\nargs = [\"-c\", \"sleep 60\"]\n",
+    )
+    .expect("write");
+    let dir_text = dir.0.display().to_string();
+    let node = NodeProcess::start(&[("KERNEL_PLUGINS_DIR", dir_text.as_str())]).await;
+    let mut admin = AdminClient::connect(node.url.clone()).await.expect("admin");
+    let list = |admin: &mut AdminClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_supervised(ListSupervisedRequest {})
+                .await
+                .map(|r| r.into_inner().plugins)
+                .map_err(|e| e.to_string())
+        }
+    };
+    let looping = eventually(Duration::from_secs(10), "looper in its crash loop", || {
+        let l = list(&mut admin);
+        async move {
+            let plugins = l.await?;
+            plugins
+                .iter()
+                .find(|p| p.plugin == "looper" && p.state == "crash-loop")
+                .cloned()
+                .ok_or(format!("{plugins:?}"))
+        }
+    })
+    .await;
+    assert_eq!(looping.last_exit, "exit code 1");
+    assert_eq!(looping.restarts, 2);
+    assert_eq!(looping.pid, 0);
+    assert!(!looping.critical);
+    let plugins = list(&mut admin).await.expect("list");
+    let steady = plugins
+        .iter()
+        .find(|p| p.plugin == "steady")
+        .expect("steady");
+    assert_eq!(steady.state, "running");
+    assert!(steady.pid > 0, "{steady:?}");
+    // Reset: it starts again, as a later instance, with its count cleared.
+    admin
+        .reset_plugin(PluginRequest {
+            plugin: "looper".into(),
+        })
+        .await
+        .expect("reset");
+    eventually(Duration::from_secs(10), "looper started again", || {
+        let l = list(&mut admin);
+        let before = looping.instance;
+        async move {
+            let plugins = l.await?;
+            let p = plugins
+                .iter()
+                .find(|p| p.plugin == "looper")
+                .ok_or("gone")?;
+            (p.instance > before).then_some(()).ok_or(format!("{p:?}"))
+        }
+    })
+    .await;
+    let err = admin
+        .reset_plugin(PluginRequest {
+            plugin: "nobody".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}

@@ -8,22 +8,84 @@ use tonic::{Request, Response, Status};
 
 use kernel_core::Kernel;
 use kernel_core::Stats;
+use plugin_host::Host;
 
-/// Admin RPCs over a kernel.
+/// Admin RPCs over a kernel (and the plugins the node supervises).
 #[derive(Debug, Clone)]
 pub struct AdminService {
     kernel: Arc<Kernel>,
+    plugins: Option<Arc<Host>>,
 }
 
 impl AdminService {
-    /// Admin over `kernel`.
-    pub fn new(kernel: Arc<Kernel>) -> Self {
-        AdminService { kernel }
+    /// Admin over `kernel`, and over `plugins` when the node supervises some.
+    pub fn new(kernel: Arc<Kernel>, plugins: Option<Arc<Host>>) -> Self {
+        AdminService { kernel, plugins }
+    }
+
+    /// The host of the supervised plugin named `plugin`, or NOT_FOUND.
+    fn supervised(&self, plugin: &str) -> Result<&Host, Status> {
+        self.plugins
+            .as_deref()
+            .filter(|h| h.status().iter().any(|s| s.name == plugin))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no supervised plugin `{}`",
+                    plugin.chars().take(128).collect::<String>()
+                ))
+            })
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn list_supervised(
+        &self,
+        _: Request<pb::ListSupervisedRequest>,
+    ) -> Result<Response<pb::ListSupervisedResponse>, Status> {
+        let plugins = self
+            .plugins
+            .as_deref()
+            .map(Host::status)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| pb::SupervisedPlugin {
+                state: s.state.as_str().to_owned(),
+                instance: s.runs.last().map_or(0, |r| r.instance),
+                pid: s.pid().unwrap_or_default(),
+                restarts: s.restarts,
+                last_exit: s.last_exit().map(ToString::to_string).unwrap_or_default(),
+                uptime_ms: s.uptime().map_or(0, |d| d.as_millis() as u64),
+                critical: s.critical,
+                reload_failures: s.reload_failures,
+                plugin: s.name,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSupervisedResponse { plugins }))
+    }
+
+    async fn reset_plugin(
+        &self,
+        req: Request<pb::PluginRequest>,
+    ) -> Result<Response<pb::PluginResponse>, Status> {
+        let name = req.into_inner().plugin;
+        self.supervised(&name)?
+            .reset(&name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::PluginResponse {}))
+    }
+
+    async fn reload_plugin(
+        &self,
+        req: Request<pb::PluginRequest>,
+    ) -> Result<Response<pb::PluginResponse>, Status> {
+        let name = req.into_inner().plugin;
+        self.supervised(&name)?
+            .reload(&name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::PluginResponse {}))
+    }
+
     async fn list_plugins(
         &self,
         _: Request<pb::ListPluginsRequest>,
