@@ -10,8 +10,10 @@
 //! - [`config`]: TOML + `KERNEL_*` environment configuration.
 //! - [`telemetry`]: logs, and the OTLP exporter behind the kernel's spans.
 //! - [`plugins`]: plugins the node supervises itself (`plugin-host`).
+//! - [`node`]: a whole node process (what `main` runs after flags and config).
 
 pub mod config;
+pub mod node;
 pub mod plugins;
 pub mod server;
 pub mod telemetry;

@@ -50,4 +50,5 @@ pub use error::Error;
 pub use events::{Event, Publisher, SubscribeOptions, Subscriber};
 pub use plugin::{Plugin, SessionEnd};
 pub use tokio_util::sync::CancellationToken;
+pub use tonic::Code;
 pub use transaction::Transaction;

@@ -258,12 +258,19 @@ impl NodeProcess {
     /// Starts the binary with extra environment `env` and waits for its
     /// "listening" line.
     pub async fn start(env: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::start_program("kernel-node", &[], env).await
+    }
+
+    /// Starts `program` (a node binary next to the tests, such as the
+    /// examples' `kernel-system`) with `args` and extra environment `env`.
+    pub async fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut cmd = Command::new(binary("kernel-node"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new(binary(program));
+        cmd.args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

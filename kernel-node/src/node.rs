@@ -1,0 +1,142 @@
+//! A whole node process: bind, trace export, the kernel, in-process
+//! plugins a binary attaches, supervised plugins, admin HTTP, serve until
+//! SIGINT/SIGTERM, then drain and stop the plugins. The `kernel-node` binary
+//! and binaries that embed in-process plugins (`examples`' `kernel-system`)
+//! share it, so each `main` stays flags and config.
+
+use std::any::Any;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use kernel_core::Kernel;
+
+use crate::config::Config;
+use crate::{plugins, server, telemetry};
+
+/// What an `attach` callback keeps alive while the node runs (in-process
+/// plugin registrations: dropping one deregisters it).
+pub type Attached = Box<dyn Any + Send>;
+
+/// Runs a node with `config` on a runtime of its own until a signal ends
+/// it; `attach` gets the kernel before the node serves (to attach
+/// in-process plugins). `name` prefixes startup errors.
+pub fn run(
+    name: &'static str,
+    config: Config,
+    attach: impl FnOnce(&Arc<Kernel>) -> Result<Attached, String> + Send + 'static,
+) -> ExitCode {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        rt.worker_threads(config.server.worker_threads);
+    }
+    match rt.enable_all().build() {
+        Ok(rt) => rt.block_on(serve(name, config, attach)),
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(
+    name: &'static str,
+    config: Config,
+    attach: impl FnOnce(&Arc<Kernel>) -> Result<Attached, String>,
+) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{name}: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
+    println!("{name} listening on {addr}");
+    let telemetry = match telemetry::from_config(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: bad telemetry config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin_listen = config.telemetry.admin_listen.clone();
+    let manifests = plugins::manifests(&config);
+    let kernel = Kernel::with_telemetry(config.clone(), telemetry.clone());
+    let local = match listener.local_addr() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        Ok(a) => format!("http://{a}"),
+        Err(_) => format!("http://{}", config.listen),
+    };
+    let _attached = match attach(&kernel) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{name}: cannot attach in-process plugins: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let hosted = plugins::start(manifests, &kernel, &local);
+    if !admin_listen.is_empty() {
+        match tokio::net::TcpListener::bind(&admin_listen).await {
+            Ok(l) => {
+                let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(admin = %at, "metrics and health on http://{at}/metrics, /healthz, /readyz");
+                tokio::spawn(server::serve_admin_http_with(
+                    l,
+                    kernel.clone(),
+                    hosted.clone(),
+                ));
+            }
+            Err(e) => {
+                eprintln!(
+                    "kernel-node: cannot listen on telemetry.admin_listen {admin_listen}: {e}"
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let out = server::run(
+        listener,
+        kernel,
+        config.server.clone(),
+        hosted.clone(),
+        shutdown_signal(),
+    )
+    .await;
+    // Plugins stop after the node drained the calls they were serving.
+    if let Some(host) = hosted {
+        host.stop().await;
+    }
+    telemetry.shutdown();
+    match out {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
