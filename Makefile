@@ -44,7 +44,7 @@ $(PY_STUBS)/.stamp: $(VENV)/.stamp proto/kernel/v1/kernel.proto proto/kernel/v1/
 
 ## Side-by-side measurements (kernel vs direct tonic vs NATS when reachable).
 bench:
-	$(CARGO) build --release -p kernel-node -p kernel-bench
+	$(CARGO) build --release -p kernel-node -p kernel-bench -p plugin-host
 	./target/release/kernel-bench
 
 ## fmt check + clippy with warnings as errors.

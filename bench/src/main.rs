@@ -16,6 +16,7 @@ mod baseline;
 mod local;
 mod measure;
 mod scenarios;
+mod supervise;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ struct Args {
 enum Cmd {
     /// Runs every measurement (the default).
     All,
+    /// The plugin-supervision rows alone (needs the `plugin-host` binary
+    /// beside this one).
+    Supervise,
     /// Child process: the direct tonic echo server.
     EchoServer {
         /// Address to bind.
@@ -122,6 +126,7 @@ fn main() {
             Cmd::Provider { url } => baseline::provider(&url).await,
             Cmd::NatsResponder => baseline::nats_responder().await,
             Cmd::Local => scenarios::local_only().await,
+            Cmd::Supervise => scenarios::supervise_only().await,
             Cmd::Contexts { iters } => {
                 let ns = local::contexts_only(iters).await;
                 println!("context node made + dropped: {ns:.0} ns");

@@ -245,6 +245,14 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let _ = node.kill().await;
 
     crate::local::all(&mut rows).await;
+    crate::supervise::all(&mut rows).await;
+    table(&rows);
+}
+
+/// The supervision rows alone (`kernel-bench supervise`).
+pub(crate) async fn supervise_only() {
+    let mut rows = Vec::new();
+    crate::supervise::all(&mut rows).await;
     table(&rows);
 }
 
