@@ -27,6 +27,15 @@ impl Readiness for Registered {
         })
     }
 
+    fn instance_failures(&self, instance: &str) -> Option<u64> {
+        self.0
+            .registry()
+            .instances()
+            .iter()
+            .find(|i| &*i.id == instance)
+            .map(|i| i.failures.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn drain(&self, instance: &str) -> bool {
         self.0
             .registry()

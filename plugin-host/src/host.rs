@@ -37,10 +37,14 @@ impl std::fmt::Debug for Host {
 /// How often a plugin's program file is looked at for changes.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Asks for a reload when the program file at `path` changed and then
-/// stayed the same for one more look (a copy in progress is not run);
-/// ends when the supervisor is gone.
-async fn watch(path: std::path::PathBuf, orders: mpsc::UnboundedSender<Order>) {
+/// Sends `order()` when the file at `path` changed and then stayed the
+/// same for one more look (a copy in progress is not used); ends when the
+/// supervisor is gone.
+async fn watch(
+    path: std::path::PathBuf,
+    orders: mpsc::UnboundedSender<Order>,
+    order: impl Fn() -> Order + Send + 'static,
+) {
     let stamp = |p: &std::path::Path| {
         std::fs::metadata(p).ok().map(|m| {
             (
@@ -59,8 +63,8 @@ async fn watch(path: std::path::PathBuf, orders: mpsc::UnboundedSender<Order>) {
         }
         let now = stamp(&path);
         if now.is_some() && now == seen && now != running {
-            tracing::info!(program = %path.display(), "plugin program changed: reloading");
-            if orders.send(Order::Reload).is_err() {
+            tracing::info!(file = %path.display(), "plugin file changed: reloading");
+            if orders.send(order()).is_err() {
                 return;
             }
             running = now;
@@ -97,7 +101,21 @@ impl Host {
                 let services = m.services.clone();
                 if m.reload_on_change {
                     if let Some(program) = crate::manifest::resolve(&m.command, m.cwd.as_deref()) {
-                        tokio::spawn(watch(program, orders.clone()));
+                        tokio::spawn(watch(program, orders.clone(), || Order::Reload(None)));
+                    }
+                    if let Some(file) = m.source.clone() {
+                        let name = m.name.clone();
+                        let from = file.clone();
+                        tokio::spawn(watch(file, orders.clone(), move || {
+                            match crate::manifest::load_file(&from) {
+                                Ok(new) if new.name == name => Order::Reload(Some(Box::new(new))),
+                                Ok(new) => Order::Refused(format!(
+                                    "the manifest now names `{}`; a plugin keeps its name",
+                                    new.name
+                                )),
+                                Err(e) => Order::Refused(format!("manifest refused: {e}")),
+                            }
+                        }));
                     }
                 }
                 let task = tokio::spawn(supervisor::supervise(
@@ -180,7 +198,7 @@ impl Host {
             .ok_or_else(|| Error::Unknown {
                 plugin: plugin.to_owned(),
             })?;
-        let _ = p.orders.send(Order::Reload);
+        let _ = p.orders.send(Order::Reload(None));
         Ok(())
     }
 

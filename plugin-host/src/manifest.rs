@@ -57,9 +57,22 @@ pub struct Manifest {
     /// Resource limits of its processes.
     #[serde(default)]
     pub limits: Limits,
-    /// Hot-reload the plugin when its program file changes.
+    /// After a reload's new instance is ready, how long it serves beside
+    /// the old one before the old one is drained; an instance failure in
+    /// that time rolls the reload back. 0: switch at once.
+    #[serde(default = "default_probation_ms")]
+    pub probation_ms: u64,
+    /// Hot-reload the plugin when its program file (or its manifest file)
+    /// changes.
     #[serde(default = "default_true")]
     pub reload_on_change: bool,
+    /// The file the manifest was read from, when it has one of its own.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+fn default_probation_ms() -> u64 {
+    1_000
 }
 
 fn default_true() -> bool {
@@ -305,7 +318,9 @@ pub fn load_file(path: &Path) -> Result<Manifest, Error> {
         key: "(toml)".into(),
         reason: e.to_string(),
     })?;
-    from_value(value, &path.display().to_string())
+    let mut m = from_value(value, &path.display().to_string())?;
+    m.source = Some(path.to_owned());
+    Ok(m)
 }
 
 /// Every `*.toml` manifest in `dir`, sorted by file name; bad ones as

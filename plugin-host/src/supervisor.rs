@@ -30,6 +30,14 @@ pub trait Readiness: Send + Sync + 'static {
         services.iter().all(|s| self.is_provided(s))
     }
 
+    /// Calls the instance registered as `instance` has failed (instance
+    /// failures: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`),
+    /// when the kernel can tell.
+    fn instance_failures(&self, instance: &str) -> Option<u64> {
+        let _ = instance;
+        None
+    }
+
     /// Asks the kernel to drain the instance registered as `instance`: no
     /// new calls, the running ones finish, the session closes. False when
     /// it cannot (then the old instance is stopped with SIGTERM).
@@ -52,8 +60,11 @@ pub(crate) enum Order {
     Reset,
     /// Start a new instance beside the running one; once it is ready,
     /// drain and stop the old one; if it never gets ready, stop it and
-    /// keep the old one (rollback).
-    Reload,
+    /// keep the old one (rollback). With a manifest: the new instance runs
+    /// by it, and so does every later start once the reload succeeded.
+    Reload(Option<Box<Manifest>>),
+    /// A changed manifest was refused: the running instance serves on.
+    Refused(String),
     /// Stop the plugin and the supervisor.
     Stop,
 }
@@ -77,7 +88,7 @@ impl Shared {
 
 /// Runs `manifest` until ordered to stop.
 pub(crate) async fn supervise(
-    manifest: Manifest,
+    mut manifest: Manifest,
     kernel_url: String,
     readiness: Option<Arc<dyn Readiness>>,
     status: Shared,
@@ -95,7 +106,7 @@ pub(crate) async fn supervise(
         let exit = match start(&manifest, &kernel_url, instance) {
             Ok(child) => {
                 match run(
-                    &manifest,
+                    &mut manifest,
                     &kernel_url,
                     readiness.as_deref(),
                     &status,
@@ -158,7 +169,12 @@ pub(crate) async fn supervise(
             order = orders.recv() => match order {
                 Some(Order::Reset) => reset(&status, &mut recent, &mut delay, &manifest),
                 // The next start runs the new binary anyway.
-                Some(Order::Reload) => {}
+                Some(Order::Reload(new)) => {
+                    if let Some(m) = new {
+                        manifest = *m;
+                    }
+                }
+                Some(Order::Refused(_)) => {}
                 Some(Order::Stop) | None => {
                     set_state(&status, State::Stopped);
                     return;
@@ -182,7 +198,13 @@ fn reset(status: &Shared, recent: &mut Vec<Instant>, delay: &mut Duration, m: &M
 
 /// Waits for a reset or a reload (true: start again) or a stop (false).
 async fn wait_for_reset(orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
-    matches!(orders.recv().await, Some(Order::Reset | Order::Reload))
+    loop {
+        match orders.recv().await {
+            Some(Order::Reset | Order::Reload(_)) => return true,
+            Some(Order::Refused(_)) => continue,
+            Some(Order::Stop) | None => return false,
+        }
+    }
 }
 
 fn set_state(status: &Shared, state: State) {
@@ -278,7 +300,7 @@ enum Outcome {
 /// Watches one run: logs, readiness, exit, reloads, or a stop order.
 /// `instance` follows the run through reloads.
 async fn run(
-    m: &Manifest,
+    m: &mut Manifest,
     kernel_url: &str,
     readiness: Option<&dyn Readiness>,
     status: &Shared,
@@ -323,25 +345,25 @@ async fn run(
             }
             order = orders.recv() => match order {
                 Some(Order::Reset) => {}
-                Some(Order::Reload) if !ready => {
+                Some(Order::Reload(_)) if !ready => {
                     tracing::warn!(plugin = %m.name, "reload asked before the plugin is ready: ignored");
                 }
-                Some(Order::Reload) => {
+                Some(Order::Reload(new)) => {
                     let next = *instance + 1;
-                    match reload(m, kernel_url, readiness, status, &mut child, pid, next).await {
+                    let by = new.as_deref().unwrap_or(m);
+                    match reload(by, kernel_url, readiness, status, &mut child, pid, next).await {
                         Ok(new_child) => {
                             child = new_child;
                             pid = child.id().unwrap_or_default();
                             *instance = next;
+                            if let Some(new) = new {
+                                *m = *new;
+                            }
                         }
-                        Err(why) => {
-                            let name = status.lock().name.clone();
-                            tracing::error!(plugin = %name, instance = next, reason = %why, "reload rolled back: the running instance keeps serving");
-                            status.lock().reload_failures += 1;
-                            status.tell(Event::ReloadFailed { plugin: name, instance: next, reason: why });
-                        }
+                        Err(why) => reload_failed(status, next, why),
                     }
                 }
+                Some(Order::Refused(why)) => reload_failed(status, *instance + 1, why),
                 Some(Order::Stop) | None => {
                     stop(m, &mut child, pid).await;
                     if let Ok(Some(st)) = child.try_wait() {
@@ -353,6 +375,18 @@ async fn run(
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// Reports a reload that did not happen: the running instance serves on.
+fn reload_failed(status: &Shared, instance: u64, why: String) {
+    let name = status.lock().name.clone();
+    tracing::error!(plugin = %name, instance, reason = %why, "reload rolled back: the running instance keeps serving");
+    status.lock().reload_failures += 1;
+    status.tell(Event::ReloadFailed {
+        plugin: name,
+        instance,
+        reason: why,
+    });
 }
 
 /// A hot reload: the new instance starts beside the old one and must get
@@ -399,6 +433,30 @@ async fn reload(
                 return Err(format!("instance {next} exited before it was ready: {exit}"));
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    // Probation: both instances serve; a new one that fails calls (or
+    // exits) in this time is rolled back while the old one still runs.
+    if m.probation_ms > 0 {
+        let failed = tokio::select! {
+            done = new.wait() => {
+                let exit = done.map(exit_of).unwrap_or_else(|e| Exit::SpawnFailed(e.to_string()));
+                Some(format!("instance {next} exited in its probation: {exit}"))
+            }
+            _ = tokio::time::sleep(Duration::from_millis(m.probation_ms)) => {
+                readiness
+                    .and_then(|r| r.instance_failures(&id))
+                    .filter(|n| *n > 0)
+                    .map(|n| format!("instance {next} failed {n} calls in its first {} ms", m.probation_ms))
+            }
+        };
+        if let Some(why) = failed {
+            if let Some(r) = readiness {
+                // No new calls to it while it is being stopped.
+                r.drain(&id);
+            }
+            stop(m, &mut new, new_pid).await;
+            return Err(why);
         }
     }
     // Switch: the old instance takes no new calls and finishes its own.

@@ -83,6 +83,28 @@ async fn an_order_flows_from_a_rust_plugin_through_an_in_process_one_to_a_python
         .await;
     }
 
+    // Admin shows the supervised plugins and the in-process one alike.
+    let mut admin = kernel_proto::v1::admin_client::AdminClient::connect(node.url.clone())
+        .await
+        .expect("admin");
+    let listed = admin
+        .list_supervised(kernel_proto::v1::ListSupervisedRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .plugins;
+    let state_of = |name: &str| {
+        listed
+            .iter()
+            .find(|p| p.plugin == name)
+            .map(|p| (p.state.clone(), p.pid))
+            .unwrap_or_else(|| panic!("{name} not listed: {listed:?}"))
+    };
+    assert_eq!(state_of("orders").0, "running");
+    assert_eq!(state_of("notifier").0, "running");
+    let node_pid = node.child.id().expect("node pid");
+    assert_eq!(state_of("inventory"), ("running".to_owned(), node_pid));
+
     // orders (Rust, supervised) → inventory (Rust, in-process) → an event.
     let order: serde_json::Value = serde_json::from_slice(
         &client

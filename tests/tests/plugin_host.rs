@@ -708,6 +708,75 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
         failures.is_empty(),
         "failed calls during the rollback: {failures:?}"
     );
+
+    // A version that starts but fails its calls: it serves beside the old
+    // one in its probation, fails, and is rolled back; the calls it failed
+    // are the only failures, and the old instance answers the rest.
+    let failing = dir.0.join("failing");
+    std::fs::write(
+        &failing,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --mode internal\n",
+            binary("test-plugin").display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let running = callers(&client, "reload.echo", 2, &stop, &ok);
+    install(&failing, &program);
+    eventually(
+        Duration::from_secs(30),
+        "the second rollback reported",
+        || async move {
+            match get(admin, "/metrics").await {
+                Ok((200, m))
+                    if m.contains(
+                        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 2",
+                    ) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut during = Vec::new();
+    for c in running {
+        during.extend(c.await.expect("join"));
+    }
+    assert!(
+        during.iter().all(|f| f.contains("broken build")),
+        "only the broken version's own failures: {during:?}"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let running = callers(&client, "reload.echo", 2, &stop, &ok);
+    eventually(
+        Duration::from_secs(20),
+        "calls answered after the rollback",
+        || {
+            let n = ok.load(Ordering::Relaxed);
+            async move { (n >= 200).then_some(()).ok_or(format!("{n}")) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in running {
+        failures.extend(c.await.expect("join"));
+    }
+    assert!(
+        failures.is_empty(),
+        "failed calls after the rollback: {failures:?}"
+    );
     assert_eq!(
         instances_of(&node.url, "reloadable").await.expect("admin"),
         vec!["reloadable-2:active".to_owned()]
@@ -791,4 +860,82 @@ async fn admin_lists_supervised_plugins_and_resets_one_out_of_its_crash_loop() {
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_changed_manifest_reloads_the_plugin_and_a_bad_one_leaves_the_old_serving() {
+    let dir = TempDir::new("manifest");
+    let manifest = |extra: &str| {
+        format!(
+            "name = \"conf\"\ncommand = \"{}\"\nargs = [\"--service\", \"conf.echo\", \"--name\", \"conf\"]\nservices = [\"conf.echo\"]\nprobation_ms = 100\n{extra}\n",
+            binary("test-plugin").display()
+        )
+    };
+    let file = dir.0.join("conf.toml");
+    std::fs::write(&file, manifest("")).expect("write");
+    let write = |text: String| {
+        let tmp = dir.0.join("conf.toml.new");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+    };
+    let admin = free_port();
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let dir_text = dir.0.display().to_string();
+    let node = NodeProcess::start(&[
+        ("KERNEL_PLUGINS_DIR", dir_text.as_str()),
+        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin_listen.as_str()),
+    ])
+    .await;
+    let client = kernel_sdk::Client::connect(&node.url).expect("client");
+    eventually(Duration::from_secs(20), "conf.echo answering", || {
+        let c = client.clone();
+        async move {
+            c.call("conf.echo", "hi")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    // A bad manifest: refused, counted, and instance 1 serves on.
+    write(manifest("restart_policy = \"always\""));
+    eventually(
+        Duration::from_secs(20),
+        "the refusal counted",
+        || async move {
+            match get(admin, "/metrics").await {
+                Ok((200, m))
+                    if m.contains("kernel_plugin_reload_failures_total{plugin=\"conf\"} 1") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        client.call("conf.echo", "still").await.expect("old serves"),
+        "still"
+    );
+    assert_eq!(
+        instances_of(&node.url, "conf").await.expect("admin"),
+        vec!["conf-1:active".to_owned()]
+    );
+    // A good change: the plugin reloads by it.
+    write(manifest("env = { CONF_VERSION = \"2\" }"));
+    eventually(Duration::from_secs(20), "instance 2 serving alone", || {
+        let url = node.url.clone();
+        async move {
+            let ids = instances_of(&url, "conf").await?;
+            (ids == vec!["conf-2:active".to_owned()])
+                .then_some(())
+                .ok_or(format!("{ids:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        client.call("conf.echo", "new").await.expect("new serves"),
+        "new"
+    );
 }

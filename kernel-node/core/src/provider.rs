@@ -188,6 +188,8 @@ pub struct Instance {
     pub topic_schemas: Vec<(String, Arc<jsonschema::Validator>)>,
     /// Its circuit breaker.
     pub breaker: crate::breaker::Breaker,
+    /// Calls it failed (the codes that count against its breaker), ever.
+    pub failures: AtomicU64,
 }
 
 impl Instance {
@@ -214,6 +216,7 @@ impl Instance {
             schemas,
             topic_schemas: Vec::new(),
             breaker: crate::breaker::Breaker::default(),
+            failures: AtomicU64::new(0),
         })
     }
 

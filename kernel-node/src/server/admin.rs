@@ -23,6 +23,28 @@ impl AdminService {
         AdminService { kernel, plugins }
     }
 
+    /// In-process plugins, reported like supervised ones: they live as long
+    /// as the node (restarts never apply), in the node's own process.
+    fn in_process(&self) -> impl Iterator<Item = pb::SupervisedPlugin> {
+        let pid = std::process::id();
+        self.kernel
+            .registry()
+            .instances()
+            .into_iter()
+            .filter(|i| i.transport() == "in-process")
+            .map(move |i| pb::SupervisedPlugin {
+                plugin: i.plugin.to_string(),
+                state: if i.draining.load(Ordering::Relaxed) {
+                    "stopped".into()
+                } else {
+                    "running".into()
+                },
+                instance: 1,
+                pid,
+                ..Default::default()
+            })
+    }
+
     /// The host of the supervised plugin named `plugin`, or NOT_FOUND.
     fn supervised(&self, plugin: &str) -> Result<&Host, Status> {
         self.plugins
@@ -60,6 +82,7 @@ impl Admin for AdminService {
                 reload_failures: s.reload_failures,
                 plugin: s.name,
             })
+            .chain(self.in_process())
             .collect();
         Ok(Response::new(pb::ListSupervisedResponse { plugins }))
     }

@@ -20,7 +20,7 @@ struct Args {
     /// Service to provide.
     #[arg(long)]
     service: Option<String>,
-    /// echo | whoami | hang | info | chain | fail | recurse.
+    /// echo | whoami | hang | info | chain | fail | internal | recurse.
     #[arg(long, default_value = "echo")]
     mode: String,
     /// Instance id.
@@ -118,6 +118,8 @@ async fn main() -> Result<(), Error> {
                         tonic::Code::FailedPrecondition,
                         "boom: stock table locked",
                     )),
+                    // A broken build: every call fails inside the plugin.
+                    "internal" => Err(Error::new(tonic::Code::Internal, "broken build")),
                     "recurse" => ctx.call(&svc, payload).await,
                     "emit" => {
                         if let Some(n) = next {

@@ -165,6 +165,9 @@ impl Dispatch {
     /// Tells the instance's breaker how a call went.
     #[inline]
     fn record(&self, inst: &Instance, failed: bool) {
+        if failed {
+            inst.failures.fetch_add(1, Ordering::Relaxed);
+        }
         let c = &self.state.config;
         inst.breaker.record(
             failed,
