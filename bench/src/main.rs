@@ -52,8 +52,8 @@ enum Cmd {
     },
     /// Child process: a plugin providing `bench.echo`.
     Provider {
-        /// Kernel URL.
-        #[arg(long)]
+        /// Kernel URL (`KERNEL_URL` when supervised by a node).
+        #[arg(long, env = "KERNEL_URL")]
         url: String,
     },
     /// Child process: a NATS responder on `bench.echo`.

@@ -143,8 +143,128 @@ async fn idle_cpu(span: Duration) -> f64 {
     (after - before) as f64 / (span.as_secs_f64() * 100.0) * 100.0
 }
 
+/// Sequential calls' latencies (µs, sorted) and errors while `until`
+/// says to go on.
+async fn sample(
+    client: &kernel_sdk::Client,
+    mut until: impl FnMut(usize) -> bool,
+) -> (Vec<f64>, usize) {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while until(lat.len() + errors) {
+        let t = std::time::Instant::now();
+        match client.call("bench.echo", "x").await {
+            Ok(_) => lat.push(t.elapsed().as_nanos() as f64 / 1000.0),
+            Err(_) => errors += 1,
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat, errors)
+}
+
+fn p99(sorted: &[f64]) -> f64 {
+    sorted
+        .get(sorted.len() * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// A node supervising the bench provider; p99 of sequential calls in a
+/// steady window and in a window around a hot reload (Admin
+/// `ReloadPlugin`), and the errors in it.
+async fn reload_latency() -> Option<(f64, f64, usize, usize)> {
+    let dir = std::env::temp_dir().join(format!("kernel-bench-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let me = std::env::current_exe().ok()?;
+    std::fs::write(
+        dir.join("provider.toml"),
+        format!(
+            "name = \"bench-provider\"\ncommand = \"{}\"\nargs = [\"provider\"]\nservices = [\"bench.echo\"]\nprobation_ms = 200\nreload_on_change = false\n",
+            me.display()
+        ),
+    )
+    .ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = Command::new(me.with_file_name("kernel-node"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("KERNEL_PLUGINS_DIR", &dir)
+        .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let client = kernel_sdk::Client::connect(&url).ok()?;
+    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        while client.call("bench.echo", "x").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if ready.is_err() {
+        let _ = node.kill().await;
+        return None;
+    }
+    let (steady, _) = sample(&client, |n| n < 5_000).await;
+    let mut admin = kernel_proto::v1::admin_client::AdminClient::connect(url.clone())
+        .await
+        .ok()?;
+    let reload = tokio::spawn(async move {
+        admin
+            .reload_plugin(kernel_proto::v1::PluginRequest {
+                plugin: "bench-provider".into(),
+            })
+            .await
+            .is_ok()
+    });
+    // The window: the reload (start, readiness, probation, drain) and a
+    // little after it.
+    let started = std::time::Instant::now();
+    let (during, errors) = sample(&client, |_| started.elapsed() < Duration::from_secs(3)).await;
+    let _ = reload.await;
+    // The figures count only if the switch happened in the window.
+    let mut admin = kernel_proto::v1::admin_client::AdminClient::connect(url.clone())
+        .await
+        .ok()?;
+    let switched = admin
+        .list_plugins(kernel_proto::v1::ListPluginsRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .plugins
+        .iter()
+        .any(|p| p.instance_id == "bench-provider-2");
+    let _ = node.kill().await;
+    if !switched {
+        let _ = std::fs::remove_dir_all(&dir);
+        return None;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Some((p99(&steady), p99(&during), during.len(), errors))
+}
+
 /// The supervision rows of the report.
 pub(crate) async fn all(rows: &mut Vec<Row>) {
+    match reload_latency().await {
+        Some((steady, during, calls, errors)) => row(
+            rows,
+            "hot reload switch-over, sequential calls (SDK → node → supervised plugin)",
+            format!(
+                "p99 {during:.0} µs over {calls} calls during the reload vs {steady:.0} µs steady, {errors} errors"
+            ),
+            format!("= {:.2} × steady (target ≤ 2, 0 errors)", during / steady),
+        ),
+        None => row(
+            rows,
+            "hot reload switch-over",
+            "not measured (the node or its plugin did not start)".into(),
+            String::new(),
+        ),
+    }
     let delays = restart_delays().await;
     row(
         rows,

@@ -34,7 +34,8 @@ async fn main() -> Result<(), Error> {
                 )
                 .await?;
             let order = Order {
-                id: format!("o-{}", ctx.path().rsplit('.').next().unwrap_or("0")),
+                // The order is named after its context tree, unique per request.
+                id: format!("o-{}", ctx.path().split('.').next().unwrap_or("0")),
                 sku: c.sku,
                 qty: c.qty,
                 context: ctx.path().to_owned(),
