@@ -16,6 +16,21 @@ fn host_binary() -> std::path::PathBuf {
         .with_file_name("plugin-host")
 }
 
+/// The `plugin-host` binary over manifest `file` (its plugins point at no
+/// node: these rows measure supervision alone), stdout piped or not.
+fn spawn_host(file: &std::path::Path, stdout: Stdio) -> tokio::process::Child {
+    Command::new(host_binary())
+        .arg(file)
+        .arg("--kernel")
+        .arg("http://127.0.0.1:1")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("plugin-host")
+}
+
 fn manifest_file(name: &str, text: &str) -> std::path::PathBuf {
     let path =
         std::env::temp_dir().join(format!("kernel-bench-{name}-{}.toml", std::process::id()));
@@ -45,16 +60,7 @@ async fn restart_delays() -> Vec<u64> {
         crash_loop = { max_restarts = 4, window_ms = 60000 }
         "#,
     );
-    let mut child = Command::new(host_binary())
-        .arg(&file)
-        .arg("--kernel")
-        .arg("http://127.0.0.1:1")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("plugin-host");
+    let mut child = spawn_host(&file, Stdio::piped());
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut delays = Vec::new();
     let mut exited = None;
@@ -122,16 +128,7 @@ async fn idle_cpu(span: Duration) -> f64 {
         ));
     }
     let file = manifest_file("idle", &text);
-    let mut child = Command::new(host_binary())
-        .arg(&file)
-        .arg("--kernel")
-        .arg("http://127.0.0.1:1")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("plugin-host");
+    let mut child = spawn_host(&file, Stdio::null());
     let pid = child.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = tree_ticks(pid);

@@ -1,11 +1,9 @@
 //! The `kernel-node` binary: flags, config, telemetry, bind, serve.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kernel_node::{node, telemetry, Config};
+use kernel_node::{node, telemetry};
 
 /// Every call and event allocates a few small, short-lived objects across
 /// worker threads; mimalloc's thread-local free lists serve that pattern at
@@ -16,13 +14,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A microkernel runtime delivered as a gRPC node.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Flags {
-    /// Address to listen on (overrides `listen` in the config).
-    #[arg(long, env = "KERNEL_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+struct Cli {
+    #[command(flatten)]
+    node: node::Flags,
 }
 
 fn main() -> ExitCode {
@@ -30,16 +24,9 @@ fn main() -> ExitCode {
     // not parse flags or start a node.
     plugin_host::shim::run_if_requested();
     telemetry::init();
-    let flags = Flags::parse();
-    let mut config = match Config::load(flags.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kernel-node: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(l) = flags.listen {
-        config.listen = l;
+    let cli = Cli::parse();
+    match node::config("kernel-node", &cli.node) {
+        Ok(config) => node::run("kernel-node", config, |_| Ok(Box::new(()))),
+        Err(code) => code,
     }
-    node::run("kernel-node", config, |_| Ok(Box::new(())))
 }

@@ -5,6 +5,8 @@
 //! share it, so each `main` stays flags and config.
 
 use std::any::Any;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,6 +14,30 @@ use kernel_core::Kernel;
 
 use crate::config::Config;
 use crate::{plugins, server, telemetry};
+
+/// The flags every node binary takes.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Address to listen on (overrides `listen` in the config).
+    #[arg(long, env = "KERNEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config `flags` point at, with their overrides; on a bad config,
+/// the exit code to leave with (2) after saying why, as `name`.
+pub fn config(name: &str, flags: &Flags) -> Result<Config, ExitCode> {
+    let mut config = Config::load(flags.config.as_deref()).map_err(|e| {
+        eprintln!("{name}: {e}");
+        ExitCode::from(2)
+    })?;
+    if let Some(l) = flags.listen {
+        config.listen = l;
+    }
+    Ok(config)
+}
 
 /// What an `attach` callback keeps alive while the node runs (in-process
 /// plugin registrations: dropping one deregisters it).

@@ -177,20 +177,16 @@ impl Host {
     /// Takes `plugin` out of a crash loop (or an exit it was not to be
     /// restarted from) and starts it again.
     pub fn reset(&self, plugin: &str) -> Result<(), Error> {
-        let p = self
-            .plugins
-            .iter()
-            .find(|p| p.status.lock().name == plugin)
-            .ok_or_else(|| Error::Unknown {
-                plugin: plugin.to_owned(),
-            })?;
-        let _ = p.orders.send(Order::Reset);
-        Ok(())
+        self.order(plugin, Order::Reset)
     }
 
     /// Reloads `plugin`: a new instance beside the old one, traffic
     /// switched once it is ready, rolled back if it is not.
     pub fn reload(&self, plugin: &str) -> Result<(), Error> {
+        self.order(plugin, Order::Reload(None))
+    }
+
+    fn order(&self, plugin: &str, order: Order) -> Result<(), Error> {
         let p = self
             .plugins
             .iter()
@@ -198,7 +194,7 @@ impl Host {
             .ok_or_else(|| Error::Unknown {
                 plugin: plugin.to_owned(),
             })?;
-        let _ = p.orders.send(Order::Reload(None));
+        let _ = p.orders.send(order);
         Ok(())
     }
 

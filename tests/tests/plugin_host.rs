@@ -572,6 +572,30 @@ fn callers(
         .collect()
 }
 
+/// Stops callers started by [`callers`] and gathers their failures.
+async fn stop_callers(
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    running: Vec<tokio::task::JoinHandle<Vec<String>>>,
+) -> Vec<String> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in running {
+        failures.extend(c.await.expect("join"));
+    }
+    failures
+}
+
+/// Waits until the admin port's `/metrics` has the line `line`.
+async fn metric_shows(admin: u16, line: &str, what: &str) {
+    eventually(Duration::from_secs(30), what, || async move {
+        match get(admin, "/metrics").await {
+            Ok((200, m)) if m.contains(line) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_back() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -653,11 +677,7 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for c in running {
-        failures.extend(c.await.expect("join"));
-    }
+    let failures = stop_callers(&stop, running).await;
     assert!(
         failures.is_empty(),
         "failed calls across the reload: {failures:?}"
@@ -672,21 +692,10 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
     let ok = Arc::new(AtomicU64::new(0));
     let running = callers(&client, "reload.echo", 2, &stop, &ok);
     install(&broken, &program);
-    eventually(
-        Duration::from_secs(30),
+    metric_shows(
+        admin,
+        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 1",
         "the rollback reported",
-        || async move {
-            match get(admin, "/metrics").await {
-                Ok((200, m))
-                    if m.contains(
-                        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 1",
-                    ) =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
     let after_rollback = ok.load(Ordering::Relaxed);
@@ -699,11 +708,7 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
         }
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for c in running {
-        failures.extend(c.await.expect("join"));
-    }
+    let failures = stop_callers(&stop, running).await;
     assert!(
         failures.is_empty(),
         "failed calls during the rollback: {failures:?}"
@@ -730,28 +735,13 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
     let ok = Arc::new(AtomicU64::new(0));
     let running = callers(&client, "reload.echo", 2, &stop, &ok);
     install(&failing, &program);
-    eventually(
-        Duration::from_secs(30),
+    metric_shows(
+        admin,
+        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 2",
         "the second rollback reported",
-        || async move {
-            match get(admin, "/metrics").await {
-                Ok((200, m))
-                    if m.contains(
-                        "kernel_plugin_reload_failures_total{plugin=\"reloadable\"} 2",
-                    ) =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut during = Vec::new();
-    for c in running {
-        during.extend(c.await.expect("join"));
-    }
+    let during = stop_callers(&stop, running).await;
     assert!(
         during.iter().all(|f| f.contains("broken build")),
         "only the broken version's own failures: {during:?}"
@@ -768,11 +758,7 @@ async fn a_hot_reload_under_load_fails_no_call_and_a_broken_version_is_rolled_ba
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for c in running {
-        failures.extend(c.await.expect("join"));
-    }
+    let failures = stop_callers(&stop, running).await;
     assert!(
         failures.is_empty(),
         "failed calls after the rollback: {failures:?}"
@@ -899,19 +885,10 @@ async fn a_changed_manifest_reloads_the_plugin_and_a_bad_one_leaves_the_old_serv
     .await;
     // A bad manifest: refused, counted, and instance 1 serves on.
     write(manifest("restart_policy = \"always\""));
-    eventually(
-        Duration::from_secs(20),
+    metric_shows(
+        admin,
+        "kernel_plugin_reload_failures_total{plugin=\"conf\"} 1",
         "the refusal counted",
-        || async move {
-            match get(admin, "/metrics").await {
-                Ok((200, m))
-                    if m.contains("kernel_plugin_reload_failures_total{plugin=\"conf\"} 1") =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
     assert_eq!(

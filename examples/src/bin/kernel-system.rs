@@ -2,40 +2,28 @@
 //! plugins of its config (`deploy/system.toml`: `orders` in Rust,
 //! `notifier` in Python) supervised. `make run-system` starts it.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kernel_node::{node, telemetry, Config};
+use kernel_node::{node, telemetry};
 use kernel_sdk::Plugin;
 
 /// The example system's node.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Flags {
-    /// Address to listen on (overrides `listen` in the config).
-    #[arg(long, env = "KERNEL_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// TOML config file (`deploy/system.toml`).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+struct Cli {
+    #[command(flatten)]
+    node: node::Flags,
 }
 
 fn main() -> ExitCode {
     plugin_host::shim::run_if_requested();
     telemetry::init();
-    let flags = Flags::parse();
-    let mut config = match Config::load(flags.config.as_deref()) {
+    let cli = Cli::parse();
+    let config = match node::config("kernel-system", &cli.node) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("kernel-system: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if let Some(l) = flags.listen {
-        config.listen = l;
-    }
     node::run("kernel-system", config, |kernel| {
         let stock = [("sku-1", 100), ("sku-2", 5)]
             .into_iter()
