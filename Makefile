@@ -31,9 +31,10 @@ test: python
 ## The Python environment and the stubs (rebuilt when the protos change).
 python: $(PY_STUBS)/.stamp
 
-$(VENV)/.stamp:
+$(VENV)/.stamp: Makefile
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf \
+	  googleapis-common-protos
 	touch $@
 
 $(PY_STUBS)/.stamp: $(VENV)/.stamp proto/kernel/v1/kernel.proto proto/kernel/v1/admin.proto
