@@ -275,6 +275,29 @@ mod tests {
         assert_eq!(c.router.max_payload_bytes, 4 * 1024 * 1024);
     }
 
+    /// The example config says it shows every default: it must load, and
+    /// to the same values as no config at all.
+    #[test]
+    fn the_example_config_is_the_defaults() {
+        let text = include_str!("../../deploy/kernel.toml");
+        let c = Config::from_toml_and_env(text, Vec::new()).expect("deploy/kernel.toml loads");
+        let d = Config::default();
+        assert_eq!(format!("{:?}", c.router), format!("{:?}", d.router));
+        assert_eq!(format!("{:?}", c.broker), format!("{:?}", d.broker));
+        assert_eq!(format!("{:?}", c.budget), format!("{:?}", d.budget));
+        assert_eq!(format!("{:?}", c.server), format!("{:?}", d.server));
+        assert_eq!(format!("{:?}", c.telemetry), format!("{:?}", d.telemetry));
+        assert_eq!(c.listen, d.listen);
+    }
+
+    /// The example system's config loads, with its two supervised plugins.
+    #[test]
+    fn the_system_config_loads() {
+        let text = include_str!("../../deploy/system.toml");
+        let c = Config::from_toml_and_env(text, Vec::new()).expect("deploy/system.toml loads");
+        assert_eq!(c.plugins.len(), 2);
+    }
+
     #[test]
     fn env_overrides_file() {
         let c = Config::from_toml_and_env(
