@@ -8,11 +8,15 @@
 //! - `admin`: the Admin service.
 //! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
+//! - `edge_metrics`, `edge_timeout`, `edge_log`: the transport edge's
+//!   layers (requests counted, time to a response head capped, failures
+//!   logged by who is at fault).
 
 mod admin;
 mod admin_http;
 mod call;
-pub(crate) mod edge_metrics;
+mod edge_log;
+mod edge_metrics;
 mod edge_timeout;
 mod events;
 mod metadata;
@@ -231,7 +235,9 @@ pub async fn run(
         // path); the kernel's OpenTelemetry spans live in the pipeline.
         .layer(
             TraceLayer::new_for_grpc()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG)),
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG))
+                // Refusals at DEBUG, faults at WARN, client strings escaped.
+                .on_failure(edge_log::LogFailure),
         )
         // Innermost, the cap on time to a response head: its
         // DEADLINE_EXCEEDED answer passes every layer above like any other
