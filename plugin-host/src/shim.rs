@@ -55,9 +55,23 @@ pub fn run_if_requested() {
     }
 }
 
-/// `SHIM_FLAG <limits> -- <command> <args…>`.
+/// `SHIM_FLAG <host pid> <limits> -- <command> <args…>`.
 fn shim(args: Vec<OsString>) -> ! {
-    let host = getppid();
+    // The host names itself: had it died between starting the shim and the
+    // shim's first look, `getppid` would already be init's, and the shim
+    // would watch the wrong parent.
+    let Some((host, args)) = args.split_first() else {
+        die("no host pid");
+    };
+    let Some(host) = host.to_str().and_then(|h| h.parse::<i32>().ok()) else {
+        die("the host pid is not a number");
+    };
+    let host = nix::unistd::Pid::from_raw(host);
+    if getppid() != host {
+        // The host is gone already: start nothing.
+        std::process::exit(1);
+    }
+    let args = args.to_vec();
     let me = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => die(&format!("cannot find own executable: {e}")),
@@ -126,7 +140,7 @@ fn die(msg: &str) -> ! {
     std::process::exit(SPAWN_FAILED)
 }
 
-/// The shim's arguments for `limits` and a command line.
+/// The shim's arguments: this host's pid, `limits`, and a command line.
 pub(crate) fn args(
     limits: &crate::manifest::Limits,
     command: &str,
@@ -135,6 +149,7 @@ pub(crate) fn args(
     let fmt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let mut out = vec![
         SHIM_FLAG.to_owned(),
+        std::process::id().to_string(),
         fmt(limits.address_space_bytes),
         fmt(limits.cpu_seconds),
         fmt(limits.open_files),

@@ -276,7 +276,9 @@ fn start(m: &Manifest, kernel_url: &str, instance: u64) -> Result<Child, String>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        // Not killed on drop: SIGKILL to the shim alone would orphan the
+        // plugin; a shim whose host is gone kills the whole group itself.
+        .kill_on_drop(false);
     for key in &m.env_allow {
         if let Some(v) = std::env::var_os(key) {
             cmd.env(key, v);

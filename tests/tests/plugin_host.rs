@@ -916,3 +916,19 @@ async fn a_changed_manifest_reloads_the_plugin_and_a_bad_one_leaves_the_old_serv
         "new"
     );
 }
+
+#[tokio::test]
+async fn sigkill_of_the_host_right_after_a_start_leaves_nothing_behind() {
+    // The host dies before its shim may even have looked at its parent:
+    // the shim is told the host's pid, so it does not mistake init for it.
+    for _ in 0..5 {
+        let secs = 100_000 + rand_suffix();
+        let marker = format!("sleep {secs}");
+        let mut host = HostProcess::start("early", &family_manifest(secs)).await;
+        host.expect("family started instance=1", Duration::from_secs(10))
+            .await;
+        host.child.start_kill().expect("SIGKILL the host");
+        let _ = host.child.wait().await;
+        expect_gone(&marker).await;
+    }
+}
