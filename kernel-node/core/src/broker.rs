@@ -1,24 +1,24 @@
 //! The event bus: publish, subscribe, queue groups, backpressure, dead letters.
 //!
-//! Publishing resolves the topic's subscriptions through the [`trie`], picks
+//! Publishing resolves the topic's subscriptions through the index (`index`:
+//! the [`trie`] and the subscriptions by id), picks
 //! one member per queue group, waits until every target has buffer space (up
 //! to the publisher's deadline), then buffers the event in all of them. An
 //! event is therefore either accepted by every target or refused with
 //! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
 
+mod index;
 pub(crate) mod schemas;
 mod stamp;
 pub(crate) mod subscription;
 pub(crate) mod trie;
 
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use smallvec::SmallVec;
 
 use crate::call::Headers;
 use crate::config::BrokerConfig;
@@ -26,13 +26,15 @@ use crate::context::{ChildSpec, Contexts, Node, Parent};
 use crate::error::Error;
 use crate::names;
 use crate::stats::Stats;
+pub use index::InterestChange;
+use index::{Index, Targets};
 use kernel_proto::headers;
 use kernel_proto::trace::{self as telemetry, SpanKind, SpanParent, Telemetry};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use stamp::{event_context, hex_id, now_unix_ns};
 use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
-use trie::{Interest, Match, Queue, Trie};
+use trie::Interest;
 
 /// An event to publish, as the kernel sees it.
 #[derive(Debug, Default)]
@@ -87,44 +89,6 @@ pub struct SubscribeRequest {
     pub ack_wait_ms: u64,
     /// 0 = default.
     pub max_deliver: u32,
-}
-
-/// Subscriptions by id, and the trie of their patterns (queue-group
-/// members under their group, so a match returns them together).
-#[derive(Debug, Default)]
-struct Index {
-    trie: Trie<u64>,
-    subs: FxHashMap<u64, Arc<Subscription>>,
-}
-
-impl Index {
-    /// The open members of `sub`'s queue group (itself included while it
-    /// is indexed). Every member has the same patterns (they are part of
-    /// the group's identity), so the first pattern finds them all.
-    fn members(&self, sub: &Subscription, group: &str) -> Vec<Arc<Subscription>> {
-        let Some(p) = sub.opts.patterns.first() else {
-            return Vec::new();
-        };
-        self.trie
-            .queue(p, group)
-            .map(|q| {
-                q.members()
-                    .iter()
-                    .filter_map(|id| self.subs.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// A pattern gained its first subscriber or lost its last one: what a
-/// cluster layer propagates to other nodes (as NATS routes do).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InterestChange {
-    /// The pattern.
-    pub pattern: String,
-    /// True when interest began, false when it ended.
-    pub present: bool,
 }
 
 /// The event bus.
@@ -351,37 +315,7 @@ impl Broker {
     }
 
     fn targets(&self, topic: &str) -> Targets {
-        let index = self.index.read();
-        let mut ids: SmallVec<[u64; 8]> = SmallVec::new();
-        let mut queues: SmallVec<[&Queue<u64>; 4]> = SmallVec::new();
-        index.trie.for_each_match(topic, |m| match m {
-            Match::Plain(id) => ids.push(id),
-            // A group matched under several of its patterns gets the event
-            // once: its members are the same under each.
-            Match::Queue(q) => {
-                if !queues.iter().any(|seen| seen.name() == q.name()) {
-                    queues.push(q);
-                }
-            }
-        });
-        if ids.len() > 1 {
-            // A subscription matched by several of its patterns gets the
-            // event once.
-            ids.sort_unstable();
-            ids.dedup();
-        }
-        let mut out = Targets::new();
-        for id in ids {
-            if let Some(sub) = index.subs.get(&id) {
-                out.push(sub.clone());
-            }
-        }
-        for q in queues {
-            if let Some(m) = pick_member(&index, q) {
-                out.push(m);
-            }
-        }
-        out
+        self.index.read().targets(topic)
     }
 
     /// Receives every [`InterestChange`] from now on, in order.
@@ -549,25 +483,6 @@ impl Broker {
     }
 }
 
-fn pick_member(index: &Index, group: &Queue<u64>) -> Option<Arc<Subscription>> {
-    let members = group.members();
-    let n = members.len();
-    if n == 0 {
-        return None;
-    }
-    // Round robin, skipping members that are full when another has room.
-    let start = group.next_start();
-    let sub = |i: usize| index.subs.get(&members[(start + i) % n]);
-    for i in 0..n {
-        if let Some(m) = sub(i) {
-            if matches!(m.has_space(), Ok(true)) {
-                return Some(m.clone());
-            }
-        }
-    }
-    sub(0).cloned()
-}
-
 fn nonzero<T: PartialEq + Default>(v: T, default: T) -> T {
     if v == T::default() {
         default
@@ -593,9 +508,6 @@ async fn wait_for_space(targets: &Targets, deadline: Instant, topic: &str) -> Re
         }
     }
 }
-
-/// The subscriptions one event goes to; inline for the common few.
-type Targets = SmallVec<[Arc<Subscription>; 4]>;
 
 #[cfg(test)]
 mod tests;
