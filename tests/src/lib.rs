@@ -1,6 +1,8 @@
 //! Shared harness for the end-to-end tests: a real node on `127.0.0.1:0`,
 //! real plugin processes (the `test-plugin` binary), bounded polling.
 
+pub mod supervision;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
