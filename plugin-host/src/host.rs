@@ -215,34 +215,43 @@ impl Host {
     /// The status as Prometheus text (`kernel_plugin_*`).
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write as _;
-        let mut out = String::new();
         let status = self.status();
-        out.push_str("# HELP kernel_plugin_up Whether a supervised plugin is running and ready.\n# TYPE kernel_plugin_up gauge\n");
-        for s in &status {
-            let _ = writeln!(
-                out,
-                "kernel_plugin_up{{plugin=\"{}\",state=\"{}\"}} {}",
-                s.name,
-                s.state.as_str(),
-                u8::from(s.state.is_up())
-            );
-        }
-        out.push_str("# HELP kernel_plugin_reload_failures Reloads rolled back.\n# TYPE kernel_plugin_reload_failures counter\n");
-        for s in &status {
-            let _ = writeln!(
-                out,
-                "kernel_plugin_reload_failures_total{{plugin=\"{}\"}} {}",
-                s.name, s.reload_failures
-            );
-        }
-        out.push_str("# HELP kernel_plugin_restarts Restarts of a supervised plugin since start or reset.\n# TYPE kernel_plugin_restarts gauge\n");
-        for s in &status {
-            let _ = writeln!(
-                out,
-                "kernel_plugin_restarts{{plugin=\"{}\"}} {}",
-                s.name, s.restarts
-            );
-        }
+        let mut out = String::new();
+        // One family: its help and type lines, then one sample a plugin.
+        let mut family =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             sample: &dyn Fn(&PluginStatus) -> (String, u64)| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for s in &status {
+                    let (labels, value) = sample(s);
+                    let _ = writeln!(out, "{name}{{plugin=\"{}\"{labels}}} {value}", s.name);
+                }
+            };
+        family(
+            "kernel_plugin_up",
+            "gauge",
+            "Whether a supervised plugin is running and ready.",
+            &|s| {
+                (
+                    format!(",state=\"{}\"", s.state.as_str()),
+                    u64::from(s.state.is_up()),
+                )
+            },
+        );
+        family(
+            "kernel_plugin_reload_failures_total",
+            "counter",
+            "Reloads rolled back.",
+            &|s| (String::new(), u64::from(s.reload_failures)),
+        );
+        family(
+            "kernel_plugin_restarts",
+            "gauge",
+            "Restarts of a supervised plugin since start or reset.",
+            &|s| (String::new(), u64::from(s.restarts)),
+        );
         out
     }
 }

@@ -45,17 +45,10 @@ impl AdminService {
             })
     }
 
-    /// The host of the supervised plugin named `plugin`, or NOT_FOUND.
-    fn supervised(&self, plugin: &str) -> Result<&Host, Status> {
-        self.plugins
-            .as_deref()
-            .filter(|h| h.status().iter().any(|s| s.name == plugin))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no supervised plugin `{}`",
-                    plugin.chars().take(128).collect::<String>()
-                ))
-            })
+    /// The node's plugin host, or NOT_FOUND naming `plugin` when the node
+    /// supervises none.
+    fn host(&self, plugin: &str) -> Result<&Host, Status> {
+        self.plugins.as_deref().ok_or_else(|| unknown(plugin))
     }
 }
 
@@ -92,9 +85,7 @@ impl Admin for AdminService {
         req: Request<pb::PluginRequest>,
     ) -> Result<Response<pb::PluginResponse>, Status> {
         let name = req.into_inner().plugin;
-        self.supervised(&name)?
-            .reset(&name)
-            .map_err(|e| Status::not_found(e.to_string()))?;
+        self.host(&name)?.reset(&name).map_err(|_| unknown(&name))?;
         Ok(Response::new(pb::PluginResponse {}))
     }
 
@@ -103,9 +94,9 @@ impl Admin for AdminService {
         req: Request<pb::PluginRequest>,
     ) -> Result<Response<pb::PluginResponse>, Status> {
         let name = req.into_inner().plugin;
-        self.supervised(&name)?
+        self.host(&name)?
             .reload(&name)
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(|_| unknown(&name))?;
         Ok(Response::new(pb::PluginResponse {}))
     }
 
@@ -230,4 +221,13 @@ impl Admin for AdminService {
             subscriptions: self.kernel.broker().subscriptions().len() as u32,
         }))
     }
+}
+
+/// NOT_FOUND for a plugin the node does not supervise (the name a client
+/// sent, capped).
+fn unknown(plugin: &str) -> Status {
+    Status::not_found(format!(
+        "no supervised plugin `{}`",
+        plugin.chars().take(128).collect::<String>()
+    ))
 }

@@ -284,10 +284,13 @@ pub(crate) async fn subscribe(
                     Take::Empty(_) | Take::Closed => return None,
                 }
             } else {
-                let life = d.kernel.lifecycle().clone();
-                tokio::select! {
-                    b = d.sub.next_batch(DELIVERY_BATCH) => b?,
-                    _ = life.closing() => {
+                let next = tokio::select! {
+                    b = d.sub.next_batch(DELIVERY_BATCH) => Some(b),
+                    _ = d.kernel.lifecycle().closing() => None,
+                };
+                match next {
+                    Some(b) => b?,
+                    None => {
                         d.closing = true;
                         continue;
                     }
