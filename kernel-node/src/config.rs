@@ -100,6 +100,10 @@ pub struct TelemetryConfig {
     pub sampler_arg: Option<f64>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; empty = off.
     pub admin_listen: String,
+    /// How long one OTLP export may take, and how long shutdown waits for
+    /// the last spans to go out (an unreachable collector costs at most
+    /// this), in milliseconds.
+    pub export_timeout_ms: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -110,6 +114,7 @@ impl Default for TelemetryConfig {
             sampler: None,
             sampler_arg: None,
             admin_listen: "127.0.0.1:9464".into(),
+            export_timeout_ms: 2_000,
         }
     }
 }

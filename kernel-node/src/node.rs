@@ -118,7 +118,10 @@ async fn serve(
             }
             Err(e) => {
                 eprintln!(
-                    "kernel-node: cannot listen on telemetry.admin_listen {admin_listen}: {e}"
+                    "{name}: cannot listen on telemetry.admin_listen {admin_listen}: {e} \
+                     (another node on this host? give this one another port with \
+                     KERNEL_TELEMETRY__ADMIN_LISTEN=127.0.0.1:9465, or turn it off with \
+                     KERNEL_TELEMETRY__ADMIN_LISTEN=)"
                 );
                 return ExitCode::from(1);
             }

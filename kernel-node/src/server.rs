@@ -96,7 +96,7 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        call::unary(&self.kernel, req).await.map(Response::new)
+        call::unary(&self.kernel, req).await
     }
 
     async fn call_stream(

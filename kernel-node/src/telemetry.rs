@@ -71,7 +71,8 @@ pub fn from_config(config: &TelemetryConfig) -> Result<Telemetry, String> {
             format!("{from}: {a} is not a sampling ratio in [0, 1]")
         }
     })?;
-    otlp_sampled(&endpoint, config.service_name.as_deref(), sampler)
+    let timeout = std::time::Duration::from_millis(config.export_timeout_ms.max(1));
+    otlp_export(&endpoint, config.service_name.as_deref(), sampler, timeout)
 }
 
 /// Exports every span to the OTLP/gRPC collector at `endpoint`.
@@ -89,26 +90,78 @@ pub fn otlp_sampled(
     service_name: Option<&str>,
     sampler: Sampler,
 ) -> Result<Telemetry, String> {
+    let timeout = std::time::Duration::from_millis(TelemetryConfig::default().export_timeout_ms);
+    otlp_export(endpoint, service_name, sampler, timeout)
+}
+
+/// Exports to `endpoint`, each export and the final flush at shutdown
+/// bounded by `timeout`.
+fn otlp_export(
+    endpoint: &str,
+    service_name: Option<&str>,
+    sampler: Sampler,
+    timeout: std::time::Duration,
+) -> Result<Telemetry, String> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
+        .with_timeout(timeout)
         .build()
         .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
     let name = service_name
         .map(str::to_owned)
         .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
         .unwrap_or_else(|| "kernel-node".into());
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(name)
-        .build();
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(name))
         .build();
     tracing::info!(endpoint, "exporting traces over OTLP");
-    Ok(Telemetry::from_provider(provider, "kernel-node"))
+    Ok(Telemetry::from_provider(provider, "kernel-node").with_shutdown_timeout(timeout))
+}
+
+/// The node's resource: its name, version, this process's instance id and
+/// the host (`OTEL_RESOURCE_ATTRIBUTES` adds to it; the SDK reads it).
+pub fn resource(service_name: String) -> opentelemetry_sdk::Resource {
+    use opentelemetry::KeyValue;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty());
+    let instance = format!(
+        "{}-{}-{:08x}",
+        host.as_deref().unwrap_or("host"),
+        std::process::id(),
+        rand_u32()
+    );
+    let mut attrs = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", instance),
+    ];
+    if let Some(h) = host {
+        attrs.push(KeyValue::new("host.name", h));
+    }
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .with_attributes(attrs)
+        .build()
+}
+
+/// A little randomness for the instance id (two nodes started by one
+/// process, tests, must not share one).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
 }
 
 /// The OpenTelemetry sampler names the node accepts.

@@ -11,6 +11,8 @@ pub const TRACESTATE: &str = "tracestate";
 pub const BAGGAGE: &str = "baggage";
 /// The context path of the current call.
 pub const CONTEXT: &str = "x-kernel-context";
+/// The trace id (32 hex digits) a unary call ran under, in its response.
+pub const TRACE_ID: &str = "x-kernel-trace-id";
 /// What the tree may still spend.
 pub const BUDGET: &str = "x-kernel-budget";
 /// The calling plugin, set by the kernel only.

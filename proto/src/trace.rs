@@ -23,6 +23,8 @@ pub use opentelemetry::trace::SpanKind;
 pub struct Telemetry {
     tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
+    /// How long [`Telemetry::shutdown`] waits for the last export.
+    shutdown_timeout: Option<std::time::Duration>,
 }
 
 impl Telemetry {
@@ -37,7 +39,15 @@ impl Telemetry {
         Telemetry {
             tracer: Some(provider.tracer(scope)),
             provider: Some(provider),
+            shutdown_timeout: None,
         }
+    }
+
+    /// Bounds how long [`Telemetry::shutdown`] waits for the exporter (by
+    /// default the SDK's own bound, 5 s per step).
+    pub fn with_shutdown_timeout(mut self, timeout: std::time::Duration) -> Telemetry {
+        self.shutdown_timeout = Some(timeout);
+        self
     }
 
     /// Whether spans are being made.
@@ -77,8 +87,14 @@ impl Telemetry {
     /// Flushes and stops the exporter.
     pub fn shutdown(&self) {
         if let Some(p) = &self.provider {
-            let _ = p.force_flush();
-            let _ = p.shutdown();
+            // Shutting down exports what is still buffered.
+            let _ = match self.shutdown_timeout {
+                Some(t) => p.shutdown_with_timeout(t),
+                None => {
+                    let _ = p.force_flush();
+                    p.shutdown()
+                }
+            };
         }
     }
 

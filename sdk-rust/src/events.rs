@@ -217,6 +217,7 @@ impl Client {
                     window: opts.window,
                     ack_wait_ms: opts.ack_wait.map_or(0, |d| d.as_millis() as u64),
                     max_deliver: opts.max_deliver,
+                    plugin: self.plugin_name().map(Into::into),
                 })
                 .map_err(|e| Error::from(e.into_failure()))?;
             return Ok(Subscriber {

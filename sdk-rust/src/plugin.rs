@@ -534,6 +534,7 @@ impl LocalHandler for LocalAdapter {
             result.map(|payload| kernel_core::Reply {
                 payload,
                 content_type: String::new(),
+                context: None,
             })
         })
     }

@@ -328,16 +328,27 @@ impl PluginProcess {
 
     /// Spawns `test-plugin` with `args` against the node at `url`.
     pub fn spawn_at(url: &str, args: &[&str], env: &[(&str, &str)]) -> PluginProcess {
-        let mut child = Command::new(plugin_binary())
+        let mut all = vec!["--url", url];
+        all.extend_from_slice(args);
+        PluginProcess::spawn_program(&plugin_binary(), &all, env)
+    }
+
+    /// Spawns any plugin program (another language's, say) with `args` and
+    /// `env`; its stdin is a pipe held open until the process is dropped.
+    pub fn spawn_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PluginProcess {
+        let mut child = Command::new(program)
             .envs(env.iter().copied())
-            .arg("--url")
-            .arg(url)
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn test-plugin");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {

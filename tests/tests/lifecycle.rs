@@ -60,6 +60,28 @@ async fn bad_config_exits_naming_the_key() {
 }
 
 #[tokio::test]
+async fn a_taken_admin_port_is_refused_naming_the_setting_and_the_way_out() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = Command::new(binary("kernel-node"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "KERNEL_TELEMETRY__ADMIN_LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("telemetry.admin_listen 127.0.0.1:{port}"))
+            && err.contains("KERNEL_TELEMETRY__ADMIN_LISTEN="),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn plugins_and_clients_reconnect_after_a_node_restart() {
     let first = Node::start().await;
     let addr = first.addr;

@@ -36,6 +36,7 @@ impl LocalHandler for Flaky {
                 Ok(Reply {
                     payload: call.payload,
                     content_type: String::new(),
+                    context: None,
                 })
             }
         })

@@ -9,6 +9,7 @@
 
 mod index;
 pub(crate) mod schemas;
+mod span;
 mod stamp;
 pub(crate) mod subscription;
 pub(crate) mod trie;
@@ -29,9 +30,10 @@ use crate::stats::Stats;
 pub use index::InterestChange;
 use index::{Index, Targets};
 use kernel_proto::headers;
-use kernel_proto::trace::{self as telemetry, SpanKind, SpanParent, Telemetry};
+use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
+use span::DeliverySpan;
 use stamp::{event_context, hex_id, now_unix_ns};
 use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
 use trie::Interest;
@@ -89,6 +91,9 @@ pub struct SubscribeRequest {
     pub ack_wait_ms: u64,
     /// 0 = default.
     pub max_deliver: u32,
+    /// The subscribing plugin, when it said (shown on its deliveries'
+    /// context nodes).
+    pub plugin: Option<Arc<str>>,
 }
 
 /// The event bus.
@@ -236,24 +241,11 @@ impl Broker {
         });
         let mut matched = 0;
         for (i, sub) in targets.iter().enumerate() {
-            let (context, node) = self.delivery_context(&p.parent, &event, i, &p.caller);
+            let (context, node) = self.delivery_context(&p.parent, &event, i, &p.caller, sub);
             let mut q = Queued::new(event.clone(), context, node);
             if let Some(cx) = &publish_span {
-                if let Some(d) = self.telemetry.start(
-                    "kernel.deliver",
-                    SpanKind::Producer,
-                    SpanParent::Span(cx),
-                    || {
-                        vec![
-                            KeyValue::new("kernel.topic", event.topic.clone()),
-                            KeyValue::new("kernel.subscription", sub.label()),
-                            KeyValue::new("kernel.context", q.context.clone()),
-                        ]
-                    },
-                ) {
-                    q.traceparent = Some(telemetry::traceparent(&d));
-                    d.span().end();
-                }
+                q.span =
+                    DeliverySpan::start(&self.telemetry, cx, &event.topic, sub.label(), &q.context);
             }
             if self.push_or_reroute(sub, q) {
                 matched += 1;
@@ -299,17 +291,27 @@ impl Broker {
         event: &EventData,
         i: usize,
         caller: &Option<Arc<str>>,
+        sub: &Subscription,
     ) -> (String, Option<Arc<Node>>) {
         if !matches!(parent, Parent::Node(_)) {
             return (event_context(event.id, i), None);
         }
+        // GetContext shows a delivery as `event:<topic>`, held by the
+        // subscribing plugin.
+        let service = format!("event:{}", event.topic);
         let spec = ChildSpec {
+            service: &service,
             caller: caller.as_deref(),
             traceparent: event.headers.get(headers::TRACEPARENT).map(String::as_str),
             ..ChildSpec::default()
         };
         match self.contexts.child(parent.clone(), spec) {
-            Ok(n) => (n.path().to_owned(), Some(n)),
+            Ok(n) => {
+                if let Some(plugin) = &sub.opts.plugin {
+                    n.set_plugin(plugin);
+                }
+                (n.path().to_owned(), Some(n))
+            }
             Err(_) => (event_context(event.id, i), None),
         }
     }
@@ -376,6 +378,7 @@ impl Broker {
             }),
             max_deliver: nonzero(req.max_deliver, self.config.max_deliver),
             capacity: self.config.buffer,
+            plugin: req.plugin,
         };
         let sub = Arc::new(Subscription::new(id, opts));
         let mut index = self.index.write();
@@ -420,7 +423,7 @@ impl Broker {
         }
         // Handed over while still holding the write lock, so no heir can
         // close in between (closing needs this lock).
-        let mut shares: Vec<Vec<Queued>> = vec![Vec::new(); heirs.len()];
+        let mut shares: Vec<Vec<Queued>> = (0..heirs.len()).map(|_| Vec::new()).collect();
         for (i, q) in events.into_iter().enumerate() {
             shares[i % heirs.len()].push(q);
         }

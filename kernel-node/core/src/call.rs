@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::context::Parent;
+use crate::context::{Node, Parent};
 
 /// Header map of a call (same names as gRPC metadata).
 pub type Headers = HashMap<String, String>;
@@ -26,6 +26,10 @@ pub struct Reply {
     pub payload: Bytes,
     /// Its content type.
     pub content_type: String,
+    /// The context node the call ran under, set by the kernel on the way
+    /// out (the edge tells a unary caller its path and trace from it);
+    /// providers leave it `None`.
+    pub context: Option<std::sync::Arc<Node>>,
 }
 
 /// A call as the kernel sees it, whoever made it.

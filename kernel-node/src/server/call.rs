@@ -8,7 +8,7 @@ use kernel_proto::v1::{self as pb, CallStreamDown, CallStreamUp};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::server::metadata;
 use futures::StreamExt;
@@ -17,14 +17,19 @@ use kernel_core::Request as CallRequest;
 use kernel_core::{Error, Work};
 use kernel_proto::batch::batched;
 use kernel_proto::failure::failure_to_status;
+use kernel_proto::headers;
 
 /// A unary call: context from metadata. Tracked as a call of the node's
 /// lifecycle; refused during shutdown, and answered `UNAVAILABLE` (and
 /// cancelled downstream) if still running when the grace period ends.
+///
+/// The response's initial metadata names the context the call ran under
+/// (`x-kernel-context`) and its trace (`x-kernel-trace-id`), so a unary
+/// caller can find its call in GetContext, the logs and the traces.
 pub(crate) async fn unary(
     kernel: &Kernel,
     req: Request<pb::CallRequest>,
-) -> Result<pb::CallResponse, Status> {
+) -> Result<Response<pb::CallResponse>, Status> {
     let life = kernel.lifecycle();
     if life.is_draining() {
         return Err(Error::ShuttingDown.into());
@@ -50,10 +55,23 @@ pub(crate) async fn unary(
         r = call => r.map_err(|f| failure_to_status(&f))?,
         _ = life.stopped() => return Err(Error::ShuttingDown.into()),
     };
-    Ok(pb::CallResponse {
+    let mut response = Response::new(pb::CallResponse {
         payload: reply.payload,
         content_type: reply.content_type,
-    })
+    });
+    if let Some(node) = &reply.context {
+        let meta = response.metadata_mut();
+        // Paths and trace ids are ASCII by construction; a value that
+        // somehow is not is left out rather than failing the call.
+        if let Ok(v) = node.path().parse() {
+            meta.insert(headers::CONTEXT, v);
+        }
+        let trace_id = node.tree().traceparent().split('-').nth(1).unwrap_or("");
+        if let Ok(v) = trace_id.parse() {
+            meta.insert(headers::TRACE_ID, v);
+        }
+    }
+    Ok(response)
 }
 
 /// The calls of one CallStream still running, by id, and a wake-up for

@@ -189,6 +189,7 @@ pub(crate) async fn subscribe(
     kernel: Arc<Kernel>,
     req: Request<Streaming<SubscribeUp>>,
 ) -> Result<impl Stream<Item = Result<SubscribeDown, Status>> + Send + 'static, Status> {
+    let plugin = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
         .await
@@ -206,6 +207,7 @@ pub(crate) async fn subscribe(
         window: open.window,
         ack_wait_ms: open.ack_wait_ms,
         max_deliver: open.max_deliver,
+        plugin,
     })?;
     tracing::debug!(subscription = %sub.label(), patterns = ?sub.opts.patterns, "subscribed");
 

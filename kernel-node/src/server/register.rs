@@ -130,6 +130,7 @@ async fn read_results(
                         None => Ok(Reply {
                             payload: r.payload,
                             content_type: r.content_type,
+                            context: None,
                         }),
                     };
                     link.complete(r.call_id, result);

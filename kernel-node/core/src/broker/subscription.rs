@@ -15,6 +15,7 @@ use kernel_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::span::DeliverySpan;
 use crate::call::Headers;
 use crate::context::Node;
 
@@ -37,7 +38,7 @@ pub struct EventData {
 }
 
 /// An event waiting in (or travelling through) one subscription.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Queued {
     /// The event.
     pub event: Arc<EventData>,
@@ -45,8 +46,8 @@ pub struct Queued {
     pub attempts: u32,
     /// The delivery's context path.
     pub context: String,
-    /// The delivery span's `traceparent`, when tracing is on.
-    pub traceparent: Option<String>,
+    /// The delivery's spans, when tracing is on.
+    pub span: Option<Box<DeliverySpan>>,
     /// The delivery's live context node, for an event published in a
     /// context: held while the delivery waits, so it shows in the tree, and
     /// dropped instead of sent once its branch is cancelled.
@@ -61,7 +62,7 @@ impl Queued {
             event,
             attempts: 0,
             context,
-            traceparent: None,
+            span: None,
             node,
             ready_at: None,
         }
@@ -114,6 +115,8 @@ pub struct SubOptions {
     pub max_deliver: u32,
     /// Buffer capacity.
     pub capacity: usize,
+    /// The subscribing plugin, when known.
+    pub plugin: Option<Arc<str>>,
 }
 
 /// A live subscription.
@@ -281,8 +284,11 @@ impl Subscription {
 
     /// Acknowledges a delivery. Unknown ids are ignored.
     pub fn ack(&self, delivery_id: u64) {
-        let removed = self.state.lock().unacked.remove(&delivery_id).is_some();
-        if removed {
+        let removed = self.state.lock().unacked.remove(&delivery_id);
+        if let Some((mut q, _)) = removed {
+            if let Some(span) = &mut q.span {
+                span.done();
+            }
             self.wake.notify_one();
         }
     }
@@ -291,7 +297,11 @@ impl Subscription {
     pub fn nack(&self, delivery_id: u64, delay: Duration) -> Option<DeadLetter> {
         let mut s = self.state.lock();
         let (mut q, _) = s.unacked.remove(&delivery_id)?;
-        if q.attempts >= self.opts.max_deliver {
+        let last = q.attempts >= self.opts.max_deliver;
+        if let Some(span) = &mut q.span {
+            span.failed("nacked", (!last).then_some(q.attempts + 1));
+        }
+        if last {
             return Some(DeadLetter {
                 event: q.event,
                 attempts: q.attempts,
@@ -428,8 +438,12 @@ impl Subscription {
             .collect();
         let mut back = Vec::new();
         for id in expired {
-            if let Some((q, _)) = s.unacked.remove(&id) {
-                if q.attempts >= self.opts.max_deliver {
+            if let Some((mut q, _)) = s.unacked.remove(&id) {
+                let last = q.attempts >= self.opts.max_deliver;
+                if let Some(span) = &mut q.span {
+                    span.failed("ack wait expired", (!last).then_some(q.attempts + 1));
+                }
+                if last {
                     dead.push(DeadLetter {
                         event: q.event,
                         attempts: q.attempts,
@@ -486,15 +500,21 @@ impl Subscription {
 /// A delivery as the wire carries it, taking its own strings (auto ack:
 /// the kernel keeps nothing). The last holder of the event (the only
 /// target, usually) takes the event's own strings and headers too.
-fn into_wire(q: Queued, delivery_id: u64) -> pb::Event {
+fn into_wire(mut q: Queued, delivery_id: u64) -> pb::Event {
+    let traceparent = q.span.as_mut().and_then(|span| {
+        let tp = span.traceparent();
+        span.done();
+        tp
+    });
     let event = Arc::try_unwrap(q.event).unwrap_or_else(|shared| (*shared).clone());
-    wire(event, q.context, q.traceparent, q.attempts, delivery_id)
+    wire(event, q.context, traceparent, q.attempts, delivery_id)
 }
 
 /// A delivery as the wire carries it, copying (explicit ack: the kernel
 /// keeps the delivery until it is acked).
 fn to_wire(q: &Queued, delivery_id: u64) -> pb::Event {
-    let (context, traceparent) = (q.context.clone(), q.traceparent.clone());
+    let traceparent = q.span.as_ref().and_then(|span| span.traceparent());
+    let context = q.context.clone();
     wire(
         (*q.event).clone(),
         context,

@@ -138,16 +138,22 @@ where
                 }
             }
         };
-        out.map_err(|mut f| {
-            let plugin = node.plugin();
-            push_hop(
-                &mut f,
-                node.path(),
-                &node.service,
-                plugin.as_deref().unwrap_or(""),
-            );
-            f
-        })
+        match out {
+            Ok(mut reply) => {
+                reply.context = Some(node);
+                Ok(reply)
+            }
+            Err(mut f) => {
+                let plugin = node.plugin();
+                push_hop(
+                    &mut f,
+                    node.path(),
+                    &node.service,
+                    plugin.as_deref().unwrap_or(""),
+                );
+                Err(f)
+            }
+        }
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use kernel_proto::headers;
-use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
+use kernel_proto::trace::{self, SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::Failure;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
@@ -95,17 +95,18 @@ fn traced<F>(
                     .get(headers::TRACEPARENT)
                     .map(String::as_str),
             ),
-            || {
-                vec![
-                    KeyValue::new("kernel.service", inv.req.service.clone()),
-                    KeyValue::new("kernel.method", inv.req.method.clone()),
-                    KeyValue::new(
-                        "kernel.caller",
-                        inv.req.caller.as_deref().unwrap_or_default().to_owned(),
-                    ),
-                ]
-            },
+            || call_attributes(&inv.req),
         );
+        // A call that came without a trace starts one here: its context
+        // tree takes the same trace, so the id the caller is told (and
+        // the events emitted under the call) match the exported spans.
+        if let Some(cx) = &inv.trace {
+            if !inv.req.headers.contains_key(headers::TRACEPARENT) {
+                inv.req
+                    .headers
+                    .insert(headers::TRACEPARENT.to_owned(), trace::traceparent(cx));
+            }
+        }
     }
     let span = inv.trace.clone();
     Traced {
@@ -115,6 +116,25 @@ fn traced<F>(
         span,
         inner: inner(inv),
     }
+}
+
+/// A call span's attributes: the kernel's own and the OpenTelemetry RPC
+/// conventions; one with no value is left out rather than sent empty.
+#[cold]
+fn call_attributes(req: &crate::call::Request) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("rpc.system", "kernel"),
+        KeyValue::new("rpc.service", req.service.clone()),
+        KeyValue::new("kernel.service", req.service.clone()),
+    ];
+    if !req.method.is_empty() {
+        attrs.push(KeyValue::new("rpc.method", req.method.clone()));
+        attrs.push(KeyValue::new("kernel.method", req.method.clone()));
+    }
+    if let Some(caller) = &req.caller {
+        attrs.push(KeyValue::new("kernel.caller", caller.to_string()));
+    }
+    attrs
 }
 
 /// The trace layer's future: the inner future, then the call counted in its
