@@ -248,9 +248,13 @@ impl Client {
             }),
             ..Default::default()
         };
-        let frames = batched(rx, Some(open), fold_sub_up);
+        let mut req = tonic::Request::new(batched(rx, Some(open), fold_sub_up));
+        // The kernel shows the subscriber on its deliveries' context nodes.
+        if let Some(p) = self.plugin_name() {
+            insert_meta(&mut req, kernel_proto::headers::PLUGIN, &p);
+        }
         let mut inbound = KernelClient::new(remote.channel.clone())
-            .subscribe(frames)
+            .subscribe(req)
             .await?
             .into_inner();
         match inbound.message().await? {

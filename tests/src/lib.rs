@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end tests: a real node on `127.0.0.1:0`,
 //! real plugin processes (the `test-plugin` binary), bounded polling.
 
+pub mod otlp;
 pub mod supervision;
 
 use std::net::SocketAddr;

@@ -32,7 +32,7 @@ async fn cancelling_a_branch_drops_its_queued_deliveries_and_nothing_else() {
         .expect("attach");
 
     // One delivery in flight at a time: the rest of the burst stays queued.
-    let client = node.client();
+    let client = node.client().with_plugin("burst-watcher");
     let mut sub = client
         .subscriber(SubscribeOptions::new("burst.*").explicit_ack().window(1))
         .await
@@ -65,12 +65,22 @@ async fn cancelling_a_branch_drops_its_queued_deliveries_and_nothing_else() {
         .await
         .expect("get context")
         .into_inner();
-    let below = tree
+    let below: Vec<_> = tree
         .nodes
         .iter()
         .filter(|n| n.path.starts_with(&format!("{handler_path}.")))
-        .count();
-    assert_eq!(below, BURST, "one live node per delivery: {:?}", tree.nodes);
+        .collect();
+    assert_eq!(
+        below.len(),
+        BURST,
+        "one live node per delivery: {:?}",
+        tree.nodes
+    );
+    // Each shows what it is (admin.proto: `event:<topic>`) and whose.
+    for n in &below {
+        assert_eq!(n.service, "event:burst.x", "{n:?}");
+        assert_eq!(n.plugin, "burst-watcher", "{n:?}");
+    }
 
     // Cancel the handler's branch: its queued deliveries go, an unrelated
     // event does not.

@@ -3,94 +3,13 @@
 //! to a real collector endpoint running inside the test.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kernel_node::config::Config;
 use kernel_proto::v1 as pb;
 use kernel_sdk::{Bytes, Plugin, SubscribeOptions};
+use kernel_tests::otlp::{start_receiver, Receiver, Seen};
 use kernel_tests::{eventually, Node, PluginProcess};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use parking_lot::Mutex;
-
-/// A span as the receiver saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    attrs: HashMap<String, String>,
-}
-
-/// A real OTLP/gRPC trace collector endpoint.
-#[derive(Default, Clone)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Seen>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut out = self.spans.lock();
-        for rs in req.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    let attrs = s
-                        .attributes
-                        .iter()
-                        .map(|kv| {
-                            let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
-                                Some(Value::StringValue(s)) => s,
-                                Some(Value::IntValue(i)) => i.to_string(),
-                                Some(other) => format!("{other:?}"),
-                                None => String::new(),
-                            };
-                            (kv.key.clone(), v)
-                        })
-                        .collect();
-                    out.push(Seen {
-                        name: s.name,
-                        trace_id: hex(&s.trace_id),
-                        span_id: hex(&s.span_id),
-                        parent: hex(&s.parent_span_id),
-                        attrs,
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-async fn start_receiver() -> (Receiver, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let r = Receiver::default();
-    let svc = TraceServiceServer::new(r.clone());
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await;
-    });
-    (r, format!("http://{addr}"))
-}
 
 /// The spans of one traced request: two calls, publish, delivery.
 const ONE_TREE: &[(&str, usize)] = &[
