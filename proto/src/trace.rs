@@ -50,6 +50,11 @@ impl Telemetry {
         self
     }
 
+    /// The tracer, when export is on (for a `tracing` bridge).
+    pub fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
+    }
+
     /// Whether spans are being made.
     #[inline]
     pub fn enabled(&self) -> bool {

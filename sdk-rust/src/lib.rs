@@ -27,6 +27,7 @@
 //! - [`bulk`]: [`BulkPublisher`]: many events in flight, confirmed in bulk.
 //! - [`transaction`]: [`Transaction`]: emits buffered until commit.
 //! - [`error`]: the SDK error type, [`Error`].
+//! - [`telemetry`]: your own `tracing` spans and logs in the kernel's trace.
 
 pub mod bulk;
 pub mod client;
@@ -35,6 +36,7 @@ pub mod error;
 pub mod events;
 mod mux;
 pub mod plugin;
+pub mod telemetry;
 pub mod transaction;
 
 pub use bytes::Bytes;
@@ -48,6 +50,7 @@ pub use client::{CallOptions, Client, Published, Reply};
 pub use context::Context;
 pub use error::Error;
 pub use events::{Event, Publisher, SubscribeOptions, Subscriber};
+pub use kernel_proto::trace::Telemetry;
 pub use plugin::{Plugin, SessionEnd};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::Code;

@@ -352,7 +352,7 @@ impl Plugin {
         let max = self.max_reply_bytes;
         let mut guard = running.lock();
         let task = tokio::spawn(async move {
-            let result = run_handler(handler, ctx, inv.payload, max).await;
+            let result = in_span(&span, run_handler(handler, ctx, inv.payload, max)).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             let still_wanted = map.lock().remove(&id).is_some();
             if still_wanted {
@@ -483,6 +483,20 @@ fn handler_span(
     Some(cx)
 }
 
+/// Runs `fut` with the handler span as the current OpenTelemetry context,
+/// so spans the handler opens itself (`tracing` through
+/// [`crate::telemetry::tracing_layer`]) hang under it.
+pub(crate) async fn in_span<F: std::future::Future>(
+    span: &Option<opentelemetry::Context>,
+    fut: F,
+) -> F::Output {
+    use opentelemetry::context::FutureExt as _;
+    match span {
+        Some(cx) => fut.with_context(cx.clone()).await,
+        None => fut.await,
+    }
+}
+
 /// Ends a handler's span, with an error status when `error` is set.
 pub(crate) fn end_span(span: Option<opentelemetry::Context>, error: Option<String>) {
     use opentelemetry::trace::TraceContextExt;
@@ -529,7 +543,7 @@ impl LocalHandler for LocalAdapter {
         };
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
-            let result = run_handler(handler, ctx, payload, usize::MAX).await;
+            let result = in_span(&span, run_handler(handler, ctx, payload, usize::MAX)).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             result.map(|payload| kernel_core::Reply {
                 payload,
