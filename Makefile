@@ -9,7 +9,7 @@ BUILD ?= build
 VENV := $(BUILD)/venv
 PY_STUBS := $(BUILD)/py
 
-.PHONY: run run-system test bench lint demo build clean python
+.PHONY: run run-system test bench lint demo build clean python test-python python-checks bench-python node-example
 
 ## Build and start the node on its embedded default (no external service).
 run:
@@ -23,24 +23,56 @@ run-system: python
 	./target/release/kernel-system --config deploy/system.toml --listen $(LISTEN)
 
 ## Every test: unit, property and end-to-end (real node, real plugin processes).
-test: python
+## Then the Python SDK's own checks (mypy, pytest against a real node).
+test: python node-example
 	$(CARGO) build --workspace --bins --tests
 	KERNEL_TEST_PYTHON=$(abspath $(VENV)/bin/python) KERNEL_TEST_PYTHONPATH=$(abspath $(PY_STUBS)) \
 	  $(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory python-checks
 
-## The Python environment and the stubs (rebuilt when the protos change).
+## The Python environment and the stubs (rebuilt when the protos change),
+## with the Python SDK installed (reinstalled when its sources change).
 python: $(PY_STUBS)/.stamp
 
-$(VENV)/.stamp: Makefile
+PY_SDK := $(shell find sdk-python/kernel_sdk -name '*.py' -not -path '*/_gen/*') \
+  sdk-python/pyproject.toml sdk-python/setup.py sdk-python/gen_proto.py
+
+$(VENV)/.stamp: Makefile $(PY_SDK) proto/kernel/v1/kernel.proto proto/kernel/v1/admin.proto
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf \
 	  googleapis-common-protos
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check './sdk-python[otel,test]'
 	touch $@
+
+## The Python SDK: mypy (stubs generated in its tree for it), then its tests
+## against a real node (the debug build of kernel-node).
+test-python: python
+	$(CARGO) build -p kernel-node
+	$(MAKE) --no-print-directory python-checks
+
+python-checks:
+	$(VENV)/bin/python sdk-python/gen_proto.py
+	$(VENV)/bin/mypy --config-file sdk-python/pyproject.toml sdk-python/kernel_sdk
+	KERNEL_NODE_BIN=$(abspath target/debug/kernel-node) $(VENV)/bin/pytest sdk-python/tests -q
+
+## Python SDK call latency and throughput: through the (release) node vs a
+## direct grpc.aio call; uvloop when PyPI has it for this Python.
+bench-python: python
+	$(CARGO) build --release -p kernel-node
+	-$(VENV)/bin/pip install --quiet --disable-pip-version-check uvloop
+	KERNEL_NODE_BIN=$(abspath target/release/kernel-node) $(VENV)/bin/python sdk-python/bench/bench_call.py
 
 $(PY_STUBS)/.stamp: $(VENV)/.stamp proto/kernel/v1/kernel.proto proto/kernel/v1/admin.proto
 	mkdir -p $(PY_STUBS)
 	$(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(PY_STUBS) \
 	  --grpc_python_out=$(PY_STUBS) proto/kernel/v1/kernel.proto proto/kernel/v1/admin.proto
+	touch $@
+
+## The Node.js example's packages, exactly as examples/node/package-lock.json pins them.
+node-example: examples/node/node_modules/.stamp
+
+examples/node/node_modules/.stamp: examples/node/package.json examples/node/package-lock.json
+	npm ci --prefix examples/node --no-audit --no-fund
 	touch $@
 
 ## Side-by-side measurements (kernel vs direct tonic vs NATS when reachable).

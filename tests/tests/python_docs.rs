@@ -1,6 +1,7 @@
-//! Every Python block in `docs/` and the READMEs, run as written against a
+//! Every Python block in `docs/` and `README.md`, run as written against a
 //! real node (only the node's address is put in): the docs are the contract
-//! a Python author reads, so their code must work. Needs the Python
+//! a Python author reads, so their code must work (the SDK's own README
+//! is run by its tests, `sdk-python/tests/test_readme.py`). Needs the Python
 //! environment `make test` prepares (the SDK installed, the raw stubs on
 //! `KERNEL_TEST_PYTHONPATH`).
 //!
@@ -8,7 +9,7 @@
 //! it runs; a block without one fails the test:
 //!
 //! ```text
-//! <!-- doctest: KIND [name=N] [with=A,B] [expect="…"] [ready="…"]
+//! <!-- doctest: KIND [name=N] [with=A,B] [expect="…"] [ready='…']
 //!      [call="service:payload"] [publish="topic:payload"] -->
 //! ```
 //!
@@ -46,7 +47,6 @@ const DOCS: [&str; 5] = [
     "docs/OPERATIONS.md",
     "docs/ARCHITECTURE.md",
     "README.md",
-    // "sdk-python/README.md",
 ];
 
 /// `key=value` and `key="a value"` pairs after the kind.
@@ -59,10 +59,14 @@ fn parse_directive(text: &str) -> (String, HashMap<String, String>) {
     while let Some(eq) = rest.find('=') {
         let key = rest[..eq].trim().to_owned();
         let after = &rest[eq + 1..];
-        let (value, tail) = match after.strip_prefix('"') {
+        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'');
+        let (value, tail) = match quote {
             Some(q) => {
-                let end = q.find('"').expect("a closing quote in a doctest directive");
-                (q[..end].to_owned(), &q[end + 1..])
+                let inner = &after[1..];
+                let end = inner
+                    .find(q)
+                    .expect("a closing quote in a doctest directive");
+                (inner[..end].to_owned(), &inner[end + 1..])
             }
             None => {
                 let end = after.find(char::is_whitespace).unwrap_or(after.len());
@@ -287,7 +291,7 @@ async fn the_raw_python_caller_decodes_the_kernels_failure_and_its_causality() {
     let caller = all
         .iter()
         .find(|b| b.opts.get("name").map(String::as_str) == Some("raw-caller"))
-        .expect("the raw caller sample (PLUGINS §3)");
+        .expect("the raw caller sample (PLUGINS §3.3)");
     let node = Node::start().await;
     // Nobody provides greet.hello: the sample's call fails, and its
     // `failure_of` must give back the kernel's own Failure.

@@ -1,0 +1,146 @@
+"""The generated `kernel.v1` messages, typed stubs for the `Kernel` and
+`Admin` services, and the channel settings the SDK uses.
+
+Only the message modules are generated (gen_proto.py); the service stubs are
+written here against the method paths of the proto, so the SDK does not
+depend on the grpcio version that generated them, and mypy sees real types.
+"""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+
+from ._gen import admin_pb2 as admin_pb
+from ._gen import kernel_pb2 as pb
+
+__all__ = ["pb", "admin_pb", "KernelStub", "AdminStub", "open_channel", "target_of", "MAX_MESSAGE"]
+
+#: The node's default message limit: `router.max_payload_bytes` (4 MiB) plus
+#: 64 KiB of envelope (PROTOCOL §10). grpcio defaults to 4 MiB, too little.
+MAX_MESSAGE = 4 * 1024 * 1024 + 64 * 1024
+
+_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # The node pings every 10 s; our pings find a dead node on idle sessions.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # grpc's own reconnect backoff (1 s growing to 120 s by default) would
+    # hide a restarted node behind ours: 100 ms doubling to 5 s, as the SDK's.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Several channels to one node must not share a connection by accident.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+def target_of(url: str) -> str:
+    """`http://127.0.0.1:50051` (or a bare `127.0.0.1:50051`) as a grpc target."""
+    for scheme in ("http://", "grpc://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    if url.startswith("https://"):
+        raise ValueError("TLS is not implemented by the node; use an http:// URL")
+    return url.rstrip("/")
+
+
+def open_channel(url: str) -> grpc.aio.Channel:
+    """A plaintext channel to the node at `url` with the SDK's settings."""
+    return grpc.aio.insecure_channel(target_of(url), options=_OPTIONS)
+
+
+class KernelStub:
+    """`kernel.v1.Kernel`: one multi-callable per RPC."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        svc = "/kernel.v1.Kernel/"
+        self.register: grpc.aio.StreamStreamMultiCallable[pb.ProviderUp, pb.ProviderDown] = (
+            channel.stream_stream(
+                svc + "Register", pb.ProviderUp.SerializeToString, pb.ProviderDown.FromString
+            )
+        )
+        self.call: grpc.aio.UnaryUnaryMultiCallable[pb.CallRequest, pb.CallResponse] = (
+            channel.unary_unary(
+                svc + "Call", pb.CallRequest.SerializeToString, pb.CallResponse.FromString
+            )
+        )
+        self.call_stream: grpc.aio.StreamStreamMultiCallable[
+            pb.CallStreamUp, pb.CallStreamDown
+        ] = channel.stream_stream(
+            svc + "CallStream", pb.CallStreamUp.SerializeToString, pb.CallStreamDown.FromString
+        )
+        self.publish: grpc.aio.UnaryUnaryMultiCallable[
+            pb.PublishRequest, pb.PublishResponse
+        ] = channel.unary_unary(
+            svc + "Publish", pb.PublishRequest.SerializeToString, pb.PublishResponse.FromString
+        )
+        self.publish_stream: grpc.aio.StreamStreamMultiCallable[
+            pb.PublishStreamUp, pb.PublishStreamDown
+        ] = channel.stream_stream(
+            svc + "PublishStream",
+            pb.PublishStreamUp.SerializeToString,
+            pb.PublishStreamDown.FromString,
+        )
+        self.subscribe: grpc.aio.StreamStreamMultiCallable[
+            pb.SubscribeUp, pb.SubscribeDown
+        ] = channel.stream_stream(
+            svc + "Subscribe", pb.SubscribeUp.SerializeToString, pb.SubscribeDown.FromString
+        )
+        self.charge: grpc.aio.UnaryUnaryMultiCallable[pb.ChargeRequest, pb.ChargeResponse] = (
+            channel.unary_unary(
+                svc + "Charge", pb.ChargeRequest.SerializeToString, pb.ChargeResponse.FromString
+            )
+        )
+
+
+class AdminStub:
+    """`kernel.v1.Admin`, the operator's view (used by tests and tools)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        svc = "/kernel.v1.Admin/"
+        self.list_plugins: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.ListPluginsRequest, admin_pb.ListPluginsResponse
+        ] = channel.unary_unary(
+            svc + "ListPlugins",
+            admin_pb.ListPluginsRequest.SerializeToString,
+            admin_pb.ListPluginsResponse.FromString,
+        )
+        self.list_services: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.ListServicesRequest, admin_pb.ListServicesResponse
+        ] = channel.unary_unary(
+            svc + "ListServices",
+            admin_pb.ListServicesRequest.SerializeToString,
+            admin_pb.ListServicesResponse.FromString,
+        )
+        self.list_subscriptions: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.ListSubscriptionsRequest, admin_pb.ListSubscriptionsResponse
+        ] = channel.unary_unary(
+            svc + "ListSubscriptions",
+            admin_pb.ListSubscriptionsRequest.SerializeToString,
+            admin_pb.ListSubscriptionsResponse.FromString,
+        )
+        self.get_context: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.GetContextRequest, admin_pb.GetContextResponse
+        ] = channel.unary_unary(
+            svc + "GetContext",
+            admin_pb.GetContextRequest.SerializeToString,
+            admin_pb.GetContextResponse.FromString,
+        )
+        self.cancel_context: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.CancelContextRequest, admin_pb.CancelContextResponse
+        ] = channel.unary_unary(
+            svc + "CancelContext",
+            admin_pb.CancelContextRequest.SerializeToString,
+            admin_pb.CancelContextResponse.FromString,
+        )
+        self.stats: grpc.aio.UnaryUnaryMultiCallable[
+            admin_pb.StatsRequest, admin_pb.StatsResponse
+        ] = channel.unary_unary(
+            svc + "Stats",
+            admin_pb.StatsRequest.SerializeToString,
+            admin_pb.StatsResponse.FromString,
+        )
