@@ -41,7 +41,8 @@ $(VENV)/.stamp: Makefile $(PY_SDK) proto/kernel/v1/kernel.proto proto/kernel/v1/
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf \
 	  googleapis-common-protos
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check './sdk-python[otel,test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check './sdk-python[otel,test]' \
+	  opentelemetry-exporter-otlp-proto-grpc
 	touch $@
 
 ## The Python SDK: mypy (stubs generated in its tree for it), then its tests

@@ -12,6 +12,7 @@ use kernel_sdk::telemetry::{tracing_layer, TraceIds};
 use kernel_sdk::{Bytes, CancellationToken, Context, Error, Plugin};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -51,7 +52,8 @@ async fn main() -> Result<(), Error> {
             tracing_subscriber::fmt::layer()
                 .event_format(TraceIds::new())
                 .with_writer(std::io::stdout)
-                .with_ansi(false),
+                .with_ansi(false)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .init();
     let next = args.next.clone();
