@@ -9,7 +9,7 @@ BUILD ?= build
 VENV := $(BUILD)/venv
 PY_STUBS := $(BUILD)/py
 
-.PHONY: run run-system test bench lint demo build clean python test-python python-checks bench-python node-example
+.PHONY: run run-system test bench lint demo build clean python test-python python-checks bench-python node-example fuzz
 
 ## Build and start the node on its embedded default (no external service).
 run:
@@ -77,9 +77,22 @@ examples/node/node_modules/.stamp: examples/node/package.json examples/node/pack
 	touch $@
 
 ## Side-by-side measurements (kernel vs direct tonic vs NATS when reachable).
-bench:
+bench: python
 	$(CARGO) build --release -p kernel-node -p kernel-bench -p plugin-host
 	./target/release/kernel-bench
+	$(MAKE) --no-print-directory bench-python
+
+## Fuzz every parser of outside input, FUZZ_SECS seconds per target (cargo-fuzz
+## on nightly; installs cargo-fuzz if missing). Not part of `make test`; see
+## docs/FUZZING.md.
+FUZZ_SECS ?= 20
+FUZZ_TARGETS := topic pattern_match context_path budget_header traceparent baggage grpc_timeout
+
+fuzz:
+	cargo +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 ## fmt check + clippy with warnings as errors.
 lint:

@@ -30,6 +30,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Traces and metrics.
     pub telemetry: TelemetryConfig,
+    /// Identity (tokens) and capabilities.
+    pub auth: kernel_core::AuthConfig,
     /// `[[plugins]]`: plugins the node supervises itself (manifests, see
     /// `docs/PLUGINS.md` §6). Kept as raw tables here so one bad manifest
     /// is refused on its own, naming its key, while the others start.
@@ -48,6 +50,7 @@ impl Default for Config {
             budget: BudgetConfig::default(),
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
+            auth: kernel_core::AuthConfig::default(),
             plugins: Vec::new(),
             plugins_dir: None,
         }
@@ -141,6 +144,7 @@ impl From<Config> for kernel_core::Config {
             router: c.router,
             broker: c.broker,
             budget: c.budget,
+            auth: c.auth,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Config {
             router: self.router.clone(),
             broker: self.broker.clone(),
             budget: self.budget.clone(),
+            auth: self.auth.clone(),
         }
     }
 

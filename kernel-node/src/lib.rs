@@ -8,11 +8,13 @@
 //! - [`server`]: the tonic services (Kernel, Admin, health, reflection),
 //!   the transport edge, the admin HTTP port, and [`server::run`].
 //! - [`config`]: TOML + `KERNEL_*` environment configuration.
+//! - [`identity`]: bearer tokens to plugin names (`[auth]`).
 //! - [`telemetry`]: logs, and the OTLP exporter behind the kernel's spans.
 //! - [`plugins`]: plugins the node supervises itself (`plugin-host`).
 //! - [`node`]: a whole node process (what `main` runs after flags and config).
 
 pub mod config;
+pub mod identity;
 pub mod node;
 pub mod plugins;
 pub mod server;

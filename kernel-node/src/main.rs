@@ -25,6 +25,9 @@ fn main() -> ExitCode {
     plugin_host::shim::run_if_requested();
     telemetry::init();
     let cli = Cli::parse();
+    if cli.node.hash_token {
+        return node::hash_token_from_stdin();
+    }
     match node::config("kernel-node", &cli.node) {
         Ok(config) => node::run("kernel-node", config, |_| Ok(Box::new(()))),
         Err(code) => code,

@@ -24,6 +24,29 @@ pub struct Flags {
     /// TOML config file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Read a token from stdin, print its salted hash (for
+    /// `auth.plugins.NAME.tokens`) and exit.
+    #[arg(long)]
+    pub hash_token: bool,
+}
+
+/// `--hash-token`: the salted hash of the token on stdin.
+pub fn hash_token_from_stdin() -> ExitCode {
+    let mut token = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut token) {
+        eprintln!("cannot read a token from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > crate::identity::MAX_TOKEN_BYTES {
+        eprintln!(
+            "a token is 1 to {} bytes on one line",
+            crate::identity::MAX_TOKEN_BYTES
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", crate::identity::hash_token(token));
+    ExitCode::SUCCESS
 }
 
 /// The config `flags` point at, with their overrides; on a bad config,
@@ -81,6 +104,10 @@ async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
+    let reachable = listener.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    if reachable && !config.auth.enabled {
+        tracing::warn!(listen = %addr, "listening beyond loopback with auth off: any client that reaches this port may register, call, publish and subscribe to anything; set auth.enabled (docs/OPERATIONS.md, Security)");
+    }
     println!("{name} listening on {addr}");
     let telemetry = match telemetry::from_config(&config.telemetry) {
         Ok(t) => t,
@@ -90,7 +117,9 @@ async fn serve(
         }
     };
     let admin_listen = config.telemetry.admin_listen.clone();
-    let manifests = plugins::manifests(&config);
+    let mut manifests = plugins::manifests(&config);
+    let mut config = config;
+    plugins::issue_tokens(&mut manifests, &mut config.auth);
     let kernel = Kernel::with_telemetry(config.clone(), telemetry.clone());
     let local = match listener.local_addr() {
         Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),

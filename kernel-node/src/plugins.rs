@@ -70,6 +70,26 @@ pub fn manifests(config: &Config) -> Vec<Manifest> {
     good
 }
 
+/// With auth on, gives every supervised plugin a token of its own: a
+/// random one, in its environment as `KERNEL_TOKEN` (which the SDKs
+/// present), and its salted hash among the plugin's `auth` tokens. Its
+/// grants still come from `[auth.plugins.NAME]` (deny by default).
+pub fn issue_tokens(manifests: &mut [Manifest], auth: &mut kernel_core::AuthConfig) {
+    if !auth.enabled {
+        return;
+    }
+    for m in manifests {
+        let bytes: [u8; 32] = rand::random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        auth.plugins
+            .entry(m.name.clone())
+            .or_default()
+            .tokens
+            .push(crate::identity::hash_token(&token));
+        m.env.insert("KERNEL_TOKEN".into(), token);
+    }
+}
+
 /// Starts supervising `manifests` against the node at `url` (none: no
 /// host).
 pub fn start(manifests: Vec<Manifest>, kernel: &Arc<Kernel>, url: &str) -> Option<Arc<Host>> {

@@ -8,19 +8,22 @@
 //! - `admin`: the Admin service.
 //! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
-//! - `edge_metrics`, `edge_timeout`, `edge_log`: the transport edge's
-//!   layers (requests counted, time to a response head capped, failures
-//!   logged by who is at fault).
+//! - `stream_fault`: how a stream ends after an unreadable frame.
+//! - `edge_metrics`, `edge_auth`, `edge_timeout`, `edge_log`: the
+//!   transport edge's layers (requests counted, bearer tokens checked, time
+//!   to a response head capped, failures logged by who is at fault).
 
 mod admin;
 mod admin_http;
 mod call;
+mod edge_auth;
 mod edge_log;
 mod edge_metrics;
 mod edge_timeout;
 mod events;
 mod metadata;
 mod register;
+mod stream_fault;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -85,7 +88,13 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<Streaming<pb::ProviderUp>>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
-        let s = register::session(self.kernel.clone(), req.into_inner()).await?;
+        let verified = self
+            .kernel
+            .capabilities()
+            .enabled()
+            .then(|| metadata::caller_from(req.metadata()))
+            .flatten();
+        let s = register::session(self.kernel.clone(), req.into_inner(), verified).await?;
         Ok(Response::new(Box::pin(ended_by_shutdown(
             s,
             self.kernel.clone(),
@@ -150,11 +159,13 @@ impl pb::kernel_server::Kernel for KernelService {
                 Status::invalid_argument("Charge needs the `x-kernel-context` metadata")
             })?;
         let body = req.into_inner();
-        let node = self
-            .kernel
-            .contexts()
+        let contexts = self.kernel.contexts();
+        let node = contexts
             .find(&path)
-            .ok_or_else(|| Status::not_found(format!("no live context at `{path}`")))?;
+            .ok_or_else(|| match contexts.ended(&path) {
+                Some(e) => Status::from(e),
+                None => Status::not_found(format!("no live context at `{path}`")),
+            })?;
         let remaining = self.kernel.charge(&node, &body.counter, body.amount)?;
         Ok(Response::new(pb::ChargeResponse { remaining }))
     }
@@ -169,6 +180,9 @@ pub enum ServerError {
     /// Reflection could not load the descriptor set.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The `[auth]` section cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::identity::IdentityError),
 }
 
 /// How long, after the grace period, streams get to tell their peers that
@@ -190,6 +204,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let max_msg = kernel.config().router.max_payload_bytes + ENVELOPE_ALLOWANCE;
+    let identities = crate::identity::Identities::from_config(&kernel.config().auth)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KernelServer<KernelService>>()
@@ -210,7 +225,11 @@ pub async fn run(
     let kernel_svc = KernelServer::new(KernelService::new(kernel.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let admin_svc = AdminServer::new(AdminService::new(kernel.clone(), plugins));
+    let gate_kernel = kernel.clone();
+    let admin_svc =
+        AdminServer::with_interceptor(AdminService::new(kernel.clone(), plugins), move |req| {
+            admin::admin_gate(&gate_kernel, req)
+        });
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -239,6 +258,9 @@ pub async fn run(
                 // Refusals at DEBUG, faults at WARN, client strings escaped.
                 .on_failure(edge_log::LogFailure),
         )
+        // Inside the span (a refusal is logged with its request id) and
+        // before any service: no token, no work.
+        .layer(edge_auth::EdgeAuthLayer::new(identities))
         // Innermost, the cap on time to a response head: its
         // DEADLINE_EXCEEDED answer passes every layer above like any other
         // (counted, logged in the span, given the request id).

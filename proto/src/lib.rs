@@ -7,12 +7,14 @@
 //!
 //! # Layout
 //! - [`v1`]: messages, client stubs and server traits.
-//! - [`headers`]: header names (gRPC metadata and frame header maps) and
-//!   `traceparent` helpers.
+//! - [`headers`]: header names (gRPC metadata and frame header maps),
+//!   `traceparent` helpers, and bounded checks of `baggage` and
+//!   `grpc-timeout`.
 //! - [`failure`]: `Failure` ↔ `tonic::Status` (the trailer's
 //!   `google.rpc.Status`) and causality hops.
 //! - [`batch`]: a channel of items → a stream of batched frames.
-//! - [`trace`]: the tracer handle spans are made with, on both sides.
+//! - [`trace`]: the tracer handle spans are made with, on both sides, and
+//!   the `traceparent` parser.
 
 pub mod batch;
 pub mod failure;

@@ -15,6 +15,8 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
+use crate::headers::{InvalidHeader, TRACEPARENT};
+
 /// The span kind of a kernel or plugin span.
 pub use opentelemetry::trace::SpanKind;
 
@@ -131,23 +133,78 @@ pub fn traceparent(cx: &Context) -> String {
     )
 }
 
-/// Parses a W3C `traceparent` (version 00).
+/// Length of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// Parses a W3C `traceparent` (version 00); None when it is not one (a span
+/// under it then starts a new trace, as W3C Trace Context requires).
 pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
-    let mut parts = tp.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let flags = parts.next()?;
-    if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
+    check_traceparent(tp).ok()
+}
+
+/// Parses a W3C `traceparent` (version 00), saying what is wrong when it is
+/// not one: exactly [`TRACEPARENT_LEN`] characters once surrounding white
+/// space is trimmed, lowercase hex fields, neither id all zeros.
+pub fn check_traceparent(tp: &str) -> Result<SpanContext, InvalidHeader> {
+    let bad = |reason: String| InvalidHeader::new(TRACEPARENT, reason);
+    let tp = tp.trim();
+    if tp.len() != TRACEPARENT_LEN {
+        return Err(bad(format!(
+            "{} bytes, expected {TRACEPARENT_LEN}: `00-<32 hex>-<16 hex>-<2 hex>`",
+            tp.len()
+        )));
     }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
+    let mut parts = tp.split('-');
+    let (Some(version), Some(trace), Some(span), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad(format!(
+            "expected 4 fields separated by `-`, found {}",
+            tp.split('-').count()
+        )));
+    };
+    for (field, what, len) in [
+        (version, "version", 2),
+        (trace, "trace id", 32),
+        (span, "parent id", 16),
+        (flags, "flags", 2),
+    ] {
+        if field.len() != len {
+            return Err(bad(format!(
+                "{what} is {} bytes, expected {len}",
+                field.len()
+            )));
+        }
+        // Lowercase only (W3C); `from_str_radix` alone would also take
+        // uppercase and a leading `+`.
+        let not_hex = |c: &char| !matches!(c, '0'..='9' | 'a'..='f');
+        if let Some((i, c)) = field.chars().enumerate().find(|(_, c)| not_hex(c)) {
+            return Err(bad(format!(
+                "{what} has {c:?} at position {}, expected lowercase hex",
+                i + 1
+            )));
+        }
     }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(
+    if version != "00" {
+        return Err(bad(format!(
+            "version `{version}` is not supported (only 00)"
+        )));
+    }
+    let hex_error = |e: std::num::ParseIntError| bad(e.to_string());
+    let trace_id = TraceId::from_hex(trace).map_err(hex_error)?;
+    let span_id = SpanId::from_hex(span).map_err(hex_error)?;
+    let flags = u8::from_str_radix(flags, 16).map_err(hex_error)?;
+    if trace_id == TraceId::INVALID {
+        return Err(bad("trace id is all zeros".into()));
+    }
+    if span_id == SpanId::INVALID {
+        return Err(bad("parent id is all zeros".into()));
+    }
+    Ok(SpanContext::new(
         trace_id,
         span_id,
         TraceFlags::new(flags),
@@ -159,6 +216,8 @@ pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::new_traceparent;
+    use proptest::prelude::*;
 
     #[test]
     fn traceparent_round_trip() {
@@ -170,5 +229,89 @@ mod tests {
             parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none()
         );
         assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn malformed_traceparents_say_what_is_wrong() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert!(check_traceparent(&format!("  {good}\t")).is_ok());
+        for (bad, needle) in [
+            ("garbage".to_owned(), "7 bytes, expected 55"),
+            (format!("{good}-00"), "58 bytes"),
+            (
+                good.to_uppercase(),
+                "trace id has 'A' at position 2, expected lowercase hex",
+            ),
+            (
+                good.replace("00-0af7", "00-+af7"),
+                "trace id has '+' at position 1",
+            ),
+            (good.replace("-01", "-+1"), "flags has '+' at position 1"),
+            (
+                good.replacen("00-", "ff-", 1),
+                "version `ff` is not supported",
+            ),
+            (
+                good.replacen('-', "_", 1),
+                "expected 4 fields separated by `-`, found 3",
+            ),
+            (
+                good.replacen("-b7", "b-7", 1),
+                "trace id is 33 bytes, expected 32",
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01".to_owned(),
+                "parent id is all zeros",
+            ),
+            (
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01".to_owned(),
+                "trace id is all zeros",
+            ),
+        ] {
+            let e = check_traceparent(&bad).expect_err(&bad).to_string();
+            assert!(
+                e.contains("`traceparent`") && e.contains(needle),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// Found by the `traceparent` fuzz target: a 55-byte value of control
+    /// characters was echoed back escaped, six bytes for each.
+    #[test]
+    fn errors_about_hostile_values_stay_short() {
+        let crash = b"\xde\xde\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x17\x0a\x0a\x0a\x0a\x0a\x0a\x0a\xf5\x0a\x17\x17\x17\x17\xde";
+        let e = check_traceparent(&String::from_utf8_lossy(crash)).expect_err("garbage");
+        assert_eq!(e.reason, "expected 4 fields separated by `-`, found 1");
+        let e = check_traceparent(&format!("00-{}-{}-01", "\u{17}".repeat(32), "1".repeat(16)))
+            .expect_err("control characters");
+        assert_eq!(
+            e.reason,
+            "trace id has '\\u{17}' at position 1, expected lowercase hex"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_strings_never_panic(s in "\\PC{0,80}", bytes in any::<Vec<u8>>()) {
+            let _ = check_traceparent(&s);
+            let _ = check_traceparent(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn generated_traceparents_parse_and_print_back(_n in 0..64u8) {
+            let tp = new_traceparent();
+            let sc = check_traceparent(&tp).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let cx = Context::new().with_remote_span_context(sc);
+            prop_assert_eq!(traceparent(&cx), tp);
+        }
+
+        #[test]
+        fn any_non_zero_ids_round_trip(trace in 1u128.., span in 1u64.., flags in any::<u8>()) {
+            let tp = format!("00-{trace:032x}-{span:016x}-{flags:02x}");
+            let sc = check_traceparent(&tp).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let cx = Context::new().with_remote_span_context(sc);
+            prop_assert_eq!(traceparent(&cx), tp);
+        }
     }
 }

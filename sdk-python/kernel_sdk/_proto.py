@@ -8,6 +8,8 @@ depend on the grpcio version that generated them, and mypy sees real types.
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import grpc.aio
 
@@ -48,9 +50,45 @@ def target_of(url: str) -> str:
     return url.rstrip("/")
 
 
-def open_channel(url: str) -> grpc.aio.Channel:
-    """A plaintext channel to the node at `url` with the SDK's settings."""
-    return grpc.aio.insecure_channel(target_of(url), options=_OPTIONS)
+class _Bearer(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Puts `authorization: Bearer <token>` on every call (auth on, the node
+    knows the plugin by its token; PROTOCOL §1)."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(tuple(details.metadata) if details.metadata else ()))
+        metadata.add("authorization", self._value)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), requests)
+
+
+def open_channel(url: str, token: str | None = None) -> grpc.aio.Channel:
+    """A plaintext channel to the node at `url` with the SDK's settings,
+    presenting `token` (else `$KERNEL_TOKEN`, when set) on every call."""
+    token = token if token is not None else os.environ.get("KERNEL_TOKEN", "")
+    interceptors = [_Bearer(token)] if token else None
+    return grpc.aio.insecure_channel(target_of(url), options=_OPTIONS,
+                                     interceptors=interceptors)  # type: ignore[arg-type]
 
 
 class KernelStub:

@@ -78,13 +78,17 @@ class Client:
     `plugin` is the identity the client claims (`x-kernel-plugin`; providers
     see it as `x-kernel-caller`). With `multiplex=False` every call is a unary
     `Call` RPC; otherwise calls share one `CallStream`, falling back to
-    unary calls if the node does not serve `CallStream`.
+    unary calls if the node does not serve `CallStream`. `token` (else
+    `$KERNEL_TOKEN`) is presented as `authorization: Bearer …` on every RPC:
+    with auth on, the node knows the plugin by it.
     Use it as `async with Client(url) as client:` or call `close()`.
     """
 
-    def __init__(self, url: str, plugin: str | None = None, *, multiplex: bool = True) -> None:
+    def __init__(self, url: str, plugin: str | None = None, *, multiplex: bool = True,
+                 token: str | None = None) -> None:
         self.url = url
         self.plugin = plugin
+        self._token = token
         self._multiplex = multiplex
         self._channel: grpc.aio.Channel | None = None
         self._kernel: KernelStub | None = None
@@ -96,7 +100,7 @@ class Client:
     def channel(self) -> grpc.aio.Channel:
         """The gRPC channel (created on first use, inside the event loop)."""
         if self._channel is None:
-            self._channel = open_channel(self.url)
+            self._channel = open_channel(self.url, self._token)
         return self._channel
 
     @property

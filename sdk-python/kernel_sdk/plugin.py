@@ -78,10 +78,12 @@ class Plugin:
 
     def __init__(self, name: str, *, mode: Literal["pool", "replace"] = "pool",
                  max_concurrency: int = 0, instance_id: str | None = None,
-                 tracer: Tracer | bool | None = None) -> None:
+                 tracer: Tracer | bool | None = None, token: str | None = None) -> None:
         if mode not in ("pool", "replace"):
             raise ValueError(f"mode must be 'pool' or 'replace', not {mode!r}")
         self.name = name
+        #: The bearer token presented to the node (None: `$KERNEL_TOKEN`).
+        self.token = token
         self.mode = mode
         self.max_concurrency = max_concurrency
         # What hello asks for: empty lets the kernel make one up per session.
@@ -226,7 +228,7 @@ class Plugin:
             self._stop = asyncio.Event()
         stop = self._stop
         loop = asyncio.get_running_loop()
-        client = self._client = Client(url, plugin=self.name)
+        client = self._client = Client(url, plugin=self.name, token=self.token)
         backoff = BACKOFF_FIRST
         try:
             while not stop.is_set():

@@ -112,9 +112,38 @@ fn fold_calls(items: Vec<CallUp>) -> pb::CallStreamUp {
     f
 }
 
+/// Puts the bearer token (when there is one) on every request.
+#[derive(Clone, Default)]
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// `authorization: Bearer <token>`, or nothing for an empty token.
+    fn new(token: &str) -> Bearer {
+        Bearer(
+            (!token.is_empty())
+                .then(|| format!("Bearer {token}").parse().ok())
+                .flatten(),
+        )
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A generated client over the SDK's connection, token included.
+pub(crate) type Wire =
+    KernelClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 pub(crate) struct Remote {
     url: String,
     pub(crate) channel: Channel,
+    bearer: Bearer,
     calls: Mutex<Option<Arc<CallMux>>>,
     opening: tokio::sync::Mutex<()>,
 }
@@ -162,9 +191,18 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
         })
 }
 
+impl Remote {
+    /// A generated client for one RPC (cheap: the channel is shared).
+    pub(crate) fn kernel_client(&self) -> Wire {
+        KernelClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}
+
 impl Client {
     /// A client of the node at `url` (e.g. `http://127.0.0.1:50051`). The
     /// connection is made on first use and re-made after the node restarts.
+    /// It presents the token in `KERNEL_TOKEN` when that is set (a plugin
+    /// the node supervises gets its own there); see [`Client::with_token`].
     pub fn connect(url: &str) -> Result<Client, Error> {
         let channel = endpoint(url)?.connect_lazy();
         Ok(Client::from_channel(url, channel))
@@ -175,6 +213,7 @@ impl Client {
             transport: Transport::Remote(Arc::new(Remote {
                 url: url.to_owned(),
                 channel,
+                bearer: Bearer::new(&std::env::var("KERNEL_TOKEN").unwrap_or_default()),
                 calls: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
             })),
@@ -194,8 +233,24 @@ impl Client {
         }
     }
 
+    /// The same client, presenting `token` (`authorization: Bearer …`) on
+    /// every request: with auth on, the node knows the plugin by it.
+    pub fn with_token(mut self, token: &str) -> Client {
+        if let Transport::Remote(r) = &self.transport {
+            self.transport = Transport::Remote(Arc::new(Remote {
+                url: r.url.clone(),
+                channel: r.channel.clone(),
+                bearer: Bearer::new(token),
+                calls: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+            }));
+        }
+        self
+    }
+
     /// The same client, identifying itself as `plugin` (the kernel sets
-    /// `x-kernel-caller` from this; it is not a credential).
+    /// `x-kernel-caller` from this; with auth off it is a claim, with auth
+    /// on the token decides and this must match it).
     pub fn with_plugin(mut self, plugin: &str) -> Client {
         self.plugin = Some(plugin.into());
         self
@@ -402,10 +457,10 @@ impl Client {
                 if let Some(t) = timeout {
                     req.set_timeout(t);
                 }
-                let channel = remote.channel.clone();
+                let mut kernel = remote.kernel_client();
                 let remote: futures::future::BoxFuture<'_, Result<Published, Error>> =
                     Box::pin(async move {
-                        let r = KernelClient::new(channel).publish(req).await?.into_inner();
+                        let r = kernel.publish(req).await?.into_inner();
                         Ok(Published::from_wire(r.event_id, r.matched))
                     });
                 // Without the in-process branch, the other side is never built.
@@ -434,9 +489,7 @@ impl Client {
             amount,
         });
         insert_meta(&mut req, h::CONTEXT, path);
-        let r = KernelClient::new(remote.channel.clone())
-            .charge(req)
-            .await?;
+        let r = remote.kernel_client().charge(req).await?;
         Ok(r.into_inner().remaining)
     }
 }
@@ -508,7 +561,8 @@ impl Remote {
         if let Some(p) = plugin {
             insert_meta(&mut req, h::PLUGIN, p);
         }
-        let mut inbound = KernelClient::new(self.channel.clone())
+        let mut inbound = self
+            .kernel_client()
             .call_stream(req)
             .await
             .map_err(|s| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 #[cfg(feature = "in-process")]
 use kernel_core::{Kernel, SubscribeRequest, Subscription};
-use kernel_proto::v1::{self as pb, kernel_client::KernelClient, AckMode, Failure};
+use kernel_proto::v1::{self as pb, AckMode, Failure};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -253,10 +253,7 @@ impl Client {
         if let Some(p) = self.plugin_name() {
             insert_meta(&mut req, kernel_proto::headers::PLUGIN, &p);
         }
-        let mut inbound = KernelClient::new(remote.channel.clone())
-            .subscribe(req)
-            .await?
-            .into_inner();
+        let mut inbound = remote.kernel_client().subscribe(req).await?.into_inner();
         match inbound.message().await? {
             Some(f) if f.ready.is_some() => {}
             _ => {
@@ -370,7 +367,8 @@ impl Client {
         if let Some(p) = self.plugin_name() {
             insert_meta(&mut req, kernel_proto::headers::PLUGIN, &p);
         }
-        Ok(KernelClient::new(remote.channel.clone())
+        Ok(remote
+            .kernel_client()
             .publish_stream(req)
             .await?
             .into_inner())

@@ -16,7 +16,7 @@ use futures::FutureExt;
 #[cfg(feature = "in-process")]
 use kernel_core::{BoxFuture, Kernel, LocalCall, LocalHandler, LocalRegistration};
 use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
-use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure, RegisterMode};
+use kernel_proto::v1::{self as pb, Failure, RegisterMode};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
@@ -55,6 +55,8 @@ pub struct Plugin {
     max_reply_bytes: usize,
     telemetry: Telemetry,
     topic_schemas: HashMap<String, String>,
+    /// The bearer token to present (else `KERNEL_TOKEN`).
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -90,6 +92,7 @@ impl Plugin {
             max_reply_bytes: 4 * 1024 * 1024,
             telemetry: Telemetry::disabled(),
             topic_schemas: HashMap::new(),
+            token: None,
         }
     }
 
@@ -170,6 +173,14 @@ impl Plugin {
         self
     }
 
+    /// Presents `token` to the node (with auth on, the node knows the
+    /// plugin by it); by default `KERNEL_TOKEN`, which the node sets for the
+    /// plugins it supervises.
+    pub fn token(mut self, token: &str) -> Plugin {
+        self.token = Some(token.to_owned());
+        self
+    }
+
     /// A fixed instance id (default: made up by the kernel).
     pub fn instance_id(mut self, id: &str) -> Plugin {
         self.instance_id = id.to_owned();
@@ -203,12 +214,15 @@ impl Plugin {
     /// with backoff (100 ms doubling to 5 s) when the node goes away.
     pub async fn serve(self, url: &str, shutdown: CancellationToken) -> Result<SessionEnd, Error> {
         let channel = endpoint(url)?.connect_lazy();
-        let client = Client::from_channel(url, channel.clone()).with_plugin(&self.name);
+        let mut client = Client::from_channel(url, channel).with_plugin(&self.name);
+        if let Some(token) = &self.token {
+            client = client.with_token(token);
+        }
         let plugin = Arc::new(self);
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            match plugin.session(&channel, &client, &shutdown).await {
+            match plugin.session(&client, &shutdown).await {
                 Ok(end) => return Ok(end),
                 Err(e) => {
                     if shutdown.is_cancelled() {
@@ -238,7 +252,6 @@ impl Plugin {
 
     async fn session(
         self: &Arc<Self>,
-        channel: &tonic::transport::Channel,
         client: &Client,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, Error> {
@@ -254,7 +267,11 @@ impl Plugin {
             }),
             ..Default::default()
         };
-        let mut inbound = KernelClient::new(channel.clone())
+        let Some(remote) = client.remote() else {
+            return Err(Error::internal("a remote session needs a remote client"));
+        };
+        let mut inbound = remote
+            .kernel_client()
             .max_decoding_message_size(self.max_reply_bytes + 64 * 1024)
             .max_encoding_message_size(self.max_reply_bytes + 64 * 1024)
             .register(batched(rx, Some(hello), fold_up))

@@ -183,6 +183,25 @@ impl Broker {
         self.schemas.check(&p.topic, &p.payload, &p.content_type)?;
         let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
         let id = self.event_base.wrapping_add(seq);
+        // Nothing is published under a context that ended (cancelled, or
+        // past its deadline): it cannot be revived by emitting.
+        match &p.parent {
+            Parent::Path(path) => {
+                if let Some(e) = self.contexts.ended(path) {
+                    return Err(e);
+                }
+            }
+            Parent::Node(n) if n.is_cancelled() => {
+                return Err(Error::Remote(n.cancel_reason()));
+            }
+            Parent::Node(n) if n.deadline.is_some_and(|d| d <= Instant::now()) => {
+                return Err(Error::DeadlineExceeded {
+                    service: format!("event:{}", p.topic),
+                    context: n.path().to_owned(),
+                });
+            }
+            _ => {}
+        }
         if let Parent::Node(n) = &p.parent {
             if let Err(e) = n.tree().budget.charge_event() {
                 // As for calls: the branch that overspent is cancelled.

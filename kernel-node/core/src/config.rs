@@ -1,4 +1,5 @@
-//! The kernel's own configuration: `[router]`, `[broker]` and `[budget]`.
+//! The kernel's own configuration: `[router]`, `[broker]`, `[budget]` and
+//! `[auth]` (its types in `crate::capability`).
 //!
 //! The node's `Config` (in the `kernel-node` crate) holds these sections
 //! beside its server and telemetry ones and hands them to
@@ -18,6 +19,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Context-tree budgets.
     pub budget: BudgetConfig,
+    /// Identity and capabilities.
+    pub auth: crate::capability::AuthConfig,
 }
 
 /// `[router]`: how calls reach providers.

@@ -19,6 +19,7 @@
 //! from the tree's member list, writing out the paths it shows.
 
 pub(crate) mod budget;
+pub(crate) mod ended;
 
 mod node;
 pub(crate) mod path;
@@ -57,6 +58,8 @@ pub struct Contexts {
 struct Shared {
     roots: RootMap,
     budgets: BudgetConfig,
+    /// Roots that ended, so they cannot be revived.
+    graveyard: Mutex<ended::Graveyard>,
 }
 
 /// One request's tree: its budget, its members, and an index of the live
@@ -82,6 +85,10 @@ pub struct Tree {
     listed: AtomicBool,
     /// Wakes every waiter in the tree when any of its nodes is cancelled.
     cancelled: Notify,
+    /// The root call's deadline.
+    deadline: Option<Instant>,
+    /// Why the root was cancelled, once it was.
+    ended_by: OnceLock<kernel_proto::v1::Failure>,
 }
 
 impl Tree {
@@ -121,6 +128,16 @@ impl Drop for Tree {
             return;
         }
         if let Some(shared) = self.shared.upgrade() {
+            let cancelled = self.ended_by.take();
+            if cancelled.is_some() || self.deadline.is_some() {
+                shared.graveyard.lock().record(
+                    self.id,
+                    ended::Ended {
+                        cancelled,
+                        deadline: self.deadline,
+                    },
+                );
+            }
             let mut roots = shared.roots.lock();
             if roots.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
                 roots.remove(&self.id);
@@ -170,6 +187,7 @@ impl Contexts {
             shared: Arc::new(Shared {
                 roots: Mutex::new(HashMap::default()),
                 budgets,
+                graveyard: Mutex::new(ended::Graveyard::default()),
             }),
         }
     }
@@ -286,7 +304,25 @@ impl Contexts {
             match roots.get(&root).and_then(Weak::upgrade) {
                 Some(t) => t,
                 None => {
-                    let t = Arc::new(make_tree(&self.shared, root, spec, None));
+                    // A root that ended stays ended: refused with what
+                    // ended it, and a stand-in never outlives its deadline.
+                    let end = self.shared.graveyard.lock().get(root).cloned();
+                    if let Some(f) = end.as_ref().and_then(|e| e.cancelled.clone()) {
+                        return Err(Error::Remote(kernel_proto::v1::Failure {
+                            message: format!("context {path} ended: {}", f.message),
+                            ..f
+                        }));
+                    }
+                    let deadline = end.and_then(|e| e.deadline);
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(Error::DeadlineExceeded {
+                            service: spec.service.to_owned(),
+                            context: path.to_owned(),
+                        });
+                    }
+                    let mut tree = make_tree(&self.shared, root, spec, None);
+                    tree.deadline = deadline;
+                    let t = Arc::new(tree);
                     t.listed.store(true, Ordering::Relaxed);
                     roots.insert(root, Arc::downgrade(&t));
                     t
@@ -296,12 +332,36 @@ impl Contexts {
         if let Some(n) = tree.named.lock().get(path).and_then(Weak::upgrade) {
             return Ok(n);
         }
-        let node = Arc::new(Node::stand_in(tree.clone(), path.to_owned(), depth));
+        let node = Arc::new(Node::stand_in(
+            tree.clone(),
+            path.to_owned(),
+            depth,
+            tree.deadline,
+        ));
         tree.named
             .lock()
             .insert(path.to_owned(), Arc::downgrade(&node));
         tree.join(&node);
         Ok(node)
+    }
+
+    /// Why nothing may run under `path` any more: its root was cancelled,
+    /// or its deadline passed (None when the root is live or forgotten).
+    pub fn ended(&self, path: &str) -> Option<Error> {
+        let (root, _) = parse_path(path)?;
+        let end = self.shared.graveyard.lock().get(root).cloned()?;
+        if let Some(f) = end.cancelled {
+            return Some(Error::Remote(kernel_proto::v1::Failure {
+                message: format!("context {path} ended: {}", f.message),
+                ..f
+            }));
+        }
+        end.deadline
+            .filter(|d| *d <= Instant::now())
+            .map(|_| Error::DeadlineExceeded {
+                service: String::new(),
+                context: path.to_owned(),
+            })
     }
 
     /// The live node at `path`, if its path was ever written out.
@@ -379,6 +439,9 @@ fn make_tree(
     spec: &ChildSpec<'_>,
     first: Option<Weak<Node>>,
 ) -> Tree {
+    // A tree made with its first node has that node's deadline; a stand-in
+    // tree's comes from what is remembered of its root.
+    let root_deadline = first.as_ref().and(spec.deadline);
     Tree {
         id,
         budget: Budget::new(&shared.budgets, spec.caller),
@@ -392,13 +455,15 @@ fn make_tree(
         shared: Arc::downgrade(shared),
         listed: AtomicBool::new(false),
         cancelled: Notify::new(),
+        deadline: root_deadline,
+        ended_by: OnceLock::new(),
     }
 }
 
 /// The tree of a root that made it on first use: default budgets, already
 /// charged for the root's own call (see [`Contexts::lazy_root`]).
-fn lazy_tree(shared: &Arc<Shared>, first: Weak<Node>) -> Tree {
-    let tree = make_tree(
+fn lazy_tree(shared: &Arc<Shared>, first: Weak<Node>, deadline: Option<Instant>) -> Tree {
+    let mut tree = make_tree(
         shared,
         path::new_root_id(),
         &ChildSpec::default(),
@@ -406,6 +471,7 @@ fn lazy_tree(shared: &Arc<Shared>, first: Weak<Node>) -> Tree {
     );
     // Cannot fail: `lazy_root` checked the limits allow one call.
     let _ = tree.budget.charge_call(1);
+    tree.deadline = deadline;
     tree
 }
 

@@ -141,6 +141,27 @@ pub enum Error {
         /// The id the new session asked for.
         instance: String,
     },
+    /// A plugin tried something its grants do not cover (auth on).
+    #[error("permission denied: plugin `{plugin}` lacks the capability `{capability}`")]
+    PermissionDenied {
+        /// Who asked (`(anonymous)` without an identity).
+        plugin: String,
+        /// What was missing: `call billing.charge`, `admin`, ...
+        capability: String,
+    },
+    /// A service is provided by another plugin (auth on: no plugin joins or
+    /// replaces another's providers).
+    #[error(
+        "permission denied: service `{service}` is provided by plugin `{owner}`, not `{plugin}`"
+    )]
+    NotOwner {
+        /// The service asked for.
+        service: String,
+        /// Who provides it now.
+        owner: String,
+        /// Who asked.
+        plugin: String,
+    },
     /// A failure that came back from a provider or a deeper hop, passed through.
     #[error("{}", .0.message)]
     Remote(Failure),
@@ -166,6 +187,7 @@ impl Error {
             | Error::PluginDown { .. }
             | Error::CircuitOpen { .. } => Code::Unavailable,
             Error::DuplicateInstance { .. } => Code::AlreadyExists,
+            Error::PermissionDenied { .. } | Error::NotOwner { .. } => Code::PermissionDenied,
             Error::Remote(f) => Code::from_i32(f.code),
         }
     }

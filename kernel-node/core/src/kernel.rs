@@ -9,6 +9,7 @@ use kernel_proto::v1::{self as pb, Failure, RegisterMode};
 use crate::broker::subscription::Subscription;
 use crate::broker::{Accepted, Broker, Publication, SubscribeRequest};
 use crate::call::{Reply, Request};
+use crate::capability::{Action, Capabilities};
 use crate::config::Config;
 use crate::context::{Contexts, Node};
 use crate::error::Error;
@@ -34,6 +35,7 @@ pub struct Kernel {
     metrics: Arc<Metrics>,
     telemetry: Telemetry,
     lifecycle: Lifecycle,
+    capabilities: Arc<Capabilities>,
 }
 
 /// An in-process registration; dropping it deregisters the instance.
@@ -70,12 +72,14 @@ impl Kernel {
         let metrics = Arc::new(Metrics::default());
         let contexts = Arc::new(Contexts::new(config.budget.clone()));
         let registry = Arc::new(Registry::new());
+        let capabilities = Arc::new(Capabilities::new(&config.auth));
         let router = Router::new(middleware::pipeline(
             registry.clone(),
             contexts.clone(),
             config.router.clone(),
             telemetry.clone(),
             metrics.clone(),
+            capabilities.clone(),
         ));
         let bare = middleware::bare(registry.clone(), contexts.clone(), config.router.clone());
         let broker = Broker::new(
@@ -96,7 +100,13 @@ impl Kernel {
             metrics,
             telemetry,
             lifecycle: Lifecycle::new(),
+            capabilities,
         })
+    }
+
+    /// What each plugin may do (every check passes with auth off).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
     /// Routes one call.
@@ -152,11 +162,20 @@ impl Kernel {
             .iter()
             .map(|s| (s.id, s.label(), s.buffered(), s.unacked()))
             .collect();
-        self.metrics.render(&NodeFigures {
+        let mut text = self.metrics.render(&NodeFigures {
             stats: &self.stats,
             plugins_connected: self.registry.instances().len(),
             subscriptions,
-        })
+        });
+        if self.capabilities.enabled() {
+            text.push_str("# HELP kernel_denials_total Requests refused for a missing capability (auth on), by capability.\n# TYPE kernel_denials_total counter\n");
+            for (capability, n) in self.capabilities.denials() {
+                text.push_str(&format!(
+                    "kernel_denials_total{{capability=\"{capability}\"}} {n}\n"
+                ));
+            }
+        }
+        text
     }
 
     /// Trace export (disabled unless configured).
@@ -169,17 +188,59 @@ impl Kernel {
         &self.lifecycle
     }
 
-    /// Publishes one event (the broker's future as is, like [`Kernel::call`]).
+    /// Publishes one event (the broker's future as is, like [`Kernel::call`],
+    /// once the publisher's `publish` capability covers the topic).
     pub fn publish(
         &self,
         p: Publication,
     ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
-        self.broker.publish(p)
+        match self
+            .capabilities
+            .check(p.caller.as_deref(), Action::Publish, &p.topic)
+        {
+            Ok(()) => futures::future::Either::Left(self.broker.publish(p)),
+            Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
+        }
     }
 
-    /// Opens a subscription.
+    /// Opens a subscription (every pattern covered by the subscriber's
+    /// `subscribe` capability).
     pub fn subscribe(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
+        for p in &req.patterns {
+            self.capabilities
+                .check(req.plugin.as_deref(), Action::Subscribe, p)?;
+        }
         self.broker.subscribe(req)
+    }
+
+    /// Registers a provider instance, remote or in-process: its plugin's
+    /// `provide` capability must cover every service, and (auth on) no
+    /// service may be one another plugin provides, in replace mode too.
+    pub fn register(&self, inst: Arc<Instance>, mode: RegisterMode) -> Result<(), Error> {
+        for s in &inst.services {
+            self.capabilities
+                .check(Some(&inst.plugin), Action::Provide, &s.name)?;
+            if self.capabilities.enabled() {
+                let owner = self.registry.pool(&s.name).and_then(|p| {
+                    p.instances
+                        .iter()
+                        .find(|i| i.plugin != inst.plugin)
+                        .map(|i| i.plugin.to_string())
+                });
+                if let Some(owner) = owner {
+                    self.capabilities.record(Action::Provide);
+                    tracing::warn!(target: "audit", plugin = %inst.plugin, service = %s.name, owner = %owner, "denied: service owned by another plugin");
+                    return Err(Error::NotOwner {
+                        service: s.name.clone(),
+                        owner,
+                        plugin: inst.plugin.to_string(),
+                    });
+                }
+            }
+        }
+        self.registry.register(inst.clone(), mode)?;
+        self.broker.schemas.add(&inst.id, &inst.topic_schemas);
+        Ok(())
     }
 
     /// Registers an in-process provider.
@@ -208,10 +269,7 @@ impl Kernel {
             )?
             .with_topic_schemas(topic_schemas)?,
         );
-        self.registry.register(instance.clone(), mode)?;
-        self.broker
-            .schemas
-            .add(&instance.id, &instance.topic_schemas);
+        self.register(instance.clone(), mode)?;
         Ok(LocalRegistration {
             kernel: self.clone(),
             instance,

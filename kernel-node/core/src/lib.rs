@@ -13,6 +13,8 @@
 //! - `config`, `error`, `names`, `stats`, `lifecycle`, `metrics`: leaves
 //!   (the crate's other modules are not imported by them).
 //! - `context`: the context tree, paths and budgets.
+//! - `capability`: `[auth]`, and what each plugin may do (deny by default
+//!   when auth is on).
 //! - `schema`: JSON Schema compilation and bounded error listing.
 //! - `call`: [`Request`], [`Reply`], [`Headers`]: a call as every layer sees it.
 //! - `provider`: remote (Register session) and in-process provider instances.
@@ -27,6 +29,7 @@
 mod breaker;
 mod broker;
 mod call;
+mod capability;
 mod config;
 mod context;
 mod error;
@@ -47,6 +50,7 @@ pub use broker::trie::Trie;
 pub use broker::trie::{Interest, Match, Queue};
 pub use broker::{Accepted, Broker, InterestChange, Publication, SubscribeRequest};
 pub use call::{BoxFuture, Headers, Reply, Request};
+pub use capability::{covers, Action, AuthConfig, Capabilities, PluginAuth};
 pub use config::{BrokerConfig, BudgetConfig, BudgetOverride, Config, RouterConfig};
 pub use context::{ChildSpec, Contexts, Node as ContextNode, Parent};
 pub use error::Error;
@@ -58,3 +62,16 @@ pub use provider::{Down, Instance, Link, LocalCall, LocalHandler, RemoteLink};
 pub use registry::{Absence, Pool, Registry};
 pub use router::CallFuture;
 pub use stats::Stats;
+
+/// The parsers of input from outside that the public API does not reach
+/// directly, for the fuzz targets in `fuzz/`: not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::broker::trie::naive_match;
+    pub use crate::context::budget::{
+        check_header as check_budget_header, parse_header as parse_budget_header, Budget,
+        MAX_COUNTER_NAME_BYTES, MAX_HEADER_BYTES as MAX_BUDGET_HEADER_BYTES,
+        MAX_HEADER_ENTRIES as MAX_BUDGET_HEADER_ENTRIES,
+    };
+    pub use crate::context::path::{check_path, child_path, path_key, root_path, MAX_PATH_BYTES};
+}

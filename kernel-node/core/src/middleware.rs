@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`trace`]: a span per call and the call metrics (outermost).
+//! - [`capability`]: the caller's `call` grant (auth on).
 //! - [`validate`]: JSON Schema validation of arguments.
 //! - [`accounting`]: context node, budgets, deadline and branch cancellation.
 //! - [`retry`]: retries of methods declared idempotent.
@@ -21,6 +22,7 @@
 pub(crate) mod accounting;
 #[cfg(test)]
 mod adapters;
+pub(crate) mod capability;
 pub(crate) mod dispatch;
 pub(crate) mod retry;
 pub(crate) mod trace;
@@ -34,6 +36,7 @@ use tower::layer::util::{Identity, Stack};
 use tower::ServiceBuilder;
 
 use crate::call::{BoxFuture, Reply};
+use crate::capability::Capabilities;
 use crate::config::RouterConfig;
 use crate::context::Contexts;
 use crate::invocation::{Invocation, Stage};
@@ -45,7 +48,9 @@ use dispatch::Dispatch;
 
 /// The composed pipeline type.
 pub(crate) type Pipeline = trace::TraceStage<
-    validate::ValidateStage<accounting::AccountingStage<retry::RetryStage<Dispatch>>>,
+    capability::CapabilityStage<
+        validate::ValidateStage<accounting::AccountingStage<retry::RetryStage<Dispatch>>>,
+    >,
 >;
 
 /// The pipeline's layers, outermost first, as a `ServiceBuilder` to put
@@ -55,7 +60,10 @@ pub(crate) type Layers = ServiceBuilder<
         retry::RetryLayer,
         Stack<
             accounting::AccountingLayer,
-            Stack<validate::ValidateLayer, Stack<trace::TraceLayer, Identity>>,
+            Stack<
+                validate::ValidateLayer,
+                Stack<capability::CapabilityLayer, Stack<trace::TraceLayer, Identity>>,
+            >,
         >,
     >,
 >;
@@ -67,10 +75,18 @@ pub(crate) fn pipeline(
     config: RouterConfig,
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
+    capabilities: Arc<Capabilities>,
 ) -> Pipeline {
-    layers(&registry, contexts, &config, telemetry.clone(), metrics)
-        // Innermost: provider selection, concurrency gate, dispatch.
-        .service(Dispatch::new(registry, config, telemetry))
+    layers(
+        &registry,
+        contexts,
+        &config,
+        telemetry.clone(),
+        metrics,
+        capabilities,
+    )
+    // Innermost: provider selection, concurrency gate, dispatch.
+    .service(Dispatch::new(registry, config, telemetry))
 }
 
 /// Accounting and dispatch alone: the least of the pipeline that still
@@ -106,13 +122,16 @@ pub(crate) fn layers(
     config: &RouterConfig,
     telemetry: Telemetry,
     metrics: Arc<Metrics>,
+    capabilities: Arc<Capabilities>,
 ) -> Layers {
     ServiceBuilder::new()
         // Outermost, so the span and the metrics cover everything below:
         // refusals by validation and budgets, queue waits, the deadline.
         .layer(trace::TraceLayer::new(telemetry, metrics, registry.clone()))
-        // (Capability check goes here, security issue: before any work is
-        // done for a caller, and before validation can reveal a schema.)
+        // Before any work is done for a caller, and before validation can
+        // reveal what a method's schema wants; inside trace, so a denial is
+        // counted and traced like any other refusal.
+        .layer(capability::CapabilityLayer::new(capabilities))
         //
         // Before accounting, so a malformed request costs no budget and
         // starts no branch in the context tree.
@@ -210,8 +229,15 @@ mod tests {
             max_payload_bytes: 1024,
             ..RouterConfig::default()
         };
-        let svc = layers(&registry, contexts, &config, Telemetry::disabled(), metrics)
-            .service(FromTower(inner));
+        let svc = layers(
+            &registry,
+            contexts,
+            &config,
+            Telemetry::disabled(),
+            metrics,
+            Arc::new(Capabilities::default()),
+        )
+        .service(FromTower(inner));
         (Tower(svc), handle, dropped)
     }
 

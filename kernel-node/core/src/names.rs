@@ -74,7 +74,7 @@ fn detailed(
     let bad = |reason: String| {
         Err(Error::InvalidName {
             what,
-            name: name.chars().take(80).collect(),
+            name: excerpt(name, 80),
             reason,
         })
     };
@@ -96,17 +96,21 @@ fn detailed(
         let plain_ascii = token.bytes().all(|b| b > b' ' && b < 0x7f);
         if !plain_ascii {
             if let Some(c) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
-                return bad(format!("token `{}` contains {:?}", token.escape_debug(), c));
+                return bad(format!("token `{}` contains {:?}", excerpt(token, 64), c));
             }
         }
         let has_wild = token.bytes().any(|b| b == b'*' || b == b'>');
         if has_wild {
             if !wildcards {
-                return bad(format!("token `{token}` is a wildcard; wildcards are only allowed in subscription patterns"));
+                return bad(format!(
+                    "token `{}` is a wildcard; wildcards are only allowed in subscription patterns",
+                    excerpt(token, 64)
+                ));
             }
             if token != "*" && token != ">" {
                 return bad(format!(
-                    "token `{token}` mixes a wildcard with other characters"
+                    "token `{}` mixes a wildcard with other characters",
+                    excerpt(token, 64)
                 ));
             }
             if token == ">" && i + 1 != count {
@@ -118,6 +122,23 @@ fn detailed(
         }
     }
     Ok(())
+}
+
+/// At most `max` characters of `s` for an error message, control characters
+/// escaped: a refused name is the sender's input, and it ends up in logs.
+pub(crate) fn excerpt(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The `.`-separated tokens of a name, found by a byte scan: for names of a
@@ -169,7 +190,75 @@ mod tests {
         assert!(validate_topic("a.".repeat(20).trim_end_matches('.'), 256, 16).is_err());
     }
 
+    #[test]
+    fn huge_names_are_refused_by_length_with_a_short_message() {
+        let huge = "a".repeat(1 << 20);
+        for e in [
+            validate_service(&huge),
+            validate_topic(&huge, 256, 16),
+            validate_pattern(&huge, 256, 16),
+        ] {
+            let e = e.expect_err("too long").to_string();
+            assert!(e.contains("longer than 256 bytes"), "{e}");
+            assert!(e.len() < 200, "{e}");
+        }
+    }
+
+    #[test]
+    fn messages_escape_control_characters_and_cut_long_tokens() {
+        let e = validate_topic("a.b\nc", 256, 16)
+            .expect_err("newline")
+            .to_string();
+        assert!(
+            e.contains("`a.b\\nc`") && e.contains("`b\\nc` contains '\\n'"),
+            "{e}"
+        );
+        let long = format!("x.{}*", "y".repeat(200));
+        let e = validate_pattern(&long, 256, 16)
+            .expect_err("mixed")
+            .to_string();
+        assert!(e.contains(&format!("`{}…` mixes", "y".repeat(64))), "{e}");
+        assert!(e.len() < 250, "{e}");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn arbitrary_names_never_panic(
+            name in "\\PC{0,40}",
+            odd in "[a.*> \t\\x00\u{e9}\u{200b}]{0,40}",
+            max_bytes in 0usize..64,
+            max_tokens in 0usize..8,
+        ) {
+            for n in [&name, &odd] {
+                let _ = validate_service(n);
+                let _ = validate_topic(n, max_bytes, max_tokens);
+                let _ = validate_pattern(n, max_bytes, max_tokens);
+                let _ = validate_pattern(n, MAX_NAME_BYTES, MAX_TOKENS);
+            }
+        }
+
+        #[test]
+        fn names_built_from_valid_tokens_are_accepted(
+            toks in proptest::collection::vec("[a-z0-9_$/:-]{1,6}|[\\p{L}\\p{N}]{1,3}", 1..=MAX_TOKENS),
+        ) {
+            let name = toks.join(".");
+            proptest::prop_assume!(name.len() <= MAX_NAME_BYTES);
+            proptest::prop_assert!(validate_service(&name).is_ok(), "{}", name);
+            proptest::prop_assert!(validate_topic(&name, MAX_NAME_BYTES, MAX_TOKENS).is_ok());
+            proptest::prop_assert!(validate_pattern(&name, MAX_NAME_BYTES, MAX_TOKENS).is_ok());
+            proptest::prop_assert_eq!(tokens(&name).collect::<Vec<_>>(), toks.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn errors_name_the_kind_of_name(name in "[a.*> ]{0,20}") {
+            if let Err(e) = validate_topic(&name, 16, 4) {
+                proptest::prop_assert!(e.to_string().starts_with("invalid topic"), "{}", e);
+            }
+            if let Err(e) = validate_pattern(&name, 16, 4) {
+                proptest::prop_assert!(e.to_string().starts_with("invalid pattern"), "{}", e);
+            }
+        }
+
         #[test]
         fn tokens_split_exactly_like_str_split(name in "[a.\u{e9}]{0,12}") {
             let ours: Vec<&str> = tokens(&name).collect();

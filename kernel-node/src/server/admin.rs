@@ -225,6 +225,16 @@ impl Admin for AdminService {
 
 /// NOT_FOUND for a plugin the node does not supervise (the name a client
 /// sent, capped).
+/// The Admin service's gate (an interceptor: a synchronous look at the
+/// metadata): with auth on, only a plugin granted `admin` gets in.
+pub(crate) fn admin_gate(kernel: &Kernel, req: Request<()>) -> Result<Request<()>, Status> {
+    let caller = crate::server::metadata::caller_from(req.metadata());
+    kernel
+        .capabilities()
+        .check(caller.as_deref(), kernel_core::Action::Admin, "")?;
+    Ok(req)
+}
+
 fn unknown(plugin: &str) -> Status {
     Status::not_found(format!(
         "no supervised plugin `{}`",

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::server::metadata;
+use crate::server::{metadata, stream_fault};
 use futures::StreamExt;
 use kernel_core::Kernel;
 use kernel_core::Request as CallRequest;
@@ -124,6 +124,7 @@ pub(crate) fn stream(
     let caller = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (end, ended) = tokio::sync::oneshot::channel();
     let life = kernel.lifecycle().clone();
     life.clone().spawn(Work::Calls, async move {
         let running = Arc::new(Running::default());
@@ -163,6 +164,21 @@ pub(crate) fn stream(
                     Ok(None) => half_closed = true,
                     Err(status) => {
                         tracing::debug!(cause = %status.message(), "call stream broke");
+                        // An unreadable frame: every call still running is
+                        // cancelled and answered, then the stream ends with
+                        // the fault's status.
+                        if let Some(fault) = stream_fault::fault(&status) {
+                            for (id, h) in running.calls.lock().drain() {
+                                h.abort();
+                                let reply = refusal(id, Error::Remote(kernel_proto::v1::Failure {
+                                    code: fault.code() as i32,
+                                    message: fault.message().to_owned(),
+                                    causality: Vec::new(),
+                                }));
+                                let _ = tx.send((reply, None));
+                            }
+                            let _ = end.send(fault);
+                        }
                         break;
                     }
                 },
@@ -187,10 +203,11 @@ pub(crate) fn stream(
         }
     });
     // Folding a reply into a frame releases its permit: it is being read.
-    batched(rx, None, |items: Vec<Outgoing>| CallStreamDown {
+    let replies = batched(rx, None, |items: Vec<Outgoing>| CallStreamDown {
         replies: items.into_iter().map(|(r, _permit)| r).collect(),
     })
-    .map(Ok)
+    .map(Ok);
+    stream_fault::ended_with(replies, ended)
 }
 
 /// A reply that refuses call `id` with `err`.

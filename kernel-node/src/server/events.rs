@@ -11,7 +11,7 @@ use kernel_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
 
-use crate::server::metadata;
+use crate::server::{metadata, stream_fault};
 use futures::StreamExt;
 use kernel_core::Error;
 use kernel_core::Kernel;
@@ -79,6 +79,7 @@ pub(crate) fn publish_stream(
     let caller = metadata::caller_from(req.metadata());
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<PublishStreamDown>();
+    let (end, ended) = tokio::sync::oneshot::channel();
     let life = kernel.lifecycle().clone();
     life.clone().spawn(Work::Calls, async move {
         let mut compact = false;
@@ -89,7 +90,15 @@ pub(crate) fn publish_stream(
             let frame = tokio::select! {
                 f = inbound.message() => match f {
                     Ok(Some(f)) => f,
-                    _ => break,
+                    Ok(None) => break,
+                    // An unreadable frame ends the stream with its status;
+                    // events acked before it stay accepted.
+                    Err(status) => {
+                        if let Some(fault) = stream_fault::fault(&status) {
+                            let _ = end.send(fault);
+                        }
+                        break;
+                    }
                 },
                 _ = life.draining() => break,
             };
@@ -150,7 +159,7 @@ pub(crate) fn publish_stream(
             }
         }
     });
-    batched(rx, None, fold_downs).map(Ok)
+    stream_fault::ended_with(batched(rx, None, fold_downs).map(Ok), ended)
 }
 
 fn is_empty(down: &PublishStreamDown) -> bool {
@@ -212,6 +221,7 @@ pub(crate) async fn subscribe(
     tracing::debug!(subscription = %sub.label(), patterns = ?sub.opts.patterns, "subscribed");
 
     // Upstream: acks, nacks, credit. Its end (client gone) closes the subscription.
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel();
     let reader_leave = Arc::new(Leave {
         kernel: kernel.clone(),
         sub: sub.clone(),
@@ -220,6 +230,7 @@ pub(crate) async fn subscribe(
         let kernel = kernel.clone();
         let sub = sub.clone();
         let leave = reader_leave.clone();
+        let end = end_tx;
         tokio::spawn(async move {
             let life = kernel.lifecycle().clone();
             loop {
@@ -234,9 +245,14 @@ pub(crate) async fn subscribe(
                     Ok(Some(f)) => f,
                     // Half-close: keep delivering until the downstream ends too.
                     Ok(None) => break,
-                    // The subscriber is gone (killed, connection lost): hand
-                    // its events to queue-group peers now.
-                    Err(_) => {
+                    // The subscriber is gone (killed, connection lost), or
+                    // sent a frame that cannot be read: hand its events to
+                    // queue-group peers now; an unreadable frame also ends
+                    // the downstream with its status.
+                    Err(status) => {
+                        if let Some(fault) = stream_fault::fault(&status) {
+                            let _ = end.send(fault);
+                        }
                         kernel.broker().unsubscribe(&sub);
                         break;
                     }
@@ -274,7 +290,7 @@ pub(crate) async fn subscribe(
         _leave: reader_leave,
         _tracked: tracked,
     };
-    Ok(futures::stream::unfold(state, |mut d| async move {
+    let events = futures::stream::unfold(state, |mut d| async move {
         if let Some(r) = d.ready.take() {
             return Some((Ok(r), d));
         }
@@ -312,7 +328,8 @@ pub(crate) async fn subscribe(
                 return Some((Ok(frame), d));
             }
         }
-    }))
+    });
+    Ok(stream_fault::ended_with(events, end_rx))
 }
 
 /// The state of a subscription's downstream.

@@ -54,45 +54,51 @@ pub(crate) fn caller_from(meta: &MetadataMap) -> Option<std::sync::Arc<str>> {
         .map(Into::into)
 }
 
-/// The absolute deadline from `grpc-timeout`, less the reply margin.
+/// The absolute deadline from `grpc-timeout`, less the reply margin. None
+/// when the header is missing or malformed, and when the deadline is too far
+/// off for the clock to represent (on some platforms `Instant` cannot hold
+/// the 11 000 years `99999999H` asks for; adding would panic).
 pub(crate) fn deadline_from(meta: &MetadataMap) -> Option<Instant> {
-    let raw = meta.get("grpc-timeout")?.to_str().ok()?;
-    let d = parse_grpc_timeout(raw)?;
-    Some(Instant::now() + d.saturating_sub(DEADLINE_MARGIN.min(d / 5)))
+    let raw = meta.get(headers::GRPC_TIMEOUT)?.to_str().ok()?;
+    let d = headers::parse_grpc_timeout(raw).ok()?;
+    Instant::now().checked_add(d.saturating_sub(DEADLINE_MARGIN.min(d / 5)))
 }
 
-/// Parses the gRPC `TimeoutValue TimeoutUnit` form, e.g. `250m`, `3S`.
-pub(crate) fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
-    if raw.len() < 2 || raw.len() > 9 {
-        return None;
-    }
-    let (num, unit) = raw.split_at(raw.len() - 1);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// An absolute deadline from a frame's `timeout_us` (0 = none).
+/// An absolute deadline from a frame's `timeout_us` (0 = none; so is one
+/// too far off for the clock, see [`deadline_from`]).
 pub(crate) fn deadline_from_us(us: u64) -> Option<Instant> {
-    (us > 0).then(|| Instant::now() + Duration::from_micros(us))
+    (us > 0)
+        .then(|| Instant::now().checked_add(Duration::from_micros(us)))
+        .flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn timeout(raw: &str) -> MetadataMap {
+        let mut meta = MetadataMap::new();
+        meta.insert(headers::GRPC_TIMEOUT, raw.parse().expect("ascii"));
+        meta
+    }
+
     #[test]
-    fn grpc_timeout_units() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("12q"), None);
+    fn grpc_timeout_becomes_a_deadline_less_the_margin() {
+        let before = Instant::now();
+        let d = deadline_from(&timeout("250m")).expect("a deadline");
+        assert!(
+            d >= before + Duration::from_millis(230),
+            "margin at most 20 ms"
+        );
+        assert!(d <= Instant::now() + Duration::from_millis(230));
+        assert_eq!(deadline_from(&timeout("12q")), None);
+        assert_eq!(deadline_from(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn the_largest_deadlines_do_not_panic() {
+        let _ = deadline_from(&timeout("99999999H"));
+        let _ = deadline_from_us(u64::MAX);
+        assert_eq!(deadline_from_us(0), None);
     }
 }

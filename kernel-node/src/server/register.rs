@@ -19,9 +19,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the handshake, registers the instance and returns the downstream
 /// half; a background task reads results until the session ends.
+///
+/// With auth on, `verified` is the plugin the connection's token stands
+/// for, and the hello must name that plugin.
 pub(crate) async fn session(
     kernel: Arc<Kernel>,
     mut inbound: Streaming<ProviderUp>,
+    verified: Option<Arc<str>>,
 ) -> Result<impl Stream<Item = Result<ProviderDown, Status>> + Send + 'static, Status> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
@@ -36,6 +40,14 @@ pub(crate) async fn session(
             what: "plugin",
             name: hello.plugin.chars().take(80).collect(),
             reason: "must be 1 to 128 bytes".into(),
+        }
+        .into());
+    }
+    if kernel.capabilities().enabled() && verified.as_deref() != Some(hello.plugin.as_str()) {
+        tracing::warn!(target: "audit", plugin = %hello.plugin, verified = ?verified, "denied: hello names another plugin");
+        return Err(Error::PermissionDenied {
+            plugin: verified.as_deref().unwrap_or("(anonymous)").to_owned(),
+            capability: format!("register as plugin {}", hello.plugin),
         }
         .into());
     }
@@ -66,8 +78,7 @@ pub(crate) async fn session(
         )?
         .with_topic_schemas(&hello.topic_schemas)?,
     );
-    kernel.registry().register(inst.clone(), mode)?;
-    kernel.broker().schemas.add(&inst.id, &inst.topic_schemas);
+    kernel.register(inst.clone(), mode)?;
     tracing::info!(plugin = %inst.plugin, instance = %inst.id, services = ?inst.services.iter().map(|s| &s.name).collect::<Vec<_>>(), ?mode, "provider registered");
 
     let welcome = ProviderDown {

@@ -369,9 +369,11 @@ fn take<V: PartialEq>(v: &mut Vec<V>, value: V) -> bool {
     }
 }
 
-/// The reference semantics, token by token, used by the property tests.
-#[cfg(test)]
-pub(crate) fn naive_match(pattern: &str, topic: &str) -> bool {
+/// The reference semantics, token by token, that the property tests and
+/// the `pattern_match` fuzz target hold the trie to. Not for the hot path:
+/// it allocates per call.
+#[doc(hidden)]
+pub fn naive_match(pattern: &str, topic: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
     let t: Vec<&str> = topic.split('.').collect();
     for (i, pt) in p.iter().enumerate() {
@@ -499,7 +501,85 @@ mod tests {
             })
     }
 
+    /// Tokens as the name grammar allows them: a few shared ones so that
+    /// patterns and topics meet, and odd ones (UTF-8, punctuation).
+    fn any_token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => token(),
+            1 => "[a-z0-9_$/:-]{1,4}",
+            1 => "[\\p{L}\\p{N}]{1,3}",
+        ]
+    }
+
+    /// A pattern the broker would accept, of up to `max` tokens.
+    fn valid_pattern(max: usize) -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec(
+                prop_oneof![3 => any_token(), 1 => Just("*".to_string())],
+                0..max,
+            ),
+            any::<bool>(),
+        )
+            .prop_filter_map("non-empty", |(mut toks, gt)| {
+                if gt {
+                    toks.push(">".into());
+                }
+                (!toks.is_empty()).then(|| toks.join("."))
+            })
+    }
+
     proptest! {
+        #[test]
+        fn validated_patterns_match_as_naive_says(
+            patterns in proptest::collection::vec(valid_pattern(6), 1..12),
+            topic in proptest::collection::vec(any_token(), 1..7).prop_map(|t| t.join(".")),
+        ) {
+            let mut trie = Trie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                prop_assert!(crate::names::validate_pattern(p, 256, 16).is_ok(), "{}", p);
+                trie.insert(p, i);
+            }
+            prop_assert!(crate::names::validate_topic(&topic, 256, 16).is_ok(), "{}", topic);
+            let want: Vec<usize> = (0..patterns.len()).filter(|&i| naive_match(&patterns[i], &topic)).collect();
+            prop_assert_eq!(trie.matches(&topic), want);
+        }
+
+        /// Past 16 tokens the walk collects the topic's tokens in a `Vec`
+        /// instead of on the stack.
+        #[test]
+        fn long_topics_match_as_naive_says(
+            patterns in proptest::collection::vec(valid_pattern(24), 1..12),
+            topic in proptest::collection::vec(token(), 14..24).prop_map(|t| t.join(".")),
+        ) {
+            let mut trie = Trie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                trie.insert(p, i);
+            }
+            let want: Vec<usize> = (0..patterns.len()).filter(|&i| naive_match(&patterns[i], &topic)).collect();
+            prop_assert_eq!(trie.matches(&topic), want);
+        }
+
+        /// Matching an unchecked topic (empty tokens, wildcards, control
+        /// characters) must not panic, whatever it finds.
+        #[test]
+        fn arbitrary_topics_never_panic(
+            patterns in proptest::collection::vec(valid_pattern(4), 0..8),
+            topic in "[a.*> \\x00\u{e9}]{0,40}",
+        ) {
+            let mut trie = Trie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                trie.insert(p, i);
+            }
+            let _ = trie.matches(&topic);
+            for p in &patterns {
+                let _ = naive_match(p, &topic);
+                let _ = naive_match(&topic, p);
+            }
+            for p in &patterns {
+                trie.remove(p, 0);
+            }
+        }
+
         #[test]
         fn trie_agrees_with_naive(
             patterns in proptest::collection::vec(pattern(), 1..20),

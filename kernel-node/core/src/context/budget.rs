@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::config::BudgetConfig;
+use crate::error::Error;
+use crate::names::excerpt;
 
 /// The `calls` budget.
 pub(crate) const CALLS: &str = "calls";
@@ -14,6 +16,19 @@ pub(crate) const CALLS: &str = "calls";
 pub(crate) const DEPTH: &str = "depth";
 /// The `events` budget.
 pub(crate) const EVENTS: &str = "events";
+
+/// Longest `x-kernel-budget` value the kernel reads, in bytes. A longer one
+/// is ignored whole: a header can only lower limits, so ignoring one never
+/// lets a tree spend past the node's own limits.
+pub const MAX_HEADER_BYTES: usize = 4096;
+/// Most entries in one header; a header with more is ignored whole.
+pub const MAX_HEADER_ENTRIES: usize = 32;
+/// Headers add no new custom counters to a tree that has this many, so that
+/// what the tree sends ([`Budget::remaining_header`]: `calls`, `depth`,
+/// `events` and the counters) fits the bounds it reads.
+const MAX_CUSTOM_FROM_HEADERS: usize = MAX_HEADER_ENTRIES - 3;
+/// Longest counter name in a header entry (a longer entry is skipped).
+pub const MAX_COUNTER_NAME_BYTES: usize = 64;
 
 /// Limits and spending of one context tree. Limits only go down.
 #[derive(Debug)]
@@ -74,8 +89,13 @@ impl Budget {
 
     /// Applies a caller's `x-kernel-budget` header: values below the current
     /// remaining amount lower the limit; higher values are ignored.
-    /// Malformed entries are ignored too (the header is advisory input).
+    /// Malformed entries are ignored too (the header is advisory input), and
+    /// so is a whole header past the bounds [`check_header`] names.
     pub fn lower_from_header(&self, header: &str) {
+        if let Err(e) = check_header(header) {
+            tracing::debug!(cause = %e, "x-kernel-budget ignored");
+            return;
+        }
         for (name, value) in parse_header(header) {
             match name {
                 CALLS => lower(&self.calls_limit, &self.calls_used, value),
@@ -86,11 +106,17 @@ impl Budget {
                 DEPTH => {}
                 other => {
                     let mut custom = self.custom.lock();
-                    let c = custom.entry(other.to_owned()).or_insert(Counter {
-                        limit: u64::MAX,
-                        used: 0,
-                    });
-                    c.limit = c.limit.min(c.used.saturating_add(value));
+                    if let Some(c) = custom.get_mut(other) {
+                        c.limit = c.limit.min(c.used.saturating_add(value));
+                    } else if custom.len() < MAX_CUSTOM_FROM_HEADERS {
+                        // Bounded: each call may bring new names, and every
+                        // named counter travels in every header sent below.
+                        let c = Counter {
+                            limit: value,
+                            used: 0,
+                        };
+                        custom.insert(other.to_owned(), c);
+                    }
                 }
             }
         }
@@ -180,16 +206,51 @@ fn charge(limit: &AtomicU64, used: &AtomicU64, n: u64, name: &str) -> Result<(),
     Ok(())
 }
 
-/// Parses `calls=10,depth=3,sql=50`; entries that are not `name=u64` are skipped.
-pub(crate) fn parse_header(header: &str) -> impl Iterator<Item = (&str, u64)> {
+/// Parses `calls=10,depth=3,sql=50`; entries that are not `name=u64` are
+/// skipped, and so is a name that is not 1 to [`MAX_COUNTER_NAME_BYTES`]
+/// bytes of visible ASCII. A header past the bounds of [`check_header`]
+/// yields nothing.
+pub fn parse_header(header: &str) -> impl Iterator<Item = (&str, u64)> {
+    let header = if check_header(header).is_ok() {
+        header
+    } else {
+        ""
+    };
     header.split(',').filter_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         let k = k.trim();
-        if k.is_empty() {
+        // Visible ASCII, so that the name renders back into a header value.
+        let name_ok = !k.is_empty()
+            && k.len() <= MAX_COUNTER_NAME_BYTES
+            && k.bytes().all(|b| b.is_ascii_graphic());
+        if !name_ok {
             return None;
         }
         Some((k, v.trim().parse().ok()?))
     })
+}
+
+/// Checks the bounds of a whole `x-kernel-budget` value: at most
+/// [`MAX_HEADER_BYTES`] bytes and [`MAX_HEADER_ENTRIES`] entries.
+pub fn check_header(header: &str) -> Result<(), Error> {
+    let bad = |reason: String| {
+        Err(Error::InvalidName {
+            what: "budget header",
+            name: excerpt(header, 64),
+            reason,
+        })
+    };
+    if header.len() > MAX_HEADER_BYTES {
+        return bad(format!(
+            "{} bytes, longer than {MAX_HEADER_BYTES}",
+            header.len()
+        ));
+    }
+    let entries = header.bytes().filter(|&b| b == b',').count() + 1;
+    if entries > MAX_HEADER_ENTRIES {
+        return bad(format!("{entries} entries, more than {MAX_HEADER_ENTRIES}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -226,5 +287,99 @@ mod tests {
         assert_eq!(b.charge_custom("sql", 1), Ok(0));
         assert!(b.charge_custom("sql", 1).is_err());
         assert_eq!(b.charge_custom("unknown", 5), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn headers_past_the_bounds_are_ignored_whole_and_say_why() {
+        let b = Budget::new(&cfg(), None);
+        let many = format!("calls=1{}", ",x=1".repeat(MAX_HEADER_ENTRIES));
+        let long = format!("calls=1,x={}", "0".repeat(MAX_HEADER_BYTES));
+        for (header, needle) in [
+            (&many, "33 entries, more than 32"),
+            (&long, "4106 bytes, longer than 4096"),
+        ] {
+            let e = check_header(header).expect_err(needle).to_string();
+            assert!(e.starts_with("invalid budget header"), "{e}");
+            assert!(e.contains(needle), "{e}");
+            assert_eq!(parse_header(header).count(), 0);
+            b.lower_from_header(header);
+        }
+        assert_eq!(b.remaining_header(0), "calls=3,depth=2,events=1,sql=2");
+    }
+
+    #[test]
+    fn names_that_would_not_render_back_are_skipped() {
+        let long = "n".repeat(MAX_COUNTER_NAME_BYTES + 1);
+        let header = format!("a b=1, c\td=2,{long}=3,d\u{e9}=4,ok=5");
+        let got: Vec<_> = parse_header(&header).collect();
+        assert_eq!(got, vec![("ok", 5)]);
+    }
+
+    #[test]
+    fn headers_add_a_bounded_number_of_custom_counters() {
+        let b = Budget::new(&cfg(), None);
+        for batch in 0..4 {
+            // The longest names and values: what the tree sends must still fit.
+            let header: Vec<String> = (0..20)
+                .map(|i| format!("{:x<64}={}", format!("c{batch}_{i}"), u64::MAX - 1))
+                .collect();
+            b.lower_from_header(&header.join(","));
+        }
+        assert_eq!(b.custom.lock().len(), MAX_CUSTOM_FROM_HEADERS);
+        let sent = b.remaining_header(0);
+        assert!(check_header(&sent).is_ok(), "{sent}");
+        assert_eq!(parse_header(&sent).count(), MAX_HEADER_ENTRIES);
+        // The counters a tree already has can still be lowered.
+        b.lower_from_header("sql=0");
+        assert!(b.charge_custom("sql", 1).is_err());
+    }
+
+    fn counter_name() -> impl proptest::strategy::Strategy<Value = String> {
+        "[a-z_][a-z0-9_.:-]{0,20}"
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_headers_never_panic_and_never_raise(header in "\\PC{0,200}", raw in "[a-z0-9=, ]{0,80}") {
+            for h in [&header, &raw] {
+                let b = Budget::new(&cfg(), None);
+                let before: Vec<(String, u64)> = parse_header(&b.remaining_header(0))
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                b.lower_from_header(h);
+                let after = b.remaining_header(0);
+                for (name, was) in before {
+                    let now = parse_header(&after).find(|(k, _)| *k == name).map(|(_, v)| v);
+                    proptest::prop_assert!(now.is_some_and(|v| v <= was), "{} rose: {}", name, after);
+                }
+                proptest::prop_assert!(parse_header(h).count() <= MAX_HEADER_ENTRIES);
+            }
+        }
+
+        #[test]
+        fn the_rendered_header_parses_back(
+            calls in 0u64..1_000_000,
+            depth in 0u64..100,
+            events in proptest::prelude::any::<u64>(),
+            custom in proptest::collection::btree_map(counter_name(), proptest::prelude::any::<u64>(), 0..(MAX_HEADER_ENTRIES - 3)),
+        ) {
+            let mut c = BudgetConfig { calls, depth, events, ..BudgetConfig::default() };
+            // `u64::MAX` means no limit: such a counter is not sent.
+            let limited: Vec<(String, u64)> = custom
+                .into_iter()
+                .filter(|(k, v)| *v != u64::MAX && ![CALLS, DEPTH, EVENTS].contains(&k.as_str()))
+                .collect();
+            c.custom.extend(limited.iter().cloned());
+            let b = Budget::new(&c, None);
+            let header = b.remaining_header(0);
+            proptest::prop_assert!(check_header(&header).is_ok(), "{}", header);
+            let got: Vec<(String, u64)> = parse_header(&header).map(|(k, v)| (k.to_owned(), v)).collect();
+            let mut want = vec![(CALLS.to_owned(), calls), (DEPTH.to_owned(), depth), (EVENTS.to_owned(), events)];
+            want.extend(limited);
+            proptest::prop_assert_eq!(got, want);
+            // Forwarding what was received lowers nothing.
+            b.lower_from_header(&header);
+            proptest::prop_assert_eq!(b.remaining_header(0), header);
+        }
     }
 }

@@ -99,7 +99,12 @@ impl Node {
 
     /// A node for a path the kernel no longer (or never) knew, named by a
     /// remote caller: indexed under that path at once.
-    pub(super) fn stand_in(tree: Arc<Tree>, path: String, depth: u64) -> Node {
+    pub(super) fn stand_in(
+        tree: Arc<Tree>,
+        path: String,
+        depth: u64,
+        deadline: Option<Instant>,
+    ) -> Node {
         Node {
             place: Place::Tree(tree),
             parent: None,
@@ -109,7 +114,7 @@ impl Node {
             service: "".into(),
             plugin: parking_lot::Mutex::new(None),
             cancelled: AtomicBool::new(false),
-            deadline: None,
+            deadline,
             reason: OnceLock::new(),
             next_child: AtomicU32::new(0),
             started: quanta::Instant::now(),
@@ -139,7 +144,7 @@ impl Node {
         match &self.place {
             Place::Tree(t) => t,
             Place::Lazy(shared, slot) => slot.get_or_init(|| {
-                let tree = Arc::new(lazy_tree(shared, Arc::downgrade(self)));
+                let tree = Arc::new(lazy_tree(shared, Arc::downgrade(self), self.deadline));
                 // Pairs with the fence in `cancel`: a canceller that did not
                 // see this tree (so woke nobody) set its flag before, and
                 // the waiter that made it checks the flag after.
@@ -166,6 +171,32 @@ impl Node {
     /// Cancels this node's branch.
     pub fn cancel(&self) {
         if !self.cancelled.swap(true, Ordering::AcqRel) {
+            // A cancelled root ends its tree for good (see `ended`).
+            if self.depth == 1 {
+                if let Some(tree) = self.made_tree() {
+                    // Abandoned because its deadline passed: it ended by
+                    // the deadline, not by a cancel.
+                    let late = self.deadline.is_some_and(|d| d <= Instant::now());
+                    let why = self.reason.get().map_or_else(
+                        || kernel_proto::v1::Failure {
+                            code: if late {
+                                tonic::Code::DeadlineExceeded
+                            } else {
+                                tonic::Code::Cancelled
+                            } as i32,
+                            message: if late {
+                                "deadline exceeded"
+                            } else {
+                                "cancelled"
+                            }
+                            .into(),
+                            causality: Vec::new(),
+                        },
+                        |f| (**f).clone(),
+                    );
+                    let _ = tree.ended_by.set(why);
+                }
+            }
             // Nobody can wait on a tree that was never made (see `tree`).
             fence(Ordering::SeqCst);
             if let Some(tree) = self.made_tree() {
