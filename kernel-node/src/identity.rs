@@ -309,7 +309,9 @@ mod tests {
                 ..PluginAuth::default()
             },
         )]);
-        let e = Identities::from_config(&c).expect_err("refused").to_string();
+        let e = Identities::from_config(&c)
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("auth.plugins.orders.tokens"), "{e}");
         let e = Identities::from_config(&config(vec![("orders", PluginAuth::default())]))
             .expect_err("refused")

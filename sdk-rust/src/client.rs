@@ -12,7 +12,9 @@ use kernel_proto::headers as h;
 use kernel_proto::v1::{self as pb, kernel_client::KernelClient, Failure};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+pub(crate) use crate::wire::{endpoint, insert_meta, Bearer, Wire};
 use tonic::Code;
 
 use crate::error::Error;
@@ -112,34 +114,6 @@ fn fold_calls(items: Vec<CallUp>) -> pb::CallStreamUp {
     f
 }
 
-/// Puts the bearer token (when there is one) on every request.
-#[derive(Clone, Default)]
-pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl Bearer {
-    /// `authorization: Bearer <token>`, or nothing for an empty token.
-    fn new(token: &str) -> Bearer {
-        Bearer(
-            (!token.is_empty())
-                .then(|| format!("Bearer {token}").parse().ok())
-                .flatten(),
-        )
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// A generated client over the SDK's connection, token included.
-pub(crate) type Wire =
-    KernelClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
 pub(crate) struct Remote {
     url: String,
     pub(crate) channel: Channel,
@@ -171,24 +145,6 @@ impl std::fmt::Debug for Client {
             .field("plugin", &self.plugin)
             .finish()
     }
-}
-
-/// A channel to `url` with the settings the SDK wants (no Nagle, keepalive).
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(url.to_owned())
-        .map(|e| {
-            e.tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(20))
-                .connect_timeout(Duration::from_secs(5))
-                .initial_stream_window_size(Some(4 << 20))
-                .initial_connection_window_size(Some(8 << 20))
-                .max_frame_size(Some(256 << 10))
-        })
-        .map_err(|source| Error::Connect {
-            url: url.to_owned(),
-            source,
-        })
 }
 
 impl Remote {
@@ -491,15 +447,6 @@ impl Client {
         insert_meta(&mut req, h::CONTEXT, path);
         let r = remote.kernel_client().charge(req).await?;
         Ok(r.into_inner().remaining)
-    }
-}
-
-pub(crate) fn insert_meta<T>(req: &mut tonic::Request<T>, k: &str, v: &str) {
-    if let (Ok(k), Ok(v)) = (
-        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
-        tonic::metadata::MetadataValue::try_from(v),
-    ) {
-        req.metadata_mut().insert(k, v);
     }
 }
 

@@ -27,6 +27,7 @@
 //! - [`bulk`]: [`BulkPublisher`]: many events in flight, confirmed in bulk.
 //! - [`transaction`]: [`Transaction`]: emits buffered until commit.
 //! - [`error`]: the SDK error type, [`Error`].
+//! - `wire`: the connection's settings and the bearer token.
 //! - [`telemetry`]: your own `tracing` spans and logs in the kernel's trace.
 
 pub mod bulk;
@@ -38,6 +39,7 @@ mod mux;
 pub mod plugin;
 pub mod telemetry;
 pub mod transaction;
+mod wire;
 
 pub use bytes::Bytes;
 
