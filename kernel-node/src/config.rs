@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// call for unary RPCs (whatever deadline the client asked for), the
     /// open for streams. 0 = no cap.
     pub max_request_ms: u64,
+    /// Connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection that sends nothing (not even the HTTP/2 preface) this
+    /// long after it was accepted is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +84,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             worker_threads: 0,
             max_request_ms: 300_000,
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - `events`: Publish, PublishStream, Subscribe.
 //! - `admin`: the Admin service.
 //! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
+//! - `incoming`: accepting connections (a cap, and a deadline for the first
+//!   byte).
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
 //! - `stream_fault`: how a stream ends after an unreadable frame.
 //! - `edge_metrics`, `edge_auth`, `edge_timeout`, `edge_log`: the
@@ -21,6 +23,7 @@ mod edge_log;
 mod edge_metrics;
 mod edge_timeout;
 mod events;
+mod incoming;
 mod metadata;
 mod register;
 mod stream_fault;
@@ -33,7 +36,6 @@ use std::time::Duration;
 use futures::Stream;
 use kernel_proto::v1::{self as pb, admin_server::AdminServer, kernel_server::KernelServer};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
@@ -231,7 +233,11 @@ pub async fn run(
             admin::admin_gate(&gate_kernel, req)
         });
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = incoming::guarded(
+        listener,
+        config.max_connections,
+        Duration::from_millis(config.handshake_timeout_ms.max(1)),
+    );
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let (begin, begun) = tokio::sync::oneshot::channel::<()>();
     // The transport edge (tier 1): metrics outermost; then identity of the
