@@ -7,8 +7,19 @@ use tonic::{Code, Status};
 
 use crate::v1::{Failure, Hop};
 
-/// Adds the hop a failure just crossed to its causality chain.
+/// Hops a causality chain keeps: the first [`MAX_HOPS`]` / 2` (where the
+/// failure started) and the last ones (the caller's side). Each hop's
+/// context path grows with its depth, so an uncapped chain grows with the
+/// square of the depth (about 11 KB at depth 64); capped, a failure from
+/// any depth stays under about 3 KB.
+pub const MAX_HOPS: usize = 16;
+
+/// Adds the hop a failure just crossed to its causality chain (past
+/// [`MAX_HOPS`], the middle hop goes: the origin and the nearest hops stay).
 pub fn push_hop(failure: &mut Failure, context: &str, service: &str, plugin: &str) {
+    if failure.causality.len() >= MAX_HOPS {
+        failure.causality.remove(MAX_HOPS / 2);
+    }
     failure.causality.push(Hop {
         context: context.to_owned(),
         service: service.to_owned(),
@@ -91,6 +102,25 @@ pub fn status_to_failure(status: &Status) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deep_chain_keeps_its_origin_and_nearest_hops_within_the_cap() {
+        let mut f = Failure {
+            code: Code::NotFound as i32,
+            message: "gone".into(),
+            causality: Vec::new(),
+        };
+        let mut path = String::from("5f0c9a1e2b3d4c6f");
+        for depth in 1..=64 {
+            path.push_str(".1");
+            push_hop(&mut f, &path, &format!("svc.d{depth}"), "p");
+        }
+        assert_eq!(f.causality.len(), MAX_HOPS);
+        assert_eq!(f.causality[0].service, "svc.d1", "the origin stays");
+        assert_eq!(f.causality[MAX_HOPS - 1].service, "svc.d64", "the nearest stays");
+        let trailer = failure_to_status(&f).details().len();
+        assert!(trailer < 3 * 1024, "{trailer} bytes");
+    }
 
     #[test]
     fn failure_survives_a_status_round_trip() {
