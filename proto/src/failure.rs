@@ -117,7 +117,11 @@ mod tests {
         }
         assert_eq!(f.causality.len(), MAX_HOPS);
         assert_eq!(f.causality[0].service, "svc.d1", "the origin stays");
-        assert_eq!(f.causality[MAX_HOPS - 1].service, "svc.d64", "the nearest stays");
+        assert_eq!(
+            f.causality[MAX_HOPS - 1].service,
+            "svc.d64",
+            "the nearest stays"
+        );
         let trailer = failure_to_status(&f).details().len();
         assert!(trailer < 3 * 1024, "{trailer} bytes");
     }

@@ -51,6 +51,9 @@ pub struct RouterConfig {
     pub retry_attempts: u32,
     /// The first retry's delay; each further one doubles it.
     pub retry_backoff_ms: u64,
+    /// Provider instances (Register sessions and in-process registrations)
+    /// one plugin may have at once.
+    pub max_instances_per_plugin: usize,
 }
 
 impl Default for RouterConfig {
@@ -66,6 +69,7 @@ impl Default for RouterConfig {
             breaker_open_ms: 1_000,
             retry_attempts: 3,
             retry_backoff_ms: 10,
+            max_instances_per_plugin: 256,
         }
     }
 }
@@ -88,6 +92,9 @@ pub struct BrokerConfig {
     pub max_topic_bytes: usize,
     /// Most tokens in a topic or pattern.
     pub max_topic_tokens: usize,
+    /// Subscriptions one plugin (by its `x-kernel-plugin` or verified
+    /// name) may hold at once.
+    pub max_subscriptions_per_plugin: usize,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +107,7 @@ impl Default for BrokerConfig {
             publish_timeout_ms: 5_000,
             max_topic_bytes: 256,
             max_topic_tokens: 16,
+            max_subscriptions_per_plugin: 10_000,
         }
     }
 }

@@ -141,6 +141,16 @@ pub enum Error {
         /// The id the new session asked for.
         instance: String,
     },
+    /// A per-plugin limit was reached.
+    #[error("plugin `{plugin}` reached {limit} ({value})")]
+    LimitReached {
+        /// The setting, e.g. `broker.max_subscriptions_per_plugin`.
+        limit: &'static str,
+        /// Who.
+        plugin: String,
+        /// Its value.
+        value: usize,
+    },
     /// A plugin tried something its grants do not cover (auth on).
     #[error("permission denied: plugin `{plugin}` lacks the capability `{capability}`")]
     PermissionDenied {
@@ -180,7 +190,8 @@ impl Error {
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::Saturated { .. }
             | Error::BudgetExhausted { .. }
-            | Error::Backpressure { .. } => Code::ResourceExhausted,
+            | Error::Backpressure { .. }
+            | Error::LimitReached { .. } => Code::ResourceExhausted,
             Error::Cancelled { .. } => Code::Cancelled,
             Error::ProviderGone { .. }
             | Error::ShuttingDown

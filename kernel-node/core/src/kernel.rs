@@ -210,6 +210,22 @@ impl Kernel {
             self.capabilities
                 .check(req.plugin.as_deref(), Action::Subscribe, p)?;
         }
+        if let Some(plugin) = &req.plugin {
+            let limit = self.config.broker.max_subscriptions_per_plugin;
+            let held = self
+                .broker
+                .subscriptions()
+                .iter()
+                .filter(|s| s.opts.plugin.as_ref() == Some(plugin))
+                .count();
+            if held >= limit {
+                return Err(Error::LimitReached {
+                    limit: "broker.max_subscriptions_per_plugin",
+                    plugin: plugin.to_string(),
+                    value: limit,
+                });
+            }
+        }
         self.broker.subscribe(req)
     }
 
@@ -237,6 +253,20 @@ impl Kernel {
                     });
                 }
             }
+        }
+        let limit = self.config.router.max_instances_per_plugin;
+        let held = self
+            .registry
+            .instances()
+            .iter()
+            .filter(|i| i.plugin == inst.plugin)
+            .count();
+        if held >= limit {
+            return Err(Error::LimitReached {
+                limit: "router.max_instances_per_plugin",
+                plugin: inst.plugin.to_string(),
+                value: limit,
+            });
         }
         self.registry.register(inst.clone(), mode)?;
         self.broker.schemas.add(&inst.id, &inst.topic_schemas);
