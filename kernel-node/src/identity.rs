@@ -120,7 +120,8 @@ pub fn hash_token(token: &str) -> String {
     format!("sha256:{}:{}", hex(&salt), hex(&h.finalize()))
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

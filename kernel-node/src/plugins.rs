@@ -79,8 +79,7 @@ pub fn issue_tokens(manifests: &mut [Manifest], auth: &mut kernel_core::AuthConf
         return;
     }
     for m in manifests {
-        let bytes: [u8; 32] = rand::random();
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::identity::hex(&rand::random::<[u8; 32]>());
         auth.plugins
             .entry(m.name.clone())
             .or_default()

@@ -135,7 +135,7 @@ pub fn resource(service_name: String) -> opentelemetry_sdk::Resource {
         "{}-{}-{:08x}",
         host.as_deref().unwrap_or("host"),
         std::process::id(),
-        rand_u32()
+        rand::random::<u32>()
     );
     let mut attrs = vec![
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
@@ -148,20 +148,6 @@ pub fn resource(service_name: String) -> opentelemetry_sdk::Resource {
         .with_service_name(service_name)
         .with_attributes(attrs)
         .build()
-}
-
-/// A little randomness for the instance id (two nodes started by one
-/// process, tests, must not share one).
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish() as u32
 }
 
 /// The OpenTelemetry sampler names the node accepts.

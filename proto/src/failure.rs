@@ -7,6 +7,41 @@ use tonic::{Code, Status};
 
 use crate::v1::{Failure, Hop};
 
+/// gRPC status code names (`NOT_FOUND`, …), by number.
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The name of gRPC code `code` (`UNKNOWN` for a number outside 0..=16).
+pub fn code_name(code: i32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODE_NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The number of the gRPC code named `name`, if it is one.
+pub fn code_of(name: &str) -> Option<i32> {
+    CODE_NAMES.iter().position(|c| *c == name).map(|i| i as i32)
+}
+
 /// Hops a causality chain keeps: the first [`MAX_HOPS`]` / 2` (where the
 /// failure started) and the last ones (the caller's side). Each hop's
 /// context path grows with its depth, so an uncapped chain grows with the

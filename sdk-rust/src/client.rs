@@ -148,6 +148,16 @@ impl std::fmt::Debug for Client {
 }
 
 impl Remote {
+    fn new(url: &str, channel: Channel, bearer: Bearer) -> Arc<Remote> {
+        Arc::new(Remote {
+            url: url.to_owned(),
+            channel,
+            bearer,
+            calls: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+        })
+    }
+
     /// A generated client for one RPC (cheap: the channel is shared).
     pub(crate) fn kernel_client(&self) -> Wire {
         KernelClient::with_interceptor(self.channel.clone(), self.bearer.clone())
@@ -166,13 +176,11 @@ impl Client {
 
     pub(crate) fn from_channel(url: &str, channel: Channel) -> Client {
         Client {
-            transport: Transport::Remote(Arc::new(Remote {
-                url: url.to_owned(),
+            transport: Transport::Remote(Remote::new(
+                url,
                 channel,
-                bearer: Bearer::new(&std::env::var("KERNEL_TOKEN").unwrap_or_default()),
-                calls: Mutex::new(None),
-                opening: tokio::sync::Mutex::new(()),
-            })),
+                Bearer::new(&std::env::var("KERNEL_TOKEN").unwrap_or_default()),
+            )),
             plugin: None,
             telemetry: kernel_proto::trace::Telemetry::disabled(),
         }
@@ -193,13 +201,8 @@ impl Client {
     /// every request: with auth on, the node knows the plugin by it.
     pub fn with_token(mut self, token: &str) -> Client {
         if let Transport::Remote(r) = &self.transport {
-            self.transport = Transport::Remote(Arc::new(Remote {
-                url: r.url.clone(),
-                channel: r.channel.clone(),
-                bearer: Bearer::new(token),
-                calls: Mutex::new(None),
-                opening: tokio::sync::Mutex::new(()),
-            }));
+            self.transport =
+                Transport::Remote(Remote::new(&r.url, r.channel.clone(), Bearer::new(token)));
         }
         self
     }
@@ -324,6 +327,7 @@ impl Client {
                         parent,
                         deadline: opts.timeout.map(|t| Instant::now() + t),
                         caller: self.plugin.clone(),
+                        report_context: false,
                     })
                     .await?;
                 Ok(Reply {

@@ -299,14 +299,19 @@ impl NodeProcess {
 
     /// Sends SIGTERM.
     pub async fn terminate(&self) {
-        let pid = self.child.id().expect("pid");
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill");
-        assert!(killed.success());
+        sigterm(&self.child).await;
     }
+}
+
+/// Sends SIGTERM to `child`.
+pub async fn sigterm(child: &Child) {
+    let pid = child.id().expect("pid");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
 }
 
 /// A `test-plugin` child process; killed on drop.
@@ -374,6 +379,11 @@ impl PluginProcess {
                 Err(_) => panic!("no `{prefix}` line from the plugin within {limit:?}"),
             }
         }
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        sigterm(&self.child).await;
     }
 
     /// SIGKILLs the process.

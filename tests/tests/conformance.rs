@@ -118,24 +118,12 @@ fn scenarios() -> Vec<Value> {
         .clone()
 }
 
-fn code_name(code: i32) -> String {
-    format!("{:?}", tonic::Code::from_i32(code))
-        .chars()
-        .fold(String::new(), |mut s, c| {
-            if c.is_uppercase() && !s.is_empty() {
-                s.push('_');
-            }
-            s.push(c.to_ascii_uppercase());
-            s
-        })
-}
-
 /// The failure behind a status: the message without its origin suffix,
 /// and the chain's services, innermost first.
 fn failure_json(status: &tonic::Status) -> Value {
     let failure = kernel_proto::failure::status_to_failure(status);
     json!({
-        "code": code_name(failure.code),
+        "code": kernel_proto::failure::code_name(failure.code),
         "message": failure.message,
         "chain": failure.causality.iter().map(|h| h.service.clone()).collect::<Vec<_>>(),
     })
@@ -143,7 +131,7 @@ fn failure_json(status: &tonic::Status) -> Value {
 
 fn failure_of(f: &pb::Failure) -> Value {
     json!({
-        "code": code_name(f.code),
+        "code": kernel_proto::failure::code_name(f.code),
         "message": f.message,
         "chain": f.causality.iter().map(|h| h.service.clone()).collect::<Vec<_>>(),
     })

@@ -7,15 +7,11 @@
 //! example's packages, which `make test` installs (`npm ci` in
 //! examples/node).
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kernel_proto::v1 as pb;
-use kernel_tests::Node;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc::UnboundedReceiver;
+use kernel_tests::{Node, PluginProcess};
 use tonic::Code;
 
 /// `examples/node`, with its packages installed.
@@ -32,72 +28,13 @@ fn example_dir() -> PathBuf {
     dir.canonicalize().expect("examples/node")
 }
 
-/// One of the example's scripts run by `node`, its stdout read line by
-/// line (stderr, where the scripts log, is inherited); killed on drop.
-struct Script {
-    child: Child,
-    lines: UnboundedReceiver<String>,
-}
-
-impl Script {
-    fn spawn(url: &str, script: &str, args: &[&str]) -> Script {
-        let dir = example_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .args(args)
-            .current_dir(&dir)
-            .env("KERNEL_URL", url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node {script}` (is Node.js installed?): {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Script { child, lines }
-    }
-
-    /// The next stdout line, within `limit`.
-    async fn next_line(&mut self, limit: Duration) -> String {
-        match tokio::time::timeout(limit, self.lines.recv()).await {
-            Ok(Some(l)) => l,
-            Ok(None) => panic!("the script exited (its stdout closed)"),
-            Err(_) => panic!("no line from the script within {limit:?}"),
-        }
-    }
-
-    /// Waits for the stdout line `want`, skipping others.
-    async fn expect_line(&mut self, want: &str, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) if l == want => return,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the script exited before printing `{want}`"),
-                Err(_) => panic!("no `{want}` line from the script within {limit:?}"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM.
-    async fn terminate(&self) {
-        let pid = self.child.id().expect("pid");
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill");
-        assert!(status.success());
-    }
+/// One of the example's scripts run by `node` (its stdout read line by
+/// line, stderr inherited; killed on drop).
+fn script(url: &str, script: &str, args: &[&str]) -> PluginProcess {
+    let path = example_dir().join(script);
+    let mut all = vec![path.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    PluginProcess::spawn_program(Path::new("node"), &all, &[("KERNEL_URL", url)])
 }
 
 /// A unary Call with a JSON payload, a 10 s deadline and optionally an
@@ -129,7 +66,7 @@ fn is_root_call(path: &str) -> bool {
 #[tokio::test]
 async fn the_node_provider_answers_and_fails_with_the_kernels_failure() {
     let node = Node::start().await;
-    let mut provider = Script::spawn(&node.url, "provider.js", &[]);
+    let mut provider = script(&node.url, "provider.js", &[]);
     provider.expect_line("READY", Duration::from_secs(20)).await;
     node.wait_providers("node.greet", 1).await;
     node.wait_providers("node.fail", 1).await;
@@ -212,7 +149,7 @@ async fn the_node_provider_answers_and_fails_with_the_kernels_failure() {
 #[tokio::test]
 async fn the_node_subscriber_prints_and_acks_what_is_published() {
     let node = Node::start().await;
-    let mut subscriber = Script::spawn(&node.url, "subscriber.js", &["order.*"]);
+    let mut subscriber = script(&node.url, "subscriber.js", &["order.*"]);
     subscriber
         .expect_line("SUBSCRIBED", Duration::from_secs(20))
         .await;
@@ -244,7 +181,8 @@ async fn the_node_subscriber_prints_and_acks_what_is_published() {
     }
 
     let created: serde_json::Value =
-        serde_json::from_str(&subscriber.next_line(Duration::from_secs(10)).await).expect("json");
+        serde_json::from_str(&subscriber.expect_line("", Duration::from_secs(10)).await)
+            .expect("json");
     assert_eq!(created["topic"], "order.created", "{created}");
     assert_eq!(
         created["payload"],
@@ -255,7 +193,8 @@ async fn the_node_subscriber_prints_and_acks_what_is_published() {
     assert_eq!(created["traceparent"], serde_json::Value::Null, "{created}");
 
     let paid: serde_json::Value =
-        serde_json::from_str(&subscriber.next_line(Duration::from_secs(10)).await).expect("json");
+        serde_json::from_str(&subscriber.expect_line("", Duration::from_secs(10)).await)
+            .expect("json");
     assert_eq!(paid["topic"], "order.paid", "{paid}");
     assert_eq!(
         paid["payload"],
@@ -292,7 +231,7 @@ async fn the_node_subscriber_prints_and_acks_what_is_published() {
 async fn the_node_provider_registers_again_when_its_node_comes_back() {
     let node = Node::start().await;
     let addr = node.addr;
-    let mut provider = Script::spawn(&node.url, "provider.js", &[]);
+    let mut provider = script(&node.url, "provider.js", &[]);
     provider.expect_line("READY", Duration::from_secs(20)).await;
     node.stop().await;
 

@@ -27,8 +27,9 @@ pub struct Reply {
     /// Its content type.
     pub content_type: String,
     /// The context node the call ran under, set by the kernel on the way
-    /// out (the edge tells a unary caller its path and trace from it);
-    /// providers leave it `None`.
+    /// out when the request asked for it ([`Request::report_context`]: the
+    /// edge tells a unary caller its path and trace from it); providers
+    /// leave it `None`.
     pub context: Option<std::sync::Arc<Node>>,
 }
 
@@ -51,4 +52,8 @@ pub struct Request {
     pub deadline: Option<Instant>,
     /// The calling plugin, as the kernel knows it (never from a header).
     pub caller: Option<Arc<str>>,
+    /// Whether the reply should name the call's context node
+    /// ([`Reply::context`]): only a caller that reports it asks (the unary
+    /// edge), so other calls do not hold the node past their end.
+    pub report_context: bool,
 }

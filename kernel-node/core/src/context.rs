@@ -307,19 +307,10 @@ impl Contexts {
                     // A root that ended stays ended: refused with what
                     // ended it, and a stand-in never outlives its deadline.
                     let end = self.shared.graveyard.lock().get(root).cloned();
-                    if let Some(f) = end.as_ref().and_then(|e| e.cancelled.clone()) {
-                        return Err(Error::Remote(kernel_proto::v1::Failure {
-                            message: format!("context {path} ended: {}", f.message),
-                            ..f
-                        }));
+                    if let Some(e) = end.as_ref().and_then(|e| e.refusal(path, spec.service)) {
+                        return Err(e);
                     }
                     let deadline = end.and_then(|e| e.deadline);
-                    if deadline.is_some_and(|d| d <= Instant::now()) {
-                        return Err(Error::DeadlineExceeded {
-                            service: spec.service.to_owned(),
-                            context: path.to_owned(),
-                        });
-                    }
                     let mut tree = make_tree(&self.shared, root, spec, None);
                     tree.deadline = deadline;
                     let t = Arc::new(tree);
@@ -349,19 +340,7 @@ impl Contexts {
     /// or its deadline passed (None when the root is live or forgotten).
     pub fn ended(&self, path: &str) -> Option<Error> {
         let (root, _) = parse_path(path)?;
-        let end = self.shared.graveyard.lock().get(root).cloned()?;
-        if let Some(f) = end.cancelled {
-            return Some(Error::Remote(kernel_proto::v1::Failure {
-                message: format!("context {path} ended: {}", f.message),
-                ..f
-            }));
-        }
-        end.deadline
-            .filter(|d| *d <= Instant::now())
-            .map(|_| Error::DeadlineExceeded {
-                service: String::new(),
-                context: path.to_owned(),
-            })
+        self.shared.graveyard.lock().get(root)?.refusal(path, "")
     }
 
     /// The live node at `path`, if its path was ever written out.

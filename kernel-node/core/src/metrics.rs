@@ -5,6 +5,7 @@
 //! malformed names are counted under `service="_unknown"`, so a client
 //! cannot grow the series set without bound.
 
+use kernel_proto::failure::CODE_NAMES as CODES;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,27 +39,6 @@ const BUCKETS_NS: [u64; 16] = [
     1_000_000_000,
     2_500_000_000,
     10_000_000_000,
-];
-
-/// gRPC status code names, by number.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
 ];
 
 /// The bucket an observation of `ns` falls in: the index of the first bound

@@ -50,6 +50,7 @@ pub(crate) async fn unary(
         parent,
         deadline,
         caller,
+        report_context: true,
     });
     let reply = tokio::select! {
         r = call => r.map_err(|f| failure_to_status(&f))?,
@@ -238,6 +239,7 @@ fn start(
         headers,
         deadline: metadata::deadline_from_us(call.timeout_us),
         caller,
+        report_context: false,
     };
     let kernel = kernel.clone();
     let list = running.clone();

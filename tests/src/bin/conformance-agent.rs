@@ -13,36 +13,12 @@ use kernel_sdk::{
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-/// gRPC code names, by number.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 fn code_name(code: Code) -> &'static str {
-    CODES.get(code as usize).copied().unwrap_or("UNKNOWN")
+    kernel_proto::failure::code_name(code as i32)
 }
 
 fn code_of(name: &str) -> Code {
-    CODES
-        .iter()
-        .position(|c| *c == name)
-        .map_or(Code::Unknown, |i| Code::from_i32(i as i32))
+    kernel_proto::failure::code_of(name).map_or(Code::Unknown, Code::from_i32)
 }
 
 /// What the agent remembers between calls.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use kernel_proto::v1::Failure;
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::error::Error;
+
 /// Roots remembered at most.
 pub(crate) const CAPACITY: usize = 65_536;
 /// How long a root is remembered.
@@ -26,6 +28,25 @@ pub(crate) struct Ended {
     pub(crate) cancelled: Option<Failure>,
     /// Its deadline, if it had one.
     pub(crate) deadline: Option<Instant>,
+}
+
+impl Ended {
+    /// Why nothing may start at `path` (for `service`) under this root now:
+    /// the cancel that ended it, or its deadline once passed.
+    pub(crate) fn refusal(&self, path: &str, service: &str) -> Option<Error> {
+        if let Some(f) = &self.cancelled {
+            return Some(Error::Remote(Failure {
+                message: format!("context {path} ended: {}", f.message),
+                ..f.clone()
+            }));
+        }
+        self.deadline
+            .filter(|d| *d <= Instant::now())
+            .map(|_| Error::DeadlineExceeded {
+                service: service.to_owned(),
+                context: path.to_owned(),
+            })
+    }
 }
 
 /// The remembered roots.

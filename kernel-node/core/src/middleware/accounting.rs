@@ -108,6 +108,7 @@ where
         ));
     }
     inv.node = Some(node.clone());
+    let report = inv.req.report_context;
     let early = if node.is_cancelled() {
         Some(node.cancel_reason())
     } else if node.deadline.is_some_and(|d| d <= Instant::now()) {
@@ -140,7 +141,9 @@ where
         };
         match out {
             Ok(mut reply) => {
-                reply.context = Some(node);
+                if report {
+                    reply.context = Some(node);
+                }
                 Ok(reply)
             }
             Err(mut f) => {
