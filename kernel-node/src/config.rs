@@ -39,6 +39,11 @@ pub struct Config {
     /// A directory of plugin manifests (one `*.toml` per plugin),
     /// supervised beside `[[plugins]]`.
     pub plugins_dir: Option<std::path::PathBuf>,
+    /// PostgreSQL (`postgres://user@host:5432/db`; `KERNEL_DATABASE_URL`):
+    /// switches on the outbox relay. Unset = the embedded default.
+    pub database_url: Option<String>,
+    /// `[outbox]`: the relay (only with `database_url`).
+    pub outbox: OutboxConfig,
 }
 
 impl Default for Config {
@@ -53,6 +58,8 @@ impl Default for Config {
             auth: kernel_core::AuthConfig::default(),
             plugins: Vec::new(),
             plugins_dir: None,
+            database_url: None,
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -86,6 +93,34 @@ impl Default for ServerConfig {
             max_request_ms: 300_000,
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[outbox]`: the relay that publishes committed outbox rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Rows claimed, published and deleted per database transaction.
+    pub batch: u32,
+    /// How often the relay looks for rows when no notification came (a
+    /// fallback: commits notify it at once).
+    pub poll_ms: u64,
+    /// The longest wait between two attempts to reach the database.
+    pub retry_max_ms: u64,
+    /// After the node starts, how long the relay waits before the first
+    /// batch, so that plugins reconnect and subscribe again first (an event
+    /// relayed before a subscription opens does not reach it).
+    pub start_delay_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            batch: 512,
+            poll_ms: 1_000,
+            retry_max_ms: 5_000,
+            start_delay_ms: 2_000,
         }
     }
 }
@@ -235,13 +270,26 @@ impl Config {
         if self.broker.max_deliver == 0 {
             return bad("broker.max_deliver", "must be at least 1");
         }
+        if let Some(url) = &self.database_url {
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return bad("database_url", &format!("is not a PostgreSQL URL: {e}"));
+            }
+        }
+        if self.outbox.batch == 0 {
+            return bad("outbox.batch", "must be at least 1");
+        }
+        if self.outbox.poll_ms == 0 {
+            return bad("outbox.poll_ms", "must be greater than 0");
+        }
         Ok(())
     }
 }
 
 /// Top-level keys an environment variable may set.
-const KNOWN_ROOTS: [&str; 7] = [
+const KNOWN_ROOTS: [&str; 9] = [
     "plugins_dir",
+    "database_url",
+    "outbox",
     "listen",
     "router",
     "broker",

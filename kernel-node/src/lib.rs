@@ -11,6 +11,8 @@
 //! - [`identity`]: bearer tokens to plugin names (`[auth]`).
 //! - [`telemetry`]: logs, and the OTLP exporter behind the kernel's spans.
 //! - [`plugins`]: plugins the node supervises itself (`plugin-host`).
+//! - [`store`]: PostgreSQL when `database_url` is set: migrations and the
+//!   outbox relay.
 //! - [`node`]: a whole node process (what `main` runs after flags and config).
 
 pub mod config;
@@ -18,6 +20,7 @@ pub mod identity;
 pub mod node;
 pub mod plugins;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Config;

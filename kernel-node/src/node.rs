@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kernel_core::Kernel;
 
 use crate::config::Config;
+use crate::store::Store;
 use crate::{plugins, server, telemetry};
 
 /// The flags every node binary takes.
@@ -103,7 +104,11 @@ async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
+    if config.database_url.is_some() {
+        tracing::info!(listen = %addr, "kernel node listening (in-memory registry, bus and contexts; PostgreSQL outbox relay)");
+    } else {
+        tracing::info!(listen = %addr, "kernel node listening (embedded mode: in-memory registry, bus and contexts)");
+    }
     let reachable = listener.local_addr().is_ok_and(|a| !a.ip().is_loopback());
     if reachable && !config.auth.enabled {
         tracing::warn!(listen = %addr, "listening beyond loopback with auth off: any client that reaches this port may register, call, publish and subscribe to anything; set auth.enabled (docs/OPERATIONS.md, Security)");
@@ -133,6 +138,16 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
+    let store = match &config.database_url {
+        Some(url) => match Store::start(url, config.outbox.clone(), kernel.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let hosted = plugins::start(manifests, &kernel, &local);
     if !admin_listen.is_empty() {
         match tokio::net::TcpListener::bind(&admin_listen).await {
@@ -143,6 +158,7 @@ async fn serve(
                     l,
                     kernel.clone(),
                     hosted.clone(),
+                    store.clone(),
                 ));
             }
             Err(e) => {

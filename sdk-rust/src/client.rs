@@ -392,6 +392,8 @@ impl Client {
                     parent,
                     deadline: timeout.map(|t| Instant::now() + t),
                     caller: self.plugin.clone(),
+                    id: None,
+                    settled: None,
                 });
                 Either::Left(publish.map(|r| match r {
                     Ok(a) => Ok(Published {
@@ -465,7 +467,7 @@ fn local_parent(origin: &Origin) -> (Parent, HashMap<String, String>) {
     }
 }
 
-fn origin_headers(origin: &Origin) -> HashMap<String, String> {
+pub(crate) fn origin_headers(origin: &Origin) -> HashMap<String, String> {
     match origin {
         Origin::Root => HashMap::new(),
         Origin::Remote { path, headers, .. } => {

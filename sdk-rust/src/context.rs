@@ -209,6 +209,13 @@ impl Context {
             .publish_in(&self.inner.origin, topic, payload.into(), self.remaining())
     }
 
+    /// The headers an emit from this context carries: its trace, baggage
+    /// and context path.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn origin_headers(&self) -> HashMap<String, String> {
+        crate::client::origin_headers(&self.inner.origin)
+    }
+
     /// Charges a custom budget counter (e.g. `sql`). When the budget is spent
     /// this fails with `RESOURCE_EXHAUSTED` and the kernel cancels this branch.
     pub async fn charge(&self, counter: &str, amount: u64) -> Result<u64, Error> {

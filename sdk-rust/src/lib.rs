@@ -36,6 +36,8 @@ pub mod context;
 pub mod error;
 pub mod events;
 mod mux;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 pub mod plugin;
 pub mod telemetry;
 pub mod transaction;
@@ -53,6 +55,8 @@ pub use context::Context;
 pub use error::Error;
 pub use events::{Event, Publisher, SubscribeOptions, Subscriber};
 pub use kernel_proto::trace::Telemetry;
+#[cfg(feature = "postgres")]
+pub use outbox::PgTransaction;
 pub use plugin::{Plugin, SessionEnd};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::Code;

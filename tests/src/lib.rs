@@ -2,6 +2,7 @@
 //! real plugin processes (the `test-plugin` binary), bounded polling.
 
 pub mod otlp;
+pub mod pg;
 pub mod supervision;
 
 use std::net::SocketAddr;

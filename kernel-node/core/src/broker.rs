@@ -35,7 +35,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use span::DeliverySpan;
 use stamp::{event_context, hex_id, now_unix_ns};
-use subscription::{DeadLetter, EventData, Queued, SubOptions, Subscription};
+use subscription::{DeadLetter, EventData, Queued, Settle, SubOptions, Subscription};
 use trie::Interest;
 
 /// An event to publish, as the kernel sees it.
@@ -55,7 +55,18 @@ pub struct Publication {
     pub deadline: Option<Instant>,
     /// The publishing plugin.
     pub caller: Option<Arc<str>>,
+    /// Dropped when the event is settled: every delivery acked, handed to
+    /// an auto-ack subscriber's stream, or gone with its subscription (the
+    /// outbox relay deletes a row only then).
+    pub settled: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A stable id the event already has (the outbox relay's, so a
+    /// redelivered row keeps its id); `None` = the broker assigns one.
+    pub id: Option<u64>,
 }
+
+/// Set in the id of every event relayed from the PostgreSQL outbox (its
+/// row id is the rest); never set in an id the broker assigns.
+pub const OUTBOX_ID_BIT: u64 = 1 << 63;
 
 /// What a publish returns.
 #[derive(Debug, Clone)]
@@ -133,7 +144,9 @@ impl Broker {
             index: RwLock::new(Index::default()),
             interest: parking_lot::Mutex::new(Vec::new()),
             next_sub: AtomicU64::new(1),
-            event_base: rand::random::<u64>() & 0xffff_ffff_0000_0000,
+            // The top bit clear: ids with it set are the outbox's
+            // (`OUTBOX_ID_BIT`), so the two never collide.
+            event_base: rand::random::<u64>() & 0x7fff_ffff_0000_0000,
             next_event: AtomicU64::new(1),
             schemas: schemas::TopicSchemas::default(),
         }
@@ -181,8 +194,12 @@ impl Broker {
             });
         }
         self.schemas.check(&p.topic, &p.payload, &p.content_type)?;
-        let seq = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let id = self.event_base.wrapping_add(seq);
+        let id = match p.id {
+            Some(id) => id,
+            None => self
+                .event_base
+                .wrapping_add(self.next_event.fetch_add(1, Ordering::Relaxed)),
+        };
         // Nothing is published under a context that ended (cancelled, or
         // past its deadline): it cannot be revived by emitting.
         match &p.parent {
@@ -257,6 +274,7 @@ impl Broker {
             content_type: p.content_type,
             headers,
             publish_time_unix_ns: now_unix_ns(),
+            settle: p.settled.map(Settle::new),
         });
         let mut matched = 0;
         for (i, sub) in targets.iter().enumerate() {
@@ -466,6 +484,7 @@ impl Broker {
             content_type: dl.event.content_type.clone(),
             headers,
             publish_time_unix_ns: now_unix_ns(),
+            settle: dl.event.settle.clone(),
         });
         let targets = self.targets(&topic);
         if targets.is_empty() {

@@ -48,7 +48,7 @@ mod stats;
 pub use broker::subscription::{DeadLetter, Subscription, Take};
 pub use broker::trie::Trie;
 pub use broker::trie::{Interest, Match, Queue};
-pub use broker::{Accepted, Broker, InterestChange, Publication, SubscribeRequest};
+pub use broker::{Accepted, Broker, InterestChange, Publication, SubscribeRequest, OUTBOX_ID_BIT};
 pub use call::{BoxFuture, Headers, Reply, Request};
 pub use capability::{covers, Action, AuthConfig, Capabilities, PluginAuth};
 pub use config::{BrokerConfig, BudgetConfig, BudgetOverride, Config, RouterConfig};

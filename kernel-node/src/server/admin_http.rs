@@ -1,5 +1,7 @@
 //! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the
-//! process is up), `/readyz` (serving; 503 once shutdown began).
+//! process is up), `/readyz` (serving; 503 once shutdown began, while a
+//! critical plugin is down, or while the configured database is not
+//! reachable).
 //!
 //! Three GET endpoints do not justify an HTTP framework: this reads one
 //! bounded request head per connection (8 KiB, 5 s), answers, and closes.
@@ -12,17 +14,22 @@ use tokio::net::{TcpListener, TcpStream};
 
 use kernel_core::Kernel;
 
+use crate::store::Store;
+
 /// Serves the admin endpoints until the kernel shuts down.
 pub async fn serve_admin_http(listener: TcpListener, kernel: Arc<Kernel>) {
-    serve_admin_http_with(listener, kernel, None).await
+    serve_admin_http_with(listener, kernel, None, None).await
 }
 
-/// The same, with the node's supervised plugins: their `kernel_plugin_*`
-/// metrics, and `/readyz` 503 naming any critical plugin that is down.
+/// The same, with the node's supervised plugins (their `kernel_plugin_*`
+/// metrics, and `/readyz` 503 naming any critical plugin that is down) and
+/// its database (`kernel_outbox_*` metrics, `/readyz` 503 naming it while
+/// it is unreachable).
 pub async fn serve_admin_http_with(
     listener: TcpListener,
     kernel: Arc<Kernel>,
     plugins: Option<Arc<plugin_host::Host>>,
+    store: Option<Arc<Store>>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -38,8 +45,9 @@ pub async fn serve_admin_http_with(
         };
         let kernel = kernel.clone();
         let plugins = plugins.clone();
+        let store = store.clone();
         tokio::spawn(async move {
-            let answered = answer(stream, &kernel, plugins.as_deref());
+            let answered = answer(stream, &kernel, plugins.as_deref(), store.as_deref());
             let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
         });
     }
@@ -49,6 +57,7 @@ async fn answer(
     mut stream: TcpStream,
     kernel: &Kernel,
     plugins: Option<&plugin_host::Host>,
+    store: Option<&Store>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
@@ -77,6 +86,9 @@ async fn answer(
             if let Some(p) = plugins {
                 body.push_str(&p.render_metrics());
             }
+            if let Some(s) = store {
+                body.push_str(&s.render_metrics());
+            }
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
@@ -84,6 +96,8 @@ async fn answer(
             let down = plugins.map(|p| p.critical_down()).unwrap_or_default();
             if kernel.lifecycle().is_draining() {
                 respond(&mut stream, 503, "text/plain", "shutting down\n").await
+            } else if let Some(why) = store.and_then(Store::not_ready) {
+                respond(&mut stream, 503, "text/plain", &format!("{why}\n")).await
             } else if !down.is_empty() {
                 let body = format!("critical plugins down: {}\n", down.join(", "));
                 respond(&mut stream, 503, "text/plain", &body).await

@@ -47,6 +47,8 @@ pub(crate) async fn publish(
             parent: resolve(kernel, parent),
             deadline,
             caller,
+            id: None,
+            settled: None,
         })
         .await?;
     Ok(pb::PublishResponse {
@@ -123,6 +125,8 @@ pub(crate) fn publish_stream(
                     parent,
                     deadline,
                     caller: caller.clone(),
+                    id: None,
+                    settled: None,
                 });
                 tokio::pin!(publish);
                 let out = match futures::poll!(publish.as_mut()) {

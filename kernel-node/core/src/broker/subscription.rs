@@ -35,6 +35,28 @@ pub struct EventData {
     pub headers: Headers,
     /// Publish time, Unix ns.
     pub publish_time_unix_ns: i64,
+    /// Held by every copy of the event, for a publisher that asked to know
+    /// when it is settled (see [`Settle`]).
+    pub settle: Option<Settle>,
+}
+
+/// Shared by every copy of an event whose publisher asked
+/// ([`crate::Publication::settled`]); when the last copy goes (every
+/// delivery acked, handed to an auto-ack subscriber's stream, dropped with
+/// its subscription, or its dead letter settled), the sender drops and the
+/// publisher's receiver resolves.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    _held: Arc<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Settle {
+    /// Wraps the sender the publisher gave.
+    pub fn new(tx: tokio::sync::oneshot::Sender<()>) -> Settle {
+        Settle {
+            _held: Arc::new(tx),
+        }
+    }
 }
 
 /// An event waiting in (or travelling through) one subscription.
