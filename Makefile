@@ -22,10 +22,13 @@ run-system: python
 	$(CARGO) build --release -p kernel-examples
 	./target/release/kernel-system --config deploy/system.toml --listen $(LISTEN)
 
-## Every test: unit, property and end-to-end (real node, real plugin processes).
-## Then the Python SDK's own checks (mypy, pytest against a real node).
+## Every test: unit, property and end-to-end (real node, real plugin processes,
+## a real PostgreSQL: DATABASE_URL, else the local server, else a throwaway
+## cluster, see tests/pg-up). Then the Python SDK's own checks (mypy, pytest
+## against a real node).
 test: python node-example
 	$(CARGO) build --workspace --bins --tests
+	pg="$$(tests/pg-up $(BUILD))" && KERNEL_TEST_DATABASE_URL="$$pg" \
 	KERNEL_TEST_PYTHON=$(abspath $(VENV)/bin/python) KERNEL_TEST_PYTHONPATH=$(abspath $(PY_STUBS)) \
 	  $(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory python-checks
@@ -42,7 +45,7 @@ $(VENV)/.stamp: Makefile $(PY_SDK) proto/kernel/v1/kernel.proto proto/kernel/v1/
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf \
 	  googleapis-common-protos
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check './sdk-python[otel,test]' \
-	  opentelemetry-exporter-otlp-proto-grpc
+	  opentelemetry-exporter-otlp-proto-grpc 'psycopg[binary]'
 	touch $@
 
 ## The Python SDK: mypy (stubs generated in its tree for it), then its tests

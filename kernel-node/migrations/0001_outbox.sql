@@ -1,4 +1,4 @@
--- The transactional outbox (docs/PROTOCOL.md §11). A plugin inserts rows
+-- The transactional outbox (docs/PROTOCOL.md §6.8). A plugin inserts rows
 -- in its own transaction; the node's relay publishes committed rows in id
 -- order and deletes them.
 CREATE TABLE kernel.outbox (

@@ -2,7 +2,7 @@
 //! `postgres`): its SQL and its emits commit or roll back together, because
 //! the emits are rows inserted into the node's outbox table by that same
 //! transaction. The node's relay publishes them once the transaction
-//! commits (docs/PROTOCOL.md §11), at least once, each under a stable id.
+//! commits (docs/PROTOCOL.md §6.8), at least once, each under a stable id.
 //!
 //! Same shape as the in-memory [`crate::Transaction`]: `emit` buffers,
 //! `commit` writes the rows and commits, dropping or `rollback` discards.

@@ -22,12 +22,21 @@
 //!
 //! `with=A,B` puts the code of the blocks named `A` and `B` first (helpers
 //! such as `failure_of`, defined once in the docs).
+//!
+//! `db=1` gives the block a PostgreSQL database of its own (its URL put in
+//! for `postgres://postgres@127.0.0.1:5432/app`) and the node an outbox
+//! relay on it; `receive=T` subscribes to `T` before the block runs and
+//! requires an event on it afterwards.
 
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use kernel_node::config::OutboxConfig;
+use kernel_node::store::Store;
 use kernel_proto::v1 as pb;
+use kernel_sdk::SubscribeOptions;
+use kernel_tests::pg::TestDb;
 use kernel_tests::Node;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -176,9 +185,40 @@ fn python(dir: &std::path::Path, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
+/// The DSN the docs' outbox samples name.
+const DOC_DSN: &str = "postgres://postgres@127.0.0.1:5432/app";
+
 async fn run_block(block: &Block, all: &[Block], node: &Node, n: usize) {
     let here = format!("{}:{} ({})", block.file, block.line, block.kind);
     let dir = module(block, all, node, n);
+    let mut db = None;
+    if block.opts.contains_key("db") {
+        let test_db = TestDb::create().await;
+        let outbox = OutboxConfig {
+            start_delay_ms: 0,
+            poll_ms: 200,
+            ..OutboxConfig::default()
+        };
+        let store = Store::start(&test_db.url, outbox, node.kernel.clone()).expect("store");
+        kernel_tests::wait_until(Duration::from_secs(30), "the database ready", || {
+            store.not_ready().is_none()
+        })
+        .await;
+        let sample = dir.join("doc_sample.py");
+        let code = std::fs::read_to_string(&sample).expect("sample");
+        assert!(code.contains(DOC_DSN), "{here}: a db block names {DOC_DSN}");
+        std::fs::write(&sample, code.replace(DOC_DSN, &test_db.url)).expect("write sample");
+        db = Some(test_db);
+    }
+    let mut receiver = match block.opts.get("receive") {
+        Some(topic) => Some(
+            node.client()
+                .subscriber(SubscribeOptions::new(topic))
+                .await
+                .expect("subscribe"),
+        ),
+        None => None,
+    };
     let expect = block.opts.get("expect").cloned().unwrap_or_default();
     match block.kind.as_str() {
         "run" | "define" => {
@@ -245,6 +285,15 @@ async fn run_block(block: &Block, all: &[Block], node: &Node, n: usize) {
         }
         other => panic!("{here}: unknown doctest kind `{other}`"),
     }
+    if let Some(sub) = &mut receiver {
+        let topic = &block.opts["receive"];
+        let event = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{here}: nothing arrived on {topic}"))
+            .expect("subscription open");
+        assert_eq!(&event.topic, topic, "{here}");
+    }
+    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
