@@ -83,6 +83,29 @@ pub struct ServerConfig {
     /// A connection that sends nothing (not even the HTTP/2 preface) this
     /// long after it was accepted is closed.
     pub handshake_timeout_ms: u64,
+    /// `[server.tls]`: TLS, and mTLS with `client_ca_file`.
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: with `cert_file` and `key_file` the node speaks TLS
+/// only; with `client_ca_file` too, it requires a client certificate
+/// signed by that CA (mTLS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain, PEM.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key, PEM.
+    pub key_file: Option<std::path::PathBuf>,
+    /// CA(s) whose client certificates are accepted, PEM; set = mTLS.
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
 }
 
 impl Default for ServerConfig {
@@ -93,6 +116,7 @@ impl Default for ServerConfig {
             max_request_ms: 300_000,
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -269,6 +293,33 @@ impl Config {
         }
         if self.broker.max_deliver == 0 {
             return bad("broker.max_deliver", "must be at least 1");
+        }
+        let tls = &self.server.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return bad("server.tls.key_file", "is needed with server.tls.cert_file")
+            }
+            (None, Some(_)) => {
+                return bad("server.tls.cert_file", "is needed with server.tls.key_file")
+            }
+            (None, None) if tls.client_ca_file.is_some() => {
+                return bad(
+                    "server.tls.client_ca_file",
+                    "needs server.tls.cert_file and key_file (mTLS is TLS first)",
+                )
+            }
+            _ => {}
+        }
+        for (key, file) in [
+            ("server.tls.cert_file", &tls.cert_file),
+            ("server.tls.key_file", &tls.key_file),
+            ("server.tls.client_ca_file", &tls.client_ca_file),
+        ] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::metadata(f) {
+                    return bad(key, &format!("cannot be read ({}): {e}", f.display()));
+                }
+            }
         }
         if let Some(url) = &self.database_url {
             if let Err(e) = url.parse::<tokio_postgres::Config>() {

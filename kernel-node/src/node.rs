@@ -126,10 +126,18 @@ async fn serve(
     let mut config = config;
     plugins::issue_tokens(&mut manifests, &mut config.auth);
     let kernel = Kernel::with_telemetry(config.clone(), telemetry.clone());
+    // Supervised plugins reach the node here (with TLS on, its certificate
+    // must name 127.0.0.1 or the listen address, and the plugins trust its
+    // CA through KERNEL_TLS_CA in the node's environment).
+    let scheme = if config.server.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let local = match listener.local_addr() {
-        Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
-        Ok(a) => format!("http://{a}"),
-        Err(_) => format!("http://{}", config.listen),
+        Ok(a) if a.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", a.port()),
+        Ok(a) => format!("{scheme}://{a}"),
+        Err(_) => format!("{scheme}://{}", config.listen),
     };
     let _attached = match attach(&kernel) {
         Ok(a) => a,

@@ -185,6 +185,27 @@ pub enum ServerError {
     /// The `[auth]` section cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::identity::IdentityError),
+    /// A `[server.tls]` file cannot be read or used.
+    #[error("server.tls: {0}")]
+    Tls(String),
+}
+
+/// The TLS settings of `[server.tls]`, when it is on.
+fn tls_config(
+    tls: &crate::config::TlsConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// How long, after the grace period, streams get to tell their peers that
@@ -273,7 +294,13 @@ pub async fn run(
         .layer(edge_timeout::EdgeTimeoutLayer::new(
             Some(Duration::from_millis(config.max_request_ms)).filter(|d| !d.is_zero()),
         ));
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&config.tls)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+    }
+    let serve = builder
         .tcp_nodelay(true)
         // Limits: streams per connection and per-connection concurrency
         // bound what one client can hold open; keepalive finds dead peers

@@ -41,13 +41,30 @@ _OPTIONS: list[tuple[str, int]] = [
 
 
 def target_of(url: str) -> str:
-    """`http://127.0.0.1:50051` (or a bare `127.0.0.1:50051`) as a grpc target."""
-    for scheme in ("http://", "grpc://"):
+    """`http://127.0.0.1:50051`, `https://…` (or a bare `127.0.0.1:50051`) as a grpc target."""
+    for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):
             url = url[len(scheme):]
-    if url.startswith("https://"):
-        raise ValueError("TLS is not implemented by the node; use an http:// URL")
     return url.rstrip("/")
+
+
+def _read_env_file(var: str) -> bytes | None:
+    path = os.environ.get(var, "")
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def tls_credentials() -> grpc.ChannelCredentials:
+    """TLS for an `https://` node: the CA in `$KERNEL_TLS_CA` (else the
+    system's roots) and, for mTLS, the client certificate and key in
+    `$KERNEL_TLS_CERT` and `$KERNEL_TLS_KEY`."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_env_file("KERNEL_TLS_CA"),
+        private_key=_read_env_file("KERNEL_TLS_KEY"),
+        certificate_chain=_read_env_file("KERNEL_TLS_CERT"),
+    )
 
 
 class _Bearer(
@@ -83,10 +100,14 @@ class _Bearer(
 
 
 def open_channel(url: str, token: str | None = None) -> grpc.aio.Channel:
-    """A plaintext channel to the node at `url` with the SDK's settings,
-    presenting `token` (else `$KERNEL_TOKEN`, when set) on every call."""
+    """A channel to the node at `url` with the SDK's settings (TLS for an
+    `https://` URL, see `tls_credentials`), presenting `token` (else
+    `$KERNEL_TOKEN`, when set) on every call."""
     token = token if token is not None else os.environ.get("KERNEL_TOKEN", "")
     interceptors = [_Bearer(token)] if token else None
+    if url.startswith("https://"):
+        return grpc.aio.secure_channel(target_of(url), tls_credentials(), options=_OPTIONS,
+                                       interceptors=interceptors)  # type: ignore[arg-type]
     return grpc.aio.insecure_channel(target_of(url), options=_OPTIONS,
                                      interceptors=interceptors)  # type: ignore[arg-type]
 

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
+use crate::wire::Tls;
 pub(crate) use crate::wire::{endpoint, insert_meta, Bearer, Wire};
 use tonic::Code;
 
@@ -169,8 +170,16 @@ impl Client {
     /// connection is made on first use and re-made after the node restarts.
     /// It presents the token in `KERNEL_TOKEN` when that is set (a plugin
     /// the node supervises gets its own there); see [`Client::with_token`].
+    /// An `https://` URL is TLS, trusting the CA in `KERNEL_TLS_CA` (else
+    /// the system's roots), with the client certificate in
+    /// `KERNEL_TLS_CERT`/`KERNEL_TLS_KEY` when set; see [`Client::connect_tls`].
     pub fn connect(url: &str) -> Result<Client, Error> {
-        let channel = endpoint(url)?.connect_lazy();
+        Client::connect_tls(url, &Tls::from_env()?)
+    }
+
+    /// The same with explicit TLS settings (used for an `https://` URL).
+    pub fn connect_tls(url: &str, tls: &Tls) -> Result<Client, Error> {
+        let channel = endpoint(url, tls)?.connect_lazy();
         Ok(Client::from_channel(url, channel))
     }
 

@@ -61,3 +61,4 @@ pub use plugin::{Plugin, SessionEnd};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::Code;
 pub use transaction::Transaction;
+pub use wire::Tls;

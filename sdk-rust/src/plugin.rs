@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{endpoint, Client};
 use crate::context::Context;
 use crate::error::Error;
+use crate::wire::Tls;
 use kernel_proto::batch::batched;
 
 /// How long a drained session waits for the kernel to acknowledge its close.
@@ -57,6 +58,7 @@ pub struct Plugin {
     topic_schemas: HashMap<String, String>,
     /// The bearer token to present (else `KERNEL_TOKEN`).
     token: Option<String>,
+    tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -93,6 +95,7 @@ impl Plugin {
             telemetry: Telemetry::disabled(),
             topic_schemas: HashMap::new(),
             token: None,
+            tls: None,
         }
     }
 
@@ -181,6 +184,12 @@ impl Plugin {
         self
     }
 
+    /// TLS settings for an `https://` node (default: [`Tls::from_env`]).
+    pub fn tls(mut self, tls: Tls) -> Plugin {
+        self.tls = Some(tls);
+        self
+    }
+
     /// A fixed instance id (default: made up by the kernel).
     pub fn instance_id(mut self, id: &str) -> Plugin {
         self.instance_id = id.to_owned();
@@ -213,7 +222,11 @@ impl Plugin {
     /// Serves out-of-process until drained or `shutdown` fires; reconnects
     /// with backoff (100 ms doubling to 5 s) when the node goes away.
     pub async fn serve(self, url: &str, shutdown: CancellationToken) -> Result<SessionEnd, Error> {
-        let channel = endpoint(url)?.connect_lazy();
+        let tls = match &self.tls {
+            Some(t) => t.clone(),
+            None => Tls::from_env()?,
+        };
+        let channel = endpoint(url, &tls)?.connect_lazy();
         let mut client = Client::from_channel(url, channel).with_plugin(&self.name);
         if let Some(token) = &self.token {
             client = client.with_token(token);

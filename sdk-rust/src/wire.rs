@@ -1,11 +1,12 @@
 //! The SDK's connection to a node: the endpoint settings (no Nagle,
-//! keepalive, flow-control windows) and the bearer token every request
-//! carries when the node has auth on.
+//! keepalive, flow-control windows), TLS for an `https://` node, and the
+//! bearer token every request carries when the node has auth on.
 
 use std::time::Duration;
 
 use kernel_proto::v1::kernel_client::KernelClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
 
 use crate::error::Error;
 
@@ -37,9 +38,66 @@ impl tonic::service::Interceptor for Bearer {
 pub(crate) type Wire =
     KernelClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-/// A channel to `url` with the settings the SDK wants (no Nagle, keepalive).
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(url.to_owned())
+/// TLS to an `https://` node: the CA to trust (PEM; else the system's
+/// roots) and, for a node that asks for client certificates (mTLS), this
+/// client's certificate and key (PEM).
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// CA certificate(s) to trust, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain, PEM (mTLS).
+    pub cert_pem: Option<Vec<u8>>,
+    /// Client private key, PEM (mTLS).
+    pub key_pem: Option<Vec<u8>>,
+}
+
+impl Tls {
+    /// From the files named by `KERNEL_TLS_CA`, `KERNEL_TLS_CERT` and
+    /// `KERNEL_TLS_KEY` (each optional; a plugin the node supervises gets
+    /// the node's environment).
+    pub fn from_env() -> Result<Tls, Error> {
+        let read = |var: &str| -> Result<Option<Vec<u8>>, Error> {
+            match std::env::var(var) {
+                Ok(path) if !path.is_empty() => std::fs::read(&path).map(Some).map_err(|e| {
+                    Error::new(
+                        Code::InvalidArgument,
+                        format!("{var}={path}: cannot read: {e}"),
+                    )
+                }),
+                _ => Ok(None),
+            }
+        };
+        Ok(Tls {
+            ca_pem: read("KERNEL_TLS_CA")?,
+            cert_pem: read("KERNEL_TLS_CERT")?,
+            key_pem: read("KERNEL_TLS_KEY")?,
+        })
+    }
+
+    fn client_config(&self) -> Result<ClientTlsConfig, Error> {
+        let mut c = ClientTlsConfig::new();
+        c = match &self.ca_pem {
+            Some(ca) => c.ca_certificate(Certificate::from_pem(ca)),
+            None => c.with_native_roots(),
+        };
+        match (&self.cert_pem, &self.key_pem) {
+            (Some(cert), Some(key)) => Ok(c.identity(Identity::from_pem(cert, key))),
+            (None, None) => Ok(c),
+            _ => Err(Error::invalid_argument(
+                "a client certificate needs its key and the other way round (KERNEL_TLS_CERT, KERNEL_TLS_KEY)",
+            )),
+        }
+    }
+}
+
+/// A channel to `url` with the settings the SDK wants (no Nagle,
+/// keepalive), and `tls` when the URL is `https://`.
+pub(crate) fn endpoint(url: &str, tls: &Tls) -> Result<Endpoint, Error> {
+    let connect_error = |source| Error::Connect {
+        url: url.to_owned(),
+        source,
+    };
+    let e = Endpoint::from_shared(url.to_owned())
         .map(|e| {
             e.tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
@@ -49,10 +107,12 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, Error> {
                 .initial_connection_window_size(Some(8 << 20))
                 .max_frame_size(Some(256 << 10))
         })
-        .map_err(|source| Error::Connect {
-            url: url.to_owned(),
-            source,
-        })
+        .map_err(connect_error)?;
+    if url.starts_with("https://") {
+        e.tls_config(tls.client_config()?).map_err(connect_error)
+    } else {
+        Ok(e)
+    }
 }
 
 /// Sets metadata `k: v` on `req`; a name or value that is not a valid
