@@ -9,7 +9,7 @@ BUILD ?= build
 VENV := $(BUILD)/venv
 PY_STUBS := $(BUILD)/py
 
-.PHONY: run run-system test bench lint demo build clean python test-python python-checks bench-python node-example fuzz
+.PHONY: run run-system test bench bench-check bench-baseline lint demo build clean python test-python python-checks bench-python node-example fuzz
 
 ## Build and start the node on its embedded default (no external service).
 run:
@@ -82,8 +82,20 @@ examples/node/node_modules/.stamp: examples/node/package.json examples/node/pack
 ## Side-by-side measurements (kernel vs direct tonic vs NATS when reachable).
 bench: python
 	$(CARGO) build --release -p kernel-node -p kernel-bench -p plugin-host
-	./target/release/kernel-bench
+	BENCH_DATABASE_URL="$$(tests/pg-up $(BUILD))" ./target/release/kernel-bench
 	$(MAKE) --no-print-directory bench-python
+
+## Instructions per in-process call, emit and trie match (valgrind
+## callgrind: repeatable on a noisy machine) against the committed
+## baseline; fails on a regression over 5 %. Not part of `make test`.
+bench-check:
+	$(CARGO) build --release -p kernel-bench
+	python3 bench/check.py target/release/kernel-bench
+
+## Writes the current figures as the baseline (after an intended change).
+bench-baseline:
+	$(CARGO) build --release -p kernel-bench
+	python3 bench/check.py target/release/kernel-bench --update
 
 ## Fuzz every parser of outside input, FUZZ_SECS seconds per target (cargo-fuzz
 ## on nightly; installs cargo-fuzz if missing). Not part of `make test`; see

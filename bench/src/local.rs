@@ -15,8 +15,8 @@ use kernel_sdk::{Bytes, Client, Plugin, SubscribeOptions};
 
 use crate::measure::{mean_ns, row, Row};
 
-const CALL_PAYLOAD: usize = 64;
-const EVENT_PAYLOAD: usize = 256;
+pub(crate) const CALL_PAYLOAD: usize = 64;
+pub(crate) const EVENT_PAYLOAD: usize = 256;
 /// Interleaved rounds per paired measurement.
 const ROUNDS: usize = 15;
 /// Iterations per block.
@@ -75,7 +75,7 @@ fn root_spec(started: quanta::Instant, service: &Arc<str>) -> ChildSpec<'_> {
 }
 
 /// A kernel with an in-process `bench.echo` provider, and a client of it.
-fn echo_kernel() -> (Arc<Kernel>, LocalRegistration, Client) {
+pub(crate) fn echo_kernel() -> (Arc<Kernel>, LocalRegistration, Client) {
     let kernel = Kernel::new(Config::default());
     let reg = Plugin::new("inproc")
         .provide("bench.echo", |_ctx, p: Bytes| async move { Ok(p) })

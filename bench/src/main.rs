@@ -10,11 +10,14 @@
 //!   share of it;
 //! - events: publisher → kernel → wildcard subscriber over gRPC, in-process
 //!   emit → delivery;
-//! - trie match cost at 10 and 1,000,000 subscriptions.
+//! - trie match cost at 10 and 1,000,000 subscriptions;
+//! - the PostgreSQL outbox: commit → delivery latency, relay throughput.
 
 mod baseline;
+mod count;
 mod local;
 mod measure;
+mod outbox;
 mod scenarios;
 mod supervise;
 
@@ -89,6 +92,18 @@ enum Cmd {
         #[arg(long)]
         bare: bool,
     },
+    /// Only the PostgreSQL outbox rows.
+    Outbox,
+    /// Exactly `iters` operations of one kind, nothing else (what
+    /// `make bench-check` counts instructions of under callgrind).
+    Count {
+        /// Which operation.
+        #[arg(value_enum)]
+        op: count::Op,
+        /// How many.
+        #[arg(long)]
+        iters: usize,
+    },
     /// Only NATS core pub/sub with the events measurement's shape, against
     /// the nats-server on 127.0.0.1:4222 (the baseline alone).
     NatsEvents {
@@ -143,6 +158,8 @@ fn main() {
                 let ns = local::pipeline_only(iters, bare).await;
                 println!("pipeline call (bare: {bare}): {ns:.0} ns");
             }
+            Cmd::Count { op, iters } => count::run(op, iters).await,
+            Cmd::Outbox => scenarios::outbox_only().await,
             Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count).await {
                 Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),
                 None => println!("nats-server not reachable on 127.0.0.1:4222"),

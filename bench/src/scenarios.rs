@@ -246,6 +246,14 @@ pub(crate) async fn all(secs: u64, samples: usize) {
 
     crate::local::all(&mut rows).await;
     crate::supervise::all(&mut rows).await;
+    crate::outbox::all(&mut rows, sibling).await;
+    table(&rows);
+}
+
+/// The outbox rows alone (`kernel-bench outbox`).
+pub(crate) async fn outbox_only() {
+    let mut rows = Vec::new();
+    crate::outbox::all(&mut rows, sibling).await;
     table(&rows);
 }
 
@@ -263,10 +271,29 @@ pub(crate) async fn local_only() {
     table(&rows);
 }
 
+/// Prints the closing table and writes the rows as JSON beside it
+/// (`BENCH_JSON`, default `target/bench.json`), so runs can be compared.
 fn table(rows: &[Row]) {
     println!("\n| measurement | value | vs target |\n|---|---|---|");
     for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.target);
+    }
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({ "measurement": r.what, "value": r.value, "target": r.target }))
+        .collect();
+    let path = std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/bench.json".into());
+    let doc = serde_json::json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "rows": json,
+    });
+    match serde_json::to_string_pretty(&doc).map(|text| std::fs::write(&path, text)) {
+        Ok(Ok(())) => println!("\n(rows also in {path})"),
+        Ok(Err(e)) => eprintln!("cannot write {path}: {e}"),
+        Err(e) => eprintln!("cannot encode the rows: {e}"),
     }
 }
 

@@ -272,3 +272,91 @@ async fn in_process_plugins_are_held_to_the_same_grants() {
     assert_denied(orders.publish("stock.low", "{}").await, "publish stock.low");
     node.stop().await;
 }
+
+/// With auth on, working under a context path takes holding it: the plugin
+/// handling the call there may call under it; another plugin that learned
+/// the path (even one allowed to call anything) may not.
+#[tokio::test]
+async fn only_the_plugin_handling_a_context_may_work_under_it() {
+    let node = Node::start_with(config()).await;
+    let url: &'static str = Box::leak(node.url.clone().into_boxed_str());
+    tokio::spawn(
+        Plugin::new("inventory")
+            .token("inv-token")
+            .provide("inventory.check", |_c, p| async move { Ok(p) })
+            .serve(url, Default::default()),
+    );
+    let (leak_tx, mut leak_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(
+        Plugin::new("orders")
+            .token("orders-token")
+            .provide("orders.place", move |ctx, p| {
+                let (leak, mut go) = (leak_tx.clone(), go_rx.clone());
+                async move {
+                    let _ = leak.send(ctx.path().to_owned());
+                    let _ = go.wait_for(|g| *g).await;
+                    // The holder calls under its own context.
+                    ctx.call("inventory.check", p).await
+                }
+            })
+            .serve(url, Default::default()),
+    );
+    node.wait_providers("inventory.check", 1).await;
+    node.wait_providers("orders.place", 1).await;
+    let caller = Client::connect(&node.url)
+        .expect("client")
+        .with_token("rogue-token");
+    let place = tokio::spawn(async move { caller.call("orders.place", "{}").await });
+    let path = tokio::time::timeout(Duration::from_secs(10), leak_rx.recv())
+        .await
+        .expect("the handler runs")
+        .expect("its path");
+    // The rogue plugin (grants: call anything) names the leaked path.
+    let mut req = tonic::Request::new(pb::CallRequest {
+        service: "inventory.check".into(),
+        payload: Bytes::from_static(b"{}"),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer rogue-token".parse().expect("ascii"),
+    );
+    req.metadata_mut()
+        .insert("x-kernel-context", path.parse().expect("ascii"));
+    let refused = node
+        .raw()
+        .await
+        .call(req)
+        .await
+        .expect_err("not its context");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(&path), "{refused:?}");
+    // Publishing under it is refused the same way.
+    let mut publish = tonic::Request::new(pb::PublishRequest {
+        topic: "order.leaked".into(),
+        ..Default::default()
+    });
+    publish.metadata_mut().insert(
+        "authorization",
+        "Bearer orders-token".parse().expect("ascii"),
+    );
+    publish.metadata_mut().insert(
+        "x-kernel-context",
+        format!("{path}.99").parse().expect("ascii"),
+    );
+    let refused = node
+        .raw()
+        .await
+        .publish(publish)
+        .await
+        .expect_err("no such live node");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // The holder's own nested call goes through.
+    go_tx.send(true).expect("release");
+    let reply = place
+        .await
+        .expect("join")
+        .expect("the holder's nested call");
+    assert_eq!(&reply[..], b"{}");
+}

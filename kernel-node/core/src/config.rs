@@ -54,6 +54,9 @@ pub struct RouterConfig {
     /// Provider instances (Register sessions and in-process registrations)
     /// one plugin may have at once.
     pub max_instances_per_plugin: usize,
+    /// Calls one plugin (by its identity, or its claimed name with auth
+    /// off) may have in flight at once; 0 = no cap.
+    pub max_in_flight_per_plugin: usize,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +73,7 @@ impl Default for RouterConfig {
             retry_attempts: 3,
             retry_backoff_ms: 10,
             max_instances_per_plugin: 256,
+            max_in_flight_per_plugin: 4_096,
         }
     }
 }
@@ -95,6 +99,11 @@ pub struct BrokerConfig {
     /// Subscriptions one plugin (by its `x-kernel-plugin` or verified
     /// name) may hold at once.
     pub max_subscriptions_per_plugin: usize,
+    /// Events per second one plugin may publish (token bucket); 0 = no limit.
+    pub max_publish_rate_per_plugin: u32,
+    /// The bucket's size: events a plugin may publish at once above the
+    /// rate; 0 = one second's worth.
+    pub publish_burst_per_plugin: u32,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +117,8 @@ impl Default for BrokerConfig {
             max_topic_bytes: 256,
             max_topic_tokens: 16,
             max_subscriptions_per_plugin: 10_000,
+            max_publish_rate_per_plugin: 0,
+            publish_burst_per_plugin: 0,
         }
     }
 }

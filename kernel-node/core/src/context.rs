@@ -60,6 +60,9 @@ struct Shared {
     budgets: BudgetConfig,
     /// Roots that ended, so they cannot be revived.
     graveyard: Mutex<ended::Graveyard>,
+    /// Auth on: a named caller may work under a context path only where it
+    /// is handling the call or delivery (see [`Contexts::checking_holders`]).
+    check_holders: bool,
 }
 
 /// One request's tree: its budget, its members, and an index of the live
@@ -183,11 +186,26 @@ pub struct ChildSpec<'a> {
 impl Contexts {
     /// An empty registry of trees with the node's budget defaults.
     pub fn new(budgets: BudgetConfig) -> Contexts {
+        Contexts::with_holders(budgets, false)
+    }
+
+    /// The same, where (auth on) a named caller that names a context path
+    /// must be the plugin handling the call or delivery at that path: it
+    /// holds the live invocation there. Anyone else (another plugin that
+    /// learned the path, a path of a node that is gone) is refused with
+    /// `PERMISSION_DENIED`. In-process handlers pass their node, not a
+    /// path, and are not asked.
+    pub fn checking_holders(budgets: BudgetConfig) -> Contexts {
+        Contexts::with_holders(budgets, true)
+    }
+
+    fn with_holders(budgets: BudgetConfig, check_holders: bool) -> Contexts {
         Contexts {
             shared: Arc::new(Shared {
                 roots: Mutex::new(HashMap::default()),
                 budgets,
                 graveyard: Mutex::new(ended::Graveyard::default()),
+                check_holders,
             }),
         }
     }
@@ -293,12 +311,53 @@ impl Contexts {
     /// Finds the live node a remote caller names, or stands one in for a path
     /// the kernel no longer (or never) knew, so numbering and budgets still
     /// hang off the right tree.
+    /// With holders checked (auth on), whether `caller` may work under
+    /// `path`: it is handling the call or delivery there. Always Ok when
+    /// holders are not checked or there is no caller.
+    pub fn check_holder(&self, path: &str, caller: Option<&str>) -> Result<(), Error> {
+        let (true, Some(caller)) = (self.shared.check_holders, caller) else {
+            return Ok(());
+        };
+        match parse_path(path) {
+            Some((root, _)) => self.held(root, path, caller).map(drop),
+            None => Err(Error::InvalidName {
+                what: "context path",
+                name: path.chars().take(64).collect(),
+                reason: "expected `<16 hex digits>(.<number>)*`".into(),
+            }),
+        }
+    }
+
+    /// The live node at `path` when `caller` is the plugin handling it.
+    fn held(&self, root: u64, path: &str, caller: &str) -> Result<Arc<Node>, Error> {
+        let node = self
+            .shared
+            .roots
+            .lock()
+            .get(&root)
+            .and_then(Weak::upgrade)
+            .and_then(|t| t.named.lock().get(path).and_then(Weak::upgrade));
+        match node {
+            Some(n) if n.plugin().as_deref() == Some(caller) && !n.is_cancelled() => Ok(n),
+            Some(n) if n.is_cancelled() => Err(Error::Remote(n.cancel_reason())),
+            _ => Err(Error::PermissionDenied {
+                plugin: caller.to_owned(),
+                capability: format!(
+                    "context {path} (only the plugin handling the call or delivery there may work under it)"
+                ),
+            }),
+        }
+    }
+
     fn resolve(&self, path: &str, spec: &ChildSpec<'_>) -> Result<Arc<Node>, Error> {
         let (root, depth) = parse_path(path).ok_or_else(|| Error::InvalidName {
             what: "context path",
             name: path.chars().take(64).collect(),
             reason: "expected `<16 hex digits>(.<number>)*`".into(),
         })?;
+        if let (true, Some(caller)) = (self.shared.check_holders, spec.caller) {
+            return self.held(root, path, caller);
+        }
         let tree = {
             let mut roots = self.shared.roots.lock();
             match roots.get(&root).and_then(Weak::upgrade) {

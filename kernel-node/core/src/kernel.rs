@@ -11,12 +11,13 @@ use crate::broker::{Accepted, Broker, Publication, SubscribeRequest};
 use crate::call::{Reply, Request};
 use crate::capability::{Action, Capabilities};
 use crate::config::Config;
-use crate::context::{Contexts, Node};
+use crate::context::{Contexts, Node, Parent};
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, NodeFigures};
 use crate::middleware::{self, BareRouter};
 use crate::provider::{Instance, Link, LocalHandler};
+use crate::rate::PublishRate;
 use crate::registry::Registry;
 use crate::router::{CallFuture, Router};
 use crate::stats::Stats;
@@ -36,6 +37,7 @@ pub struct Kernel {
     telemetry: Telemetry,
     lifecycle: Lifecycle,
     capabilities: Arc<Capabilities>,
+    publish_rate: PublishRate,
 }
 
 /// An in-process registration; dropping it deregisters the instance.
@@ -70,7 +72,11 @@ impl Kernel {
         let config = config.into();
         let stats = Arc::new(Stats::default());
         let metrics = Arc::new(Metrics::default());
-        let contexts = Arc::new(Contexts::new(config.budget.clone()));
+        let contexts = Arc::new(if config.auth.enabled {
+            Contexts::checking_holders(config.budget.clone())
+        } else {
+            Contexts::new(config.budget.clone())
+        });
         let registry = Arc::new(Registry::new());
         let capabilities = Arc::new(Capabilities::new(&config.auth));
         let router = Router::new(middleware::pipeline(
@@ -82,6 +88,10 @@ impl Kernel {
             capabilities.clone(),
         ));
         let bare = middleware::bare(registry.clone(), contexts.clone(), config.router.clone());
+        let config_rate = (
+            config.broker.max_publish_rate_per_plugin,
+            config.broker.publish_burst_per_plugin,
+        );
         let broker = Broker::new(
             config.broker.clone(),
             config.router.max_payload_bytes,
@@ -101,6 +111,7 @@ impl Kernel {
             telemetry,
             lifecycle: Lifecycle::new(),
             capabilities,
+            publish_rate: PublishRate::new(config_rate.0, config_rate.1),
         })
     }
 
@@ -189,7 +200,8 @@ impl Kernel {
     }
 
     /// Publishes one event (the broker's future as is, like [`Kernel::call`],
-    /// once the publisher's `publish` capability covers the topic).
+    /// once the publisher's `publish` capability covers the topic and its
+    /// publish rate allows one more).
     pub fn publish(
         &self,
         p: Publication,
@@ -197,7 +209,11 @@ impl Kernel {
         match self
             .capabilities
             .check(p.caller.as_deref(), Action::Publish, &p.topic)
-        {
+            .and_then(|()| self.publish_rate.take(p.caller.as_ref()))
+            .and_then(|()| match &p.parent {
+                Parent::Path(path) => self.contexts.check_holder(path, p.caller.as_deref()),
+                _ => Ok(()),
+            }) {
             Ok(()) => futures::future::Either::Left(self.broker.publish(p)),
             Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
         }

@@ -40,6 +40,7 @@ mod metrics;
 mod middleware;
 mod names;
 mod provider;
+mod rate;
 mod registry;
 mod router;
 mod schema;

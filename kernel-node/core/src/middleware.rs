@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`trace`]: a span per call and the call metrics (outermost).
 //! - [`capability`]: the caller's `call` grant (auth on).
+//! - [`bulkhead`]: calls in flight per plugin (`router.max_in_flight_per_plugin`).
 //! - [`validate`]: JSON Schema validation of arguments.
 //! - [`accounting`]: context node, budgets, deadline and branch cancellation.
 //! - [`retry`]: retries of methods declared idempotent.
@@ -22,6 +23,7 @@
 pub(crate) mod accounting;
 #[cfg(test)]
 mod adapters;
+pub(crate) mod bulkhead;
 pub(crate) mod capability;
 pub(crate) mod dispatch;
 pub(crate) mod retry;
@@ -49,7 +51,9 @@ use dispatch::Dispatch;
 /// The composed pipeline type.
 pub(crate) type Pipeline = trace::TraceStage<
     capability::CapabilityStage<
-        validate::ValidateStage<accounting::AccountingStage<retry::RetryStage<Dispatch>>>,
+        bulkhead::BulkheadStage<
+            validate::ValidateStage<accounting::AccountingStage<retry::RetryStage<Dispatch>>>,
+        >,
     >,
 >;
 
@@ -62,7 +66,10 @@ pub(crate) type Layers = ServiceBuilder<
             accounting::AccountingLayer,
             Stack<
                 validate::ValidateLayer,
-                Stack<capability::CapabilityLayer, Stack<trace::TraceLayer, Identity>>,
+                Stack<
+                    bulkhead::BulkheadLayer,
+                    Stack<capability::CapabilityLayer, Stack<trace::TraceLayer, Identity>>,
+                >,
             >,
         >,
     >,
@@ -132,6 +139,12 @@ pub(crate) fn layers(
         // reveal what a method's schema wants; inside trace, so a denial is
         // counted and traced like any other refusal.
         .layer(capability::CapabilityLayer::new(capabilities))
+        // After the grant (a denied call holds no place), before any work:
+        // a plugin over its cap is refused before validation or a context
+        // node cost anything.
+        .layer(bulkhead::BulkheadLayer::new(
+            config.max_in_flight_per_plugin,
+        ))
         //
         // Before accounting, so a malformed request costs no budget and
         // starts no branch in the context tree.
