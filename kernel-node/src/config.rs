@@ -44,6 +44,8 @@ pub struct Config {
     pub database_url: Option<String>,
     /// `[outbox]`: the relay (only with `database_url`).
     pub outbox: OutboxConfig,
+    /// `[durable]`: durable subscriptions (only with `database_url`).
+    pub durable: DurableConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             plugins_dir: None,
             database_url: None,
             outbox: OutboxConfig::default(),
+            durable: DurableConfig::default(),
         }
     }
 }
@@ -117,6 +120,23 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// `[durable]`: durable subscriptions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DurableConfig {
+    /// Events kept per durable subscription at most; a publish that would
+    /// exceed it fails with `RESOURCE_EXHAUSTED` naming the subscription.
+    pub max_backlog: u64,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        DurableConfig {
+            max_backlog: 1_000_000,
         }
     }
 }
@@ -337,10 +357,11 @@ impl Config {
 }
 
 /// Top-level keys an environment variable may set.
-const KNOWN_ROOTS: [&str; 9] = [
+const KNOWN_ROOTS: [&str; 10] = [
     "plugins_dir",
     "database_url",
     "outbox",
+    "durable",
     "listen",
     "router",
     "broker",

@@ -147,7 +147,12 @@ async fn serve(
         }
     };
     let store = match &config.database_url {
-        Some(url) => match Store::start(url, config.outbox.clone(), kernel.clone()) {
+        Some(url) => match Store::start(
+            url,
+            config.outbox.clone(),
+            config.durable.clone(),
+            kernel.clone(),
+        ) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("{name}: {e}");
@@ -185,6 +190,7 @@ async fn serve(
         kernel,
         config.server.clone(),
         hosted.clone(),
+        store.clone(),
         shutdown_signal(),
     )
     .await;

@@ -70,12 +70,21 @@ const MAX_FRAME: u32 = 256 << 10;
 #[derive(Debug, Clone)]
 pub struct KernelService {
     kernel: Arc<Kernel>,
+    store: Option<Arc<crate::store::Store>>,
 }
 
 impl KernelService {
     /// The service over `kernel`.
     pub fn new(kernel: Arc<Kernel>) -> Self {
-        KernelService { kernel }
+        KernelService {
+            kernel,
+            store: None,
+        }
+    }
+
+    /// The same with the node's database (durable subscriptions).
+    pub fn with_store(kernel: Arc<Kernel>, store: Option<Arc<crate::store::Store>>) -> Self {
+        KernelService { kernel, store }
     }
 }
 
@@ -141,7 +150,7 @@ impl pb::kernel_server::Kernel for KernelService {
         &self,
         req: Request<Streaming<pb::SubscribeUp>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let s = events::subscribe(self.kernel.clone(), req).await?;
+        let s = events::subscribe(self.kernel.clone(), self.store.clone(), req).await?;
         Ok(Response::new(Box::pin(ended_by_shutdown(
             s,
             self.kernel.clone(),
@@ -224,6 +233,7 @@ pub async fn run(
     kernel: Arc<Kernel>,
     config: ServerConfig,
     plugins: Option<Arc<plugin_host::Host>>,
+    store: Option<Arc<crate::store::Store>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let max_msg = kernel.config().router.max_payload_bytes + ENVELOPE_ALLOWANCE;
@@ -245,14 +255,14 @@ pub async fn run(
     let reflection_alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let kernel_svc = KernelServer::new(KernelService::new(kernel.clone()))
+    let kernel_svc = KernelServer::new(KernelService::with_store(kernel.clone(), store.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
     let gate_kernel = kernel.clone();
-    let admin_svc =
-        AdminServer::with_interceptor(AdminService::new(kernel.clone(), plugins), move |req| {
-            admin::admin_gate(&gate_kernel, req)
-        });
+    let admin_svc = AdminServer::with_interceptor(
+        AdminService::new(kernel.clone(), plugins, store),
+        move |req| admin::admin_gate(&gate_kernel, req),
+    );
 
     let incoming = incoming::guarded(
         listener,

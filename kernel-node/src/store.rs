@@ -8,8 +8,11 @@
 //! marks the node not ready naming the database, and tries again with
 //! backoff; in-memory traffic never waits for it.
 
+mod durable;
 mod migrate;
 mod relay;
+
+pub use durable::{Connected, Durables};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use std::time::Duration;
 use kernel_core::{Kernel, Work};
 use parking_lot::Mutex;
 
-use crate::config::OutboxConfig;
+use crate::config::{DurableConfig, OutboxConfig};
 
 /// The node's database side.
 #[derive(Debug)]
@@ -36,6 +39,7 @@ pub struct Store {
     lag_ms: AtomicI64,
     /// When the node started (the relay's start delay counts from here).
     started: std::time::Instant,
+    durables: Arc<Durables>,
 }
 
 impl Store {
@@ -43,13 +47,17 @@ impl Store {
     pub fn start(
         url: &str,
         outbox: OutboxConfig,
+        durable: DurableConfig,
         kernel: Arc<Kernel>,
     ) -> Result<Arc<Store>, String> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("database_url is not a PostgreSQL URL: {e}"))?;
         let shown = shown(&config);
+        let durables = Durables::new(config.clone(), shown.clone(), durable.max_backlog);
+        kernel.set_keeper(durables.clone());
         let store = Arc::new(Store {
+            durables,
             down: Mutex::new(Some(format!("database {shown}: connecting"))),
             shown,
             config,
@@ -66,15 +74,21 @@ impl Store {
         Ok(store)
     }
 
+    /// The durable subscriptions.
+    pub fn durables(&self) -> &Arc<Durables> {
+        &self.durables
+    }
+
     /// Why the node is not ready on the database's account, if it is not.
     pub fn not_ready(&self) -> Option<String> {
         self.down.lock().clone()
     }
 
-    /// The `kernel_outbox_*` and `kernel_database_up` metrics.
+    /// The `kernel_outbox_*`, `kernel_durable_backlog` and
+    /// `kernel_database_up` metrics.
     pub fn render_metrics(&self) -> String {
         let up = u8::from(self.down.lock().is_none());
-        format!(
+        let mut out = format!(
             "# HELP kernel_database_up 1 when the node is connected to its database and the schema is migrated.\n\
              # TYPE kernel_database_up gauge\nkernel_database_up {up}\n\
              # HELP kernel_outbox_relayed_total Outbox rows published to the bus.\n\
@@ -89,7 +103,9 @@ impl Store {
             self.rejected.load(Ordering::Relaxed),
             self.batches.load(Ordering::Relaxed),
             self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        )
+        );
+        self.durables.render_metrics(&mut out);
+        out
     }
 
     async fn run(self: Arc<Self>, kernel: Arc<Kernel>) {

@@ -35,6 +35,8 @@ pub struct SubscribeOptions {
     pub max_deliver: u32,
     /// A name for admin listings and backpressure errors.
     pub name: String,
+    /// Durable subscription name (see [`SubscribeOptions::durable`]).
+    pub durable: String,
 }
 
 impl SubscribeOptions {
@@ -79,6 +81,16 @@ impl SubscribeOptions {
     /// Attempts before dead-lettering.
     pub fn max_deliver(mut self, n: u32) -> Self {
         self.max_deliver = n;
+        self
+    }
+
+    /// Makes this a durable subscription named `name` (a node with a
+    /// database): events published while it is away are kept and
+    /// delivered when it comes back, across node restarts. Acks are
+    /// explicit.
+    pub fn durable(mut self, name: &str) -> Self {
+        self.durable = name.to_owned();
+        self.explicit_ack = true;
         self
     }
 
@@ -245,6 +257,7 @@ impl Client {
                 ack_wait_ms: opts.ack_wait.map_or(0, |d| d.as_millis() as u64),
                 max_deliver: opts.max_deliver,
                 name: opts.name,
+                durable: opts.durable,
             }),
             ..Default::default()
         };

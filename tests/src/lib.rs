@@ -80,7 +80,7 @@ impl Node {
         let (stop, rx) = oneshot::channel::<()>();
         let k = kernel.clone();
         let task = tokio::spawn(async move {
-            let _ = server::run(listener, k, server, None, async {
+            let _ = server::run(listener, k, server, None, None, async {
                 let _ = rx.await;
             })
             .await;

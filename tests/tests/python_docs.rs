@@ -199,7 +199,13 @@ async fn run_block(block: &Block, all: &[Block], node: &Node, n: usize) {
             poll_ms: 200,
             ..OutboxConfig::default()
         };
-        let store = Store::start(&test_db.url, outbox, node.kernel.clone()).expect("store");
+        let store = Store::start(
+            &test_db.url,
+            outbox,
+            Default::default(),
+            node.kernel.clone(),
+        )
+        .expect("store");
         kernel_tests::wait_until(Duration::from_secs(30), "the database ready", || {
             store.not_ready().is_none()
         })

@@ -68,6 +68,25 @@ pub struct Publication {
 /// row id is the rest); never set in an id the broker assigns.
 pub const OUTBOX_ID_BIT: u64 = 1 << 63;
 
+/// A stored event for [`Broker::feed`].
+#[derive(Debug)]
+pub struct Stored {
+    /// Its id (kept from its publish).
+    pub id: u64,
+    /// Topic.
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Content type.
+    pub content_type: String,
+    /// Headers as published.
+    pub headers: Headers,
+    /// When it was published, Unix ns.
+    pub publish_time_unix_ns: i64,
+    /// Dropped when the delivery is settled.
+    pub settled: tokio::sync::oneshot::Sender<()>,
+}
+
 /// What a publish returns.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -384,6 +403,45 @@ impl Broker {
 
     /// Opens a subscription.
     pub fn subscribe(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
+        self.open(req, false)
+    }
+
+    /// A subscription no publish reaches: only [`Broker::feed`] puts events
+    /// in it (a durable subscription, fed from storage). It is listed, and
+    /// acks, nacks, the window, ack waits and dead letters work as for any
+    /// other; [`Broker::unsubscribe`] closes it.
+    pub fn subscribe_detached(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
+        self.open(req, true)
+    }
+
+    /// Buffers a stored event in a detached subscription; gives it back
+    /// when the subscription has no room (wait with
+    /// [`Subscription::wait_space`]). `settled` drops when the
+    /// delivery is acked or dead-lettered, or the subscription closes.
+    pub fn feed(&self, sub: &Arc<Subscription>, e: Box<Stored>) -> Result<(), Box<Stored>> {
+        match sub.has_space() {
+            Ok(true) => {}
+            _ => return Err(e),
+        }
+        let e = *e;
+        let context = event_context(e.id, 0);
+        let event = Arc::new(EventData {
+            id: e.id,
+            topic: e.topic,
+            payload: e.payload,
+            content_type: e.content_type,
+            headers: e.headers,
+            publish_time_unix_ns: e.publish_time_unix_ns,
+            settle: Some(Settle::new(e.settled)),
+        });
+        // A subscription that closed meanwhile drops the event, and with it
+        // the settle sender: the feeder sees the subscription closed and
+        // keeps the stored row.
+        let _ = sub.push(Queued::new(event, context, None));
+        Ok(())
+    }
+
+    fn open(&self, req: SubscribeRequest, detached: bool) -> Result<Arc<Subscription>, Error> {
         if req.patterns.is_empty() {
             return Err(Error::InvalidName {
                 what: "pattern",
@@ -416,10 +474,11 @@ impl Broker {
             max_deliver: nonzero(req.max_deliver, self.config.max_deliver),
             capacity: self.config.buffer,
             plugin: req.plugin,
+            detached,
         };
         let sub = Arc::new(Subscription::new(id, opts));
         let mut index = self.index.write();
-        for p in &patterns {
+        for p in patterns.iter().filter(|_| !detached) {
             let change = match &group {
                 None => index.trie.insert(p, id),
                 Some(g) => index.trie.insert_queue(p, g, id),
@@ -438,7 +497,7 @@ impl Broker {
         if index.subs.remove(&sub.id).is_none() {
             return;
         }
-        for p in &sub.opts.patterns {
+        for p in sub.opts.patterns.iter().filter(|_| !sub.opts.detached) {
             let change = match &sub.opts.group {
                 None => index.trie.remove(p, sub.id),
                 Some(g) => index.trie.remove_queue(p, g, sub.id),

@@ -172,6 +172,26 @@ pub enum Error {
         /// Who asked.
         plugin: String,
     },
+    /// The node's database, which this request needs, cannot be reached.
+    #[error("database {database} is unavailable: {cause}")]
+    StoreUnavailable {
+        /// The database, as the node shows it (no password).
+        database: String,
+        /// What failed.
+        cause: String,
+    },
+    /// A durable subscription's stored backlog is full.
+    #[error("durable subscription `{durable}` has a full backlog ({limit} events, durable.max_backlog); it must ack or be deleted")]
+    BacklogFull {
+        /// Its name.
+        durable: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A request that cannot be served in the node's present state (a
+    /// durable subscription without a database, one already connected).
+    #[error("{0}")]
+    Precondition(String),
     /// A failure that came back from a provider or a deeper hop, passed through.
     #[error("{}", .0.message)]
     Remote(Failure),
@@ -191,7 +211,10 @@ impl Error {
             Error::Saturated { .. }
             | Error::BudgetExhausted { .. }
             | Error::Backpressure { .. }
-            | Error::LimitReached { .. } => Code::ResourceExhausted,
+            | Error::LimitReached { .. }
+            | Error::BacklogFull { .. } => Code::ResourceExhausted,
+            Error::StoreUnavailable { .. } => Code::Unavailable,
+            Error::Precondition(_) => Code::FailedPrecondition,
             Error::Cancelled { .. } => Code::Cancelled,
             Error::ProviderGone { .. }
             | Error::ShuttingDown

@@ -13,6 +13,7 @@ use crate::capability::{Action, Capabilities};
 use crate::config::Config;
 use crate::context::{Contexts, Node, Parent};
 use crate::error::Error;
+use crate::keeper::{Keeper, Kept};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, NodeFigures};
 use crate::middleware::{self, BareRouter};
@@ -38,6 +39,8 @@ pub struct Kernel {
     lifecycle: Lifecycle,
     capabilities: Arc<Capabilities>,
     publish_rate: PublishRate,
+    /// Durable subscriptions' storage, when the node has a database.
+    keeper: std::sync::OnceLock<Arc<dyn Keeper>>,
 }
 
 /// An in-process registration; dropping it deregisters the instance.
@@ -112,6 +115,7 @@ impl Kernel {
             lifecycle: Lifecycle::new(),
             capabilities,
             publish_rate: PublishRate::new(config_rate.0, config_rate.1),
+            keeper: std::sync::OnceLock::new(),
         })
     }
 
@@ -200,8 +204,8 @@ impl Kernel {
     }
 
     /// Publishes one event (the broker's future as is, like [`Kernel::call`],
-    /// once the publisher's `publish` capability covers the topic and its
-    /// publish rate allows one more).
+    /// once the publisher's `publish` capability covers the topic, its
+    /// publish rate allows one more, and, naming a context, it holds it).
     pub fn publish(
         &self,
         p: Publication,
@@ -214,9 +218,59 @@ impl Kernel {
                 Parent::Path(path) => self.contexts.check_holder(path, p.caller.as_deref()),
                 _ => Ok(()),
             }) {
-            Ok(()) => futures::future::Either::Left(self.broker.publish(p)),
+            Ok(()) => futures::future::Either::Left(self.publish_unchecked(p)),
             Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
         }
+    }
+
+    /// Publishes without the publisher's checks: for the node's own
+    /// publishers (the outbox relay, whose rows the database vouches for).
+    /// An event a durable subscription wants is kept before this resolves.
+    pub fn publish_unchecked(
+        &self,
+        p: Publication,
+    ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
+        use futures::future::Either;
+        match self.keeper.get() {
+            Some(k) if k.wants(&p.topic) => Either::Right(self.publish_kept(k.clone(), p)),
+            _ => Either::Left(self.broker.publish(p)),
+        }
+    }
+
+    fn publish_kept(
+        &self,
+        keeper: Arc<dyn Keeper>,
+        p: Publication,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Accepted, Error>> + Send + '_>>
+    {
+        let mut headers = p.headers.clone();
+        headers.remove(kernel_proto::headers::CONTEXT);
+        if let Some(c) = &p.caller {
+            headers.insert(kernel_proto::headers::CALLER.to_owned(), c.to_string());
+        }
+        let (topic, payload, content_type) =
+            (p.topic.clone(), p.payload.clone(), p.content_type.clone());
+        Box::pin(async move {
+            let accepted = self.broker.publish(p).await?;
+            keeper
+                .keep(Kept {
+                    id: accepted.id,
+                    topic,
+                    payload,
+                    content_type,
+                    headers,
+                    publish_time_unix_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64),
+                })
+                .await?;
+            Ok(accepted)
+        })
+    }
+
+    /// Hands the kernel its durable subscriptions' storage (once, at start).
+    pub fn set_keeper(&self, keeper: Arc<dyn Keeper>) {
+        let _ = self.keeper.set(keeper);
     }
 
     /// Opens a subscription (every pattern covered by the subscriber's

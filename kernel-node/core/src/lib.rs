@@ -34,6 +34,7 @@ mod config;
 mod context;
 mod error;
 mod invocation;
+mod keeper;
 mod kernel;
 mod lifecycle;
 mod metrics;
@@ -49,12 +50,15 @@ mod stats;
 pub use broker::subscription::{DeadLetter, Subscription, Take};
 pub use broker::trie::Trie;
 pub use broker::trie::{Interest, Match, Queue};
-pub use broker::{Accepted, Broker, InterestChange, Publication, SubscribeRequest, OUTBOX_ID_BIT};
+pub use broker::{
+    Accepted, Broker, InterestChange, Publication, Stored, SubscribeRequest, OUTBOX_ID_BIT,
+};
 pub use call::{BoxFuture, Headers, Reply, Request};
 pub use capability::{covers, Action, AuthConfig, Capabilities, PluginAuth};
 pub use config::{BrokerConfig, BudgetConfig, BudgetOverride, Config, RouterConfig};
 pub use context::{ChildSpec, Contexts, Node as ContextNode, Parent};
 pub use error::Error;
+pub use keeper::{Keeper, Kept};
 pub use kernel::{Kernel, LocalRegistration};
 pub use lifecycle::{Drained, Lifecycle, Work};
 pub use metrics::{EdgeRequest, EdgeSeries, Metrics, NodeFigures};

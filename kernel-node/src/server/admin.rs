@@ -15,12 +15,30 @@ use plugin_host::Host;
 pub struct AdminService {
     kernel: Arc<Kernel>,
     plugins: Option<Arc<Host>>,
+    store: Option<Arc<crate::store::Store>>,
 }
 
 impl AdminService {
-    /// Admin over `kernel`, and over `plugins` when the node supervises some.
-    pub fn new(kernel: Arc<Kernel>, plugins: Option<Arc<Host>>) -> Self {
-        AdminService { kernel, plugins }
+    /// Admin over `kernel`, over `plugins` when the node supervises some,
+    /// and over its durable subscriptions when it has a database.
+    pub fn new(
+        kernel: Arc<Kernel>,
+        plugins: Option<Arc<Host>>,
+        store: Option<Arc<crate::store::Store>>,
+    ) -> Self {
+        AdminService {
+            kernel,
+            plugins,
+            store,
+        }
+    }
+
+    fn store(&self) -> Result<&crate::store::Store, Status> {
+        self.store.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "durable subscriptions need a node with a database (database_url)",
+            )
+        })
     }
 
     /// In-process plugins, reported like supervised ones: they live as long
@@ -98,6 +116,35 @@ impl Admin for AdminService {
             .reload(&name)
             .map_err(|_| unknown(&name))?;
         Ok(Response::new(pb::PluginResponse {}))
+    }
+
+    async fn list_durables(
+        &self,
+        _: Request<pb::ListDurablesRequest>,
+    ) -> Result<Response<pb::ListDurablesResponse>, Status> {
+        let durables = self
+            .store()?
+            .durables()
+            .list()
+            .into_iter()
+            .map(|(name, patterns, backlog, connected)| pb::DurableInfo {
+                name,
+                patterns,
+                backlog,
+                connected,
+            })
+            .collect();
+        Ok(Response::new(pb::ListDurablesResponse { durables }))
+    }
+
+    async fn delete_durable(
+        &self,
+        req: Request<pb::DeleteDurableRequest>,
+    ) -> Result<Response<pb::DeleteDurableResponse>, Status> {
+        let name = req.into_inner().name;
+        let deleted_events = self.store()?.durables().delete(&name).await?;
+        tracing::info!(target: "audit", durable = %name, deleted_events, "durable subscription deleted");
+        Ok(Response::new(pb::DeleteDurableResponse { deleted_events }))
     }
 
     async fn list_plugins(

@@ -188,6 +188,8 @@ fn fold_downs(downs: Vec<PublishStreamDown>) -> PublishStreamDown {
 struct Leave {
     kernel: Arc<Kernel>,
     sub: Arc<Subscription>,
+    /// A durable subscriber's place, given up after its subscription closed.
+    _durable: Option<crate::store::Connected>,
 }
 
 impl Drop for Leave {
@@ -200,6 +202,7 @@ impl Drop for Leave {
 /// batches of events down.
 pub(crate) async fn subscribe(
     kernel: Arc<Kernel>,
+    store: Option<Arc<crate::store::Store>>,
     req: Request<Streaming<SubscribeUp>>,
 ) -> Result<impl Stream<Item = Result<SubscribeDown, Status>> + Send + 'static, Status> {
     let plugin = metadata::caller_from(req.metadata());
@@ -212,7 +215,7 @@ pub(crate) async fn subscribe(
             detail: "the first Subscribe frame must carry `open`".into(),
         })
     })?;
-    let sub = kernel.subscribe(SubscribeRequest {
+    let request = SubscribeRequest {
         name: open.name,
         patterns: open.patterns,
         group: open.queue_group,
@@ -221,7 +224,22 @@ pub(crate) async fn subscribe(
         ack_wait_ms: open.ack_wait_ms,
         max_deliver: open.max_deliver,
         plugin,
-    })?;
+    };
+    let (sub, durable) = if open.durable.is_empty() {
+        (kernel.subscribe(request)?, None)
+    } else {
+        let Some(store) = &store else {
+            return Err(Error::Precondition(
+                "durable subscriptions need a node with a database (database_url)".into(),
+            )
+            .into());
+        };
+        let (sub, held) = store
+            .durables()
+            .open(&kernel, &open.durable, request)
+            .await?;
+        (sub, Some(held))
+    };
     tracing::debug!(subscription = %sub.label(), patterns = ?sub.opts.patterns, "subscribed");
 
     // Upstream: acks, nacks, credit. Its end (client gone) closes the subscription.
@@ -229,6 +247,7 @@ pub(crate) async fn subscribe(
     let reader_leave = Arc::new(Leave {
         kernel: kernel.clone(),
         sub: sub.clone(),
+        _durable: durable,
     });
     {
         let kernel = kernel.clone();

@@ -6,11 +6,18 @@
 use tokio_postgres::Client;
 
 /// Every migration, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 1] = [(
-    1,
-    "outbox",
-    include_str!("../../migrations/0001_outbox.sql"),
-)];
+const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (
+        1,
+        "outbox",
+        include_str!("../../migrations/0001_outbox.sql"),
+    ),
+    (
+        2,
+        "durable",
+        include_str!("../../migrations/0002_durable.sql"),
+    ),
+];
 
 /// The advisory lock key the migrations hold (`kernel` in ASCII).
 const LOCK: i64 = 0x6b65726e656c;

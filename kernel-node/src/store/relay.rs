@@ -76,6 +76,7 @@ impl Session {
         let _stop_driver = AbortOnDrop(driver.abort_handle());
         let mut driver = driver.fuse();
         migrate::apply(&mut client).await?;
+        store.durables.load(&client).await?;
         client.batch_execute("LISTEN kernel_outbox").await?;
         store.up();
         let limit = i64::from(store.outbox.batch);
@@ -143,7 +144,7 @@ async fn relay_batch(
         let (tx_settled, rx_settled) = tokio::sync::oneshot::channel::<()>();
         let mut p = publication(kernel, row);
         p.settled = Some(tx_settled);
-        match kernel.broker().publish(p).await {
+        match kernel.publish_unchecked(p).await {
             Ok(_) => {
                 published.push(id);
                 settled.push(rx_settled);

@@ -139,6 +139,9 @@ pub struct SubOptions {
     pub capacity: usize,
     /// The subscribing plugin, when known.
     pub plugin: Option<Arc<str>>,
+    /// Not in the topic index: no publish reaches it, only
+    /// [`crate::Broker::feed`] (a durable subscription fed from storage).
+    pub detached: bool,
 }
 
 /// A live subscription.
