@@ -269,7 +269,7 @@ class Client:
 
     async def subscribe(self, *patterns: str, queue_group: str = "", explicit_ack: bool = False,
                         window: int = 0, ack_wait: float | None = None, max_deliver: int = 0,
-                        name: str = "") -> Subscriber:
+                        name: str = "", durable: str = "") -> Subscriber:
         """Opens a subscription to `patterns` (`order.*`, `audit.>`) and returns
         once the kernel confirmed it: events published after this returns are
         delivered.
@@ -278,13 +278,16 @@ class Client:
         `explicit_ack`: every delivery must be acked or nacked; `window` caps
         unacked deliveries, `ack_wait` (seconds) redelivers what stays
         unacked, and after `max_deliver` attempts the event goes to
-        `$dlq.<topic>`. Zero / None take the kernel's defaults."""
+        `$dlq.<topic>`. Zero / None take the kernel's defaults.
+        `durable`: a durable subscription's name (a node with a database,
+        PROTOCOL §6.9): events published while it is away are kept for it;
+        acks are then explicit."""
         if not patterns:
             raise KernelError(grpc.StatusCode.INVALID_ARGUMENT, "subscribe needs a pattern")
         return await Subscriber._open(
             self.stub, self.plugin, _flatten(patterns), queue_group=queue_group,
-            explicit_ack=explicit_ack, window=window, ack_wait=ack_wait,
-            max_deliver=max_deliver, name=name)
+            explicit_ack=explicit_ack or bool(durable), window=window, ack_wait=ack_wait,
+            max_deliver=max_deliver, name=name, durable=durable)
 
     # --------------------------------------------------------------- budgets
 

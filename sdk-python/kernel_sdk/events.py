@@ -116,7 +116,7 @@ class Subscriber:
     @classmethod
     async def _open(cls, stub: KernelStub, plugin: str | None, patterns: Sequence[str], *,
                     queue_group: str, explicit_ack: bool, window: int, ack_wait: float | None,
-                    max_deliver: int, name: str) -> Subscriber:
+                    max_deliver: int, name: str, durable: str = "") -> Subscriber:
         queue: asyncio.Queue[_Up] = asyncio.Queue()
         opening = pb.SubscribeOpen(
             patterns=list(patterns),
@@ -126,6 +126,7 @@ class Subscriber:
             ack_wait_ms=0 if ack_wait is None else max(1, round(ack_wait * 1000)),
             max_deliver=max_deliver,
             name=name,
+            durable=durable,
         )
         metadata = ((PLUGIN, plugin),) if plugin else None
         call = stub.subscribe(_frames(pb.SubscribeUp(open=opening), queue), metadata=metadata)
@@ -195,12 +196,21 @@ class Subscriber:
             self._send([n])
 
     async def close(self) -> None:
-        """Ends the subscription at once. A queue-group member hands what it
-        held to the rest of its group; a lone subscription drops it."""
+        """Ends the subscription: acks and nacks already given are sent
+        first (waiting up to a second for them to go out), then the stream
+        is cancelled. A queue-group member hands what it held to the rest of
+        its group; a lone subscription drops it (a durable one keeps what
+        was not acked)."""
         if self._closed:
             return
         self._closed = True
         self._queue.put_nowait(None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while not self._queue.empty() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        # The last frame was taken; give the transport a moment to write it.
+        await asyncio.sleep(0.05)
         self._call.cancel()
 
     async def __aenter__(self) -> Subscriber:

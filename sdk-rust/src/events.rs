@@ -37,6 +37,9 @@ pub struct SubscribeOptions {
     pub name: String,
     /// Durable subscription name (see [`SubscribeOptions::durable`]).
     pub durable: String,
+    /// Drop (and ack) an event whose id was among the last `dedupe` seen;
+    /// 0 = off (see [`SubscribeOptions::dedupe`]).
+    pub dedupe: usize,
 }
 
 impl SubscribeOptions {
@@ -94,6 +97,14 @@ impl SubscribeOptions {
         self
     }
 
+    /// Opt-in deduplication for at-least-once sources (the outbox, durable
+    /// subscriptions): an event whose id is among the last `window` ids
+    /// this subscriber saw is acked and skipped, not handed out again.
+    pub fn dedupe(mut self, window: usize) -> Self {
+        self.dedupe = window;
+        self
+    }
+
     /// Display name.
     pub fn name(mut self, n: &str) -> Self {
         self.name = n.to_owned();
@@ -119,6 +130,41 @@ pub struct Subscriber {
     /// The rest of the last batch, handed out in order without copying it
     /// into another queue.
     ready: std::vec::IntoIter<Event>,
+    /// Recent event ids, when deduplicating.
+    seen: Option<Seen>,
+}
+
+/// The last `cap` event ids, in arrival order and as a set.
+#[derive(Debug)]
+struct Seen {
+    cap: usize,
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl Seen {
+    fn new(cap: usize) -> Option<Seen> {
+        (cap > 0).then(|| Seen {
+            cap,
+            order: std::collections::VecDeque::with_capacity(cap.min(4096)),
+            set: std::collections::HashSet::with_capacity(cap.min(4096)),
+        })
+    }
+
+    /// False when `id` was seen (a duplicate); records it otherwise.
+    fn first(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -143,7 +189,13 @@ impl Subscriber {
     pub async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.ready.next() {
-                return Some(e);
+                match self.seen.as_mut().map(|s| s.first(&e.id)) {
+                    Some(false) => {
+                        self.ack(&e);
+                        continue;
+                    }
+                    _ => return Some(e),
+                }
             }
             match &mut self.source {
                 Source::Remote { inbound, .. } => {
@@ -220,6 +272,12 @@ impl Client {
     pub async fn subscriber(&self, opts: SubscribeOptions) -> Result<Subscriber, Error> {
         #[cfg(feature = "in-process")]
         if let Some(kernel) = self.kernel() {
+            if !opts.durable.is_empty() {
+                return Err(Error::new(
+                    Code::FailedPrecondition,
+                    "durable subscriptions are opened over gRPC, where the node's database is",
+                ));
+            }
             let sub = kernel
                 .subscribe(SubscribeRequest {
                     name: opts.name,
@@ -238,12 +296,14 @@ impl Client {
                     sub,
                 },
                 ready: Vec::new().into_iter(),
+                seen: Seen::new(opts.dedupe),
             });
         }
         let Some(remote) = self.remote() else {
             return Err(Error::internal("client has no transport"));
         };
         let (up, rx) = mpsc::unbounded_channel();
+        let dedupe = opts.dedupe;
         let open = pb::SubscribeUp {
             open: Some(pb::SubscribeOpen {
                 patterns: opts.patterns,
@@ -282,6 +342,7 @@ impl Client {
                 up,
             },
             ready: Vec::new().into_iter(),
+            seen: Seen::new(dedupe),
         })
     }
 

@@ -247,3 +247,67 @@ async fn a_lost_database_fails_durable_publishes_only() {
     )
     .await;
 }
+
+/// The Python SDK's `durable=`: a Python subscriber gets what was published
+/// while it was away (needs the environment `make test` prepares).
+#[tokio::test]
+async fn a_python_durable_subscriber_gets_what_it_missed() {
+    let python = std::env::var("KERNEL_TEST_PYTHON")
+        .expect("KERNEL_TEST_PYTHON is not set: run the tests with `make test`");
+    let db = TestDb::create().await;
+    let admin = free_addr();
+    let n = node(&db.url, &admin, &[]).await;
+    let script = r#"
+import asyncio, sys
+from kernel_sdk import Client
+
+async def main() -> None:
+    client = Client(sys.argv[1])
+    sub = await client.subscribe("py.>", durable="pyaudit")
+    if sys.argv[2] == "open":
+        print("opened", flush=True)
+        return
+    got = []
+    while len(got) < 3:
+        event = await asyncio.wait_for(sub.next(), 10)
+        got.append(event.payload.decode())
+        sub.ack(event)
+    await sub.close()  # sends the acks before it goes
+    print("got", ",".join(got), flush=True)
+
+asyncio.run(main())
+"#;
+    let run = |mode: &'static str| {
+        let (python, url) = (python.clone(), n.url.clone());
+        async move {
+            tokio::process::Command::new(python)
+                .args(["-c", script, &url, mode])
+                .env(
+                    "PYTHONPATH",
+                    std::env::var("KERNEL_TEST_PYTHONPATH").unwrap_or_default(),
+                )
+                .output()
+                .await
+                .expect("python runs")
+        }
+    };
+    let out = run("open").await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("opened"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_durable(&n.url, "pyaudit", 0, false).await;
+    let client = Client::connect(&n.url).expect("client");
+    for p in ["a", "b", "c"] {
+        client.publish("py.x", p).await.expect("publish");
+    }
+    let out = run("read").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("got a,b,c"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_durable(&n.url, "pyaudit", 0, false).await;
+}

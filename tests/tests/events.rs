@@ -442,3 +442,35 @@ async fn publish_returns_distinct_16_hex_digit_event_ids_the_subscriber_sees() {
         }
     }
 }
+
+/// `dedupe(n)`: a redelivery of an event this subscriber already handed
+/// out (same id) is acked and skipped, not handed out again.
+#[tokio::test]
+async fn dedupe_skips_a_redelivered_event_and_acks_it() {
+    let node = Node::start().await;
+    let client = node.client();
+    let mut sub = client
+        .subscriber(
+            SubscribeOptions::new("dd.*")
+                .explicit_ack()
+                .ack_wait(Duration::from_millis(150))
+                .dedupe(16),
+        )
+        .await
+        .expect("subscribe");
+    client.publish("dd.a", "a").await.expect("publish");
+    let a = next(&mut sub).await;
+    assert_eq!(&a.payload[..], b"a");
+    // Not acked: redelivered after 150 ms with the same id, while `b`
+    // waits behind it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.publish("dd.b", "b").await.expect("publish");
+    let b = next(&mut sub).await;
+    assert_eq!(&b.payload[..], b"b", "the redelivery of `a` was skipped");
+    sub.ack(&b);
+    let rest = drain(&mut sub, Duration::from_millis(500)).await;
+    assert!(
+        rest.is_empty(),
+        "the skipped redelivery was acked: {rest:?}"
+    );
+}
