@@ -11,10 +11,12 @@
 //! - events: publisher → kernel → wildcard subscriber over gRPC, in-process
 //!   emit → delivery;
 //! - trie match cost at 10 and 1,000,000 subscriptions;
-//! - the PostgreSQL outbox: commit → delivery latency, relay throughput.
+//! - the PostgreSQL outbox: commit → delivery latency, relay throughput;
+//! - durable publish → delivery against NATS JetStream.
 
 mod baseline;
 mod count;
+mod durable;
 mod local;
 mod measure;
 mod outbox;
@@ -94,6 +96,8 @@ enum Cmd {
     },
     /// Only the PostgreSQL outbox rows.
     Outbox,
+    /// Only durable publish → delivery, kernel vs JetStream.
+    Durable,
     /// Exactly `iters` operations of one kind, nothing else (what
     /// `make bench-check` counts instructions of under callgrind).
     Count {
@@ -160,6 +164,7 @@ fn main() {
             }
             Cmd::Count { op, iters } => count::run(op, iters).await,
             Cmd::Outbox => scenarios::outbox_only().await,
+            Cmd::Durable => scenarios::durable_only().await,
             Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count).await {
                 Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),
                 None => println!("nats-server not reachable on 127.0.0.1:4222"),

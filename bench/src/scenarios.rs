@@ -247,6 +247,14 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     crate::local::all(&mut rows).await;
     crate::supervise::all(&mut rows).await;
     crate::outbox::all(&mut rows, sibling).await;
+    crate::durable::all(&mut rows, sibling).await;
+    table(&rows);
+}
+
+/// The durable rows alone (`kernel-bench durable`).
+pub(crate) async fn durable_only() {
+    let mut rows = Vec::new();
+    crate::durable::all(&mut rows, sibling).await;
     table(&rows);
 }
 

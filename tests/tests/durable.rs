@@ -311,3 +311,36 @@ asyncio.run(main())
     );
     wait_durable(&n.url, "pyaudit", 0, false).await;
 }
+
+/// A publish stream (the bulk publisher) to a durable topic: events are
+/// accepted while earlier ones are still being written, and every one is
+/// stored, in order, before the stream answers it.
+#[tokio::test]
+async fn a_publish_stream_keeps_every_event_in_order() {
+    let db = TestDb::create().await;
+    let admin = free_addr();
+    let n = node(&db.url, &admin, &[]).await;
+    let client = Client::connect(&n.url).expect("client");
+    drop(durable(&client, "stream", "bulk.>").await.expect("durable"));
+    wait_durable(&n.url, "stream", 0, false).await;
+    let mut bulk = client.bulk_publisher().await.expect("bulk").window(512);
+    for i in 0..3_000 {
+        bulk.publish("bulk.x", format!("{i}"))
+            .await
+            .expect("publish");
+    }
+    assert!(
+        bulk.flush().await.expect("flush").is_empty(),
+        "nothing refused"
+    );
+    // Every answered event is stored already.
+    let stored = durables(&n.url).await;
+    assert_eq!(stored[0].backlog, 3_000, "{stored:?}");
+    let mut sub = durable(&client, "stream", "bulk.>").await.expect("back");
+    for i in 0..3_000 {
+        let e = next(&mut sub).await;
+        assert_eq!(String::from_utf8_lossy(&e.payload), i.to_string());
+        sub.ack(&e);
+    }
+    wait_durable(&n.url, "stream", 0, true).await;
+}

@@ -23,6 +23,10 @@ use crate::registry::Registry;
 use crate::router::{CallFuture, Router};
 use crate::stats::Stats;
 
+/// The keeping of an accepted event for durable subscriptions, still under
+/// way (see [`Kernel::publish_staged`]); `None` when nobody keeps it.
+pub type Keeping = Option<crate::call::BoxFuture<Result<(), Error>>>;
+
 /// A running kernel. Cheap to share (`Arc<Kernel>`).
 #[derive(Debug)]
 pub struct Kernel {
@@ -210,16 +214,11 @@ impl Kernel {
         &self,
         p: Publication,
     ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
-        match self
-            .capabilities
-            .check(p.caller.as_deref(), Action::Publish, &p.topic)
-            .and_then(|()| self.publish_rate.take(p.caller.as_ref()))
-            .and_then(|()| match &p.parent {
-                Parent::Path(path) => self.contexts.check_holder(path, p.caller.as_deref()),
-                _ => Ok(()),
-            }) {
-            Ok(()) => futures::future::Either::Left(self.publish_unchecked(p)),
-            Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
+        use futures::future::Either;
+        match self.check_publish(&p) {
+            Ok(()) if self.keeper.get().is_none() => Either::Left(self.broker.publish(p)),
+            Ok(()) => Either::Right(Either::Left(self.publish_unchecked(p))),
+            Err(e) => Either::Right(Either::Right(std::future::ready(Err(e)))),
         }
     }
 
@@ -230,19 +229,52 @@ impl Kernel {
         &self,
         p: Publication,
     ) -> impl std::future::Future<Output = Result<Accepted, Error>> + Send + '_ {
-        use futures::future::Either;
-        match self.keeper.get() {
-            Some(k) if k.wants(&p.topic) => Either::Right(self.publish_kept(k.clone(), p)),
-            _ => Either::Left(self.broker.publish(p)),
+        let staged = self.stage(p);
+        async move {
+            let (accepted, keeping) = staged.await?;
+            if let Some(k) = keeping {
+                k.await?;
+            }
+            Ok(accepted)
         }
     }
 
-    fn publish_kept(
+    /// [`Kernel::publish`] in two stages: the future resolves once the bus
+    /// accepted the event (in order, as `publish`), with, when a durable
+    /// subscription wants it, the keeping still under way in the second
+    /// future (answer the publisher after it). A stream of publishes can
+    /// so accept its next event while the previous one is being written.
+    pub fn publish_staged(
         &self,
-        keeper: Arc<dyn Keeper>,
         p: Publication,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Accepted, Error>> + Send + '_>>
-    {
+    ) -> impl std::future::Future<Output = Result<(Accepted, Keeping), Error>> + Send + '_ {
+        use futures::future::Either;
+        match self.check_publish(&p) {
+            Ok(()) => Either::Left(self.stage(p)),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        }
+    }
+
+    fn check_publish(&self, p: &Publication) -> Result<(), Error> {
+        self.capabilities
+            .check(p.caller.as_deref(), Action::Publish, &p.topic)
+            .and_then(|()| self.publish_rate.take(p.caller.as_ref()))
+            .and_then(|()| match &p.parent {
+                Parent::Path(path) => self.contexts.check_holder(path, p.caller.as_deref()),
+                _ => Ok(()),
+            })
+    }
+
+    /// The bus's acceptance, and the keeping started when a durable
+    /// subscription wants the event.
+    fn stage(
+        &self,
+        p: Publication,
+    ) -> impl std::future::Future<Output = Result<(Accepted, Keeping), Error>> + Send + '_ {
+        use futures::future::{Either, FutureExt};
+        let Some(keeper) = self.keeper.get().filter(|k| k.wants(&p.topic)).cloned() else {
+            return Either::Left(self.broker.publish(p).map(|r| r.map(|a| (a, None))));
+        };
         let mut headers = p.headers.clone();
         headers.remove(kernel_proto::headers::CONTEXT);
         if let Some(c) = &p.caller {
@@ -250,21 +282,21 @@ impl Kernel {
         }
         let (topic, payload, content_type) =
             (p.topic.clone(), p.payload.clone(), p.content_type.clone());
-        Box::pin(async move {
-            let accepted = self.broker.publish(p).await?;
-            keeper
-                .keep(Kept {
-                    id: accepted.id,
-                    topic,
-                    payload,
-                    content_type,
-                    headers,
-                    publish_time_unix_ns: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64),
-                })
-                .await?;
-            Ok(accepted)
+        let accept = self.broker.publish(p);
+        Either::Right(async move {
+            let accepted = accept.await?;
+            // Handed to the keeper now, in acceptance order.
+            let keeping = keeper.keep(Kept {
+                id: accepted.id,
+                topic,
+                payload,
+                content_type,
+                headers,
+                publish_time_unix_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64),
+            });
+            Ok((accepted, Some(keeping)))
         })
     }
 

@@ -59,7 +59,7 @@ pub use config::{BrokerConfig, BudgetConfig, BudgetOverride, Config, RouterConfi
 pub use context::{ChildSpec, Contexts, Node as ContextNode, Parent};
 pub use error::Error;
 pub use keeper::{Keeper, Kept};
-pub use kernel::{Kernel, LocalRegistration};
+pub use kernel::{Keeping, Kernel, LocalRegistration};
 pub use lifecycle::{Drained, Lifecycle, Work};
 pub use metrics::{EdgeRequest, EdgeSeries, Metrics, NodeFigures};
 pub use names::{validate_pattern, validate_service, validate_topic, MAX_NAME_BYTES, MAX_TOKENS};

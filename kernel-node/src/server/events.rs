@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, Stream};
 use kernel_proto::v1::{
     self as pb, AckMode, PublishStreamDown, PublishStreamUp, SubscribeDown, SubscribeUp,
 };
@@ -74,6 +75,11 @@ fn resolve(kernel: &Kernel, parent: kernel_core::Parent) -> kernel_core::Parent 
 /// when an event must wait for buffer space, so earlier acks never wait
 /// behind it). With compact acks (bulk publishing) a frame answers its
 /// accepted events with `accepted_through` alone.
+///
+/// An event a durable subscription wants is answered only once it is
+/// stored; the next events are accepted meanwhile (up to [`KEEPING`] of
+/// them waiting for their answer), so a stream's writes reach the database
+/// in batches rather than one round trip per event.
 pub(crate) fn publish_stream(
     kernel: Arc<Kernel>,
     req: Request<Streaming<PublishStreamUp>>,
@@ -85,12 +91,14 @@ pub(crate) fn publish_stream(
     let life = kernel.lifecycle().clone();
     life.clone().spawn(Work::Calls, async move {
         let mut compact = false;
+        // Answers still waiting for their events to be stored, in order.
+        let mut waiting: FuturesOrdered<Answer> = FuturesOrdered::new();
         // Once the node drains, no new frame is read: events not read were
         // never accepted, and the stream ends (UNAVAILABLE) once the ones
         // read are answered.
         loop {
             let frame = tokio::select! {
-                f = inbound.message() => match f {
+                f = inbound.message(), if waiting.len() < KEEPING => match f {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     // An unreadable frame ends the stream with its status;
@@ -102,6 +110,17 @@ pub(crate) fn publish_stream(
                         break;
                     }
                 },
+                Some((seq, out)) = waiting.next(), if !waiting.is_empty() => {
+                    let mut down = PublishStreamDown::default();
+                    answer(&mut down, compact, seq, out);
+                    while let Some(Some((seq, out))) = waiting.next().now_or_never() {
+                        answer(&mut down, compact, seq, out);
+                    }
+                    if tx.send(down).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 _ = life.draining() => break,
             };
             compact |= frame.compact_acks;
@@ -117,7 +136,7 @@ pub(crate) fn publish_stream(
                     *received.get_or_insert_with(Instant::now)
                         + Duration::from_millis(item.timeout_ms)
                 });
-                let publish = kernel.publish(Publication {
+                let publish = kernel.publish_staged(Publication {
                     topic: ev.topic,
                     payload: ev.payload,
                     content_type: ev.content_type,
@@ -129,7 +148,7 @@ pub(crate) fn publish_stream(
                     settled: None,
                 });
                 tokio::pin!(publish);
-                let out = match futures::poll!(publish.as_mut()) {
+                let staged = match futures::poll!(publish.as_mut()) {
                     Poll::Ready(out) => out,
                     Poll::Pending => {
                         // This event waits for a slow subscriber: what is
@@ -140,30 +159,68 @@ pub(crate) fn publish_stream(
                         publish.await
                     }
                 };
-                match out {
-                    Ok(_) if compact => {}
-                    Ok(a) => down.acks.push(pb::PublishAck {
-                        seq,
-                        event_id: a.event_id(),
-                        matched: a.matched,
-                        error: None,
-                    }),
-                    Err(e) => down.acks.push(pb::PublishAck {
-                        seq,
-                        error: Some(e.into_failure()),
-                        ..Default::default()
-                    }),
+                match staged {
+                    // Nothing to wait for, and nothing before it waiting.
+                    Ok((a, None)) if waiting.is_empty() => answer(&mut down, compact, seq, Ok(a)),
+                    Err(e) if waiting.is_empty() => answer(&mut down, compact, seq, Err(e)),
+                    Ok((a, None)) => waiting.push_back(Box::pin(std::future::ready((seq, Ok(a))))),
+                    Err(e) => waiting.push_back(Box::pin(std::future::ready((seq, Err(e))))),
+                    Ok((a, Some(keeping))) => {
+                        waiting.push_back(Box::pin(async move { (seq, keeping.await.map(|()| a)) }))
+                    }
                 }
-                if compact {
-                    down.accepted_through = seq;
-                }
+            }
+            while let Some(Some((seq, out))) = waiting.next().now_or_never() {
+                answer(&mut down, compact, seq, out);
             }
             if !is_empty(&down) && tx.send(down).is_err() {
                 return;
             }
         }
+        // What was accepted is answered before the stream ends.
+        while let Some((seq, out)) = waiting.next().await {
+            let mut down = PublishStreamDown::default();
+            answer(&mut down, compact, seq, out);
+            if tx.send(down).is_err() {
+                return;
+            }
+        }
     });
     stream_fault::ended_with(batched(rx, None, fold_downs).map(Ok), ended)
+}
+
+/// Answers awaiting their events' storage, at most, per stream.
+const KEEPING: usize = 4_096;
+
+/// One event's answer once it is ready: its seq and how it went.
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (u64, Result<kernel_core::Accepted, Error>)> + Send>,
+>;
+
+/// Adds one event's answer to `down`.
+fn answer(
+    down: &mut PublishStreamDown,
+    compact: bool,
+    seq: u64,
+    out: Result<kernel_core::Accepted, Error>,
+) {
+    match out {
+        Ok(_) if compact => {}
+        Ok(a) => down.acks.push(pb::PublishAck {
+            seq,
+            event_id: a.event_id(),
+            matched: a.matched,
+            error: None,
+        }),
+        Err(e) => down.acks.push(pb::PublishAck {
+            seq,
+            error: Some(e.into_failure()),
+            ..Default::default()
+        }),
+    }
+    if compact {
+        down.accepted_through = seq;
+    }
 }
 
 fn is_empty(down: &PublishStreamDown) -> bool {
