@@ -68,7 +68,8 @@ async fn kernel_rate(sibling: &impl Fn(&str) -> std::path::PathBuf) -> Option<f6
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("KERNEL_DATABASE_URL", &db)
         .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-        .env("KERNEL_SERVER__WORKER_THREADS", "1")
+        // All cores, as nats-server takes them.
+        .env("KERNEL_SERVER__WORKER_THREADS", "0")
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
