@@ -133,11 +133,19 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // Counting runs on one thread: no wake-ups across threads, whose
+    // number varies from run to run, so instruction counts repeat.
+    let rt = if matches!(args.cmd, Some(Cmd::Count { .. })) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
     rt.block_on(async move {
         match args.cmd.unwrap_or(Cmd::All) {
             Cmd::All => scenarios::all(args.seconds, args.samples).await,
