@@ -20,6 +20,10 @@ use tonic::Code;
 
 use crate::error::Error;
 use crate::mux::Mux;
+#[cfg(feature = "in-process")]
+use crate::origin::local_parent;
+pub(crate) use crate::origin::Origin;
+use crate::origin::{earliest, origin_deadline, origin_headers};
 use kernel_proto::batch::batched;
 
 /// Per-call options.
@@ -78,23 +82,6 @@ impl Published {
             matched,
         }
     }
-}
-
-/// Where a call or event comes from in the context tree (set by [`crate::Context`]).
-#[derive(Debug, Clone, Default)]
-pub(crate) enum Origin {
-    /// A top-level request.
-    #[default]
-    Root,
-    /// A remote handler's context: its path, deadline and inherited headers.
-    Remote {
-        path: String,
-        deadline: Option<Instant>,
-        headers: HashMap<String, String>,
-    },
-    /// An in-process handler's context node.
-    #[cfg(feature = "in-process")]
-    Local(Arc<kernel_core::ContextNode>, HashMap<String, String>),
 }
 
 type CallMux = Mux<CallUp, Result<Reply, Failure>>;
@@ -462,50 +449,6 @@ impl Client {
         insert_meta(&mut req, h::CONTEXT, path);
         let r = remote.kernel_client().charge(req).await?;
         Ok(r.into_inner().remaining)
-    }
-}
-
-/// Where an in-process call or emit hangs, and the headers it inherits.
-#[cfg(feature = "in-process")]
-fn local_parent(origin: &Origin) -> (Parent, HashMap<String, String>) {
-    match origin {
-        Origin::Root => (Parent::None, HashMap::new()),
-        #[cfg(feature = "in-process")]
-        Origin::Local(node, hs) => (Parent::Node(node.clone()), hs.clone()),
-        Origin::Remote { path, headers, .. } => (Parent::Path(path.clone()), headers.clone()),
-    }
-}
-
-pub(crate) fn origin_headers(origin: &Origin) -> HashMap<String, String> {
-    match origin {
-        Origin::Root => HashMap::new(),
-        Origin::Remote { path, headers, .. } => {
-            let mut hs = headers.clone();
-            hs.insert(h::CONTEXT.to_owned(), path.clone());
-            hs
-        }
-        #[cfg(feature = "in-process")]
-        Origin::Local(node, headers) => {
-            let mut hs = headers.clone();
-            hs.insert(h::CONTEXT.to_owned(), node.path().to_owned());
-            hs
-        }
-    }
-}
-
-fn origin_deadline(origin: &Origin) -> Option<Instant> {
-    match origin {
-        Origin::Root => None,
-        Origin::Remote { deadline, .. } => *deadline,
-        #[cfg(feature = "in-process")]
-        Origin::Local(node, _) => node.deadline,
-    }
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -10,8 +10,9 @@ use kernel_proto::headers as h;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{CallOptions, Client, Origin, Published, Reply};
+use crate::client::{CallOptions, Client, Published, Reply};
 use crate::error::Error;
+use crate::origin::Origin;
 
 /// A running call's context. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -213,7 +214,7 @@ impl Context {
     /// and context path.
     #[cfg(feature = "postgres")]
     pub(crate) fn origin_headers(&self) -> HashMap<String, String> {
-        crate::client::origin_headers(&self.inner.origin)
+        crate::origin::origin_headers(&self.inner.origin)
     }
 
     /// Charges a custom budget counter (e.g. `sql`). When the budget is spent

@@ -36,6 +36,7 @@ pub mod context;
 pub mod error;
 pub mod events;
 mod mux;
+mod origin;
 #[cfg(feature = "postgres")]
 pub mod outbox;
 pub mod plugin;

@@ -7,6 +7,7 @@
 //! event is therefore either accepted by every target or refused with
 //! `RESOURCE_EXHAUSTED`: nothing the kernel accepted is silently dropped.
 
+mod feed;
 mod index;
 pub(crate) mod schemas;
 mod span;
@@ -27,6 +28,7 @@ use crate::context::{ChildSpec, Contexts, Node, Parent};
 use crate::error::Error;
 use crate::names;
 use crate::stats::Stats;
+pub use feed::Stored;
 pub use index::InterestChange;
 use index::{Index, Targets};
 use kernel_proto::headers;
@@ -67,25 +69,6 @@ pub struct Publication {
 /// Set in the id of every event relayed from the PostgreSQL outbox (its
 /// row id is the rest); never set in an id the broker assigns.
 pub const OUTBOX_ID_BIT: u64 = 1 << 63;
-
-/// A stored event for [`Broker::feed`].
-#[derive(Debug)]
-pub struct Stored {
-    /// Its id (kept from its publish).
-    pub id: u64,
-    /// Topic.
-    pub topic: String,
-    /// Body.
-    pub payload: Bytes,
-    /// Content type.
-    pub content_type: String,
-    /// Headers as published.
-    pub headers: Headers,
-    /// When it was published, Unix ns.
-    pub publish_time_unix_ns: i64,
-    /// Dropped when the delivery is settled.
-    pub settled: tokio::sync::oneshot::Sender<()>,
-}
 
 /// What a publish returns.
 #[derive(Debug, Clone)]
@@ -406,42 +389,11 @@ impl Broker {
         self.open(req, false)
     }
 
-    /// A subscription no publish reaches: only [`Broker::feed`] puts events
-    /// in it (a durable subscription, fed from storage). It is listed, and
-    /// acks, nacks, the window, ack waits and dead letters work as for any
-    /// other; [`Broker::unsubscribe`] closes it.
-    pub fn subscribe_detached(&self, req: SubscribeRequest) -> Result<Arc<Subscription>, Error> {
-        self.open(req, true)
-    }
-
-    /// Buffers a stored event in a detached subscription; gives it back
-    /// when the subscription has no room (wait with
-    /// [`Subscription::wait_space`]). `settled` drops when the
-    /// delivery is acked or dead-lettered, or the subscription closes.
-    pub fn feed(&self, sub: &Arc<Subscription>, e: Box<Stored>) -> Result<(), Box<Stored>> {
-        match sub.has_space() {
-            Ok(true) => {}
-            _ => return Err(e),
-        }
-        let e = *e;
-        let context = event_context(e.id, 0);
-        let event = Arc::new(EventData {
-            id: e.id,
-            topic: e.topic,
-            payload: e.payload,
-            content_type: e.content_type,
-            headers: e.headers,
-            publish_time_unix_ns: e.publish_time_unix_ns,
-            settle: Some(Settle::new(e.settled)),
-        });
-        // A subscription that closed meanwhile drops the event, and with it
-        // the settle sender: the feeder sees the subscription closed and
-        // keeps the stored row.
-        let _ = sub.push(Queued::new(event, context, None));
-        Ok(())
-    }
-
-    fn open(&self, req: SubscribeRequest, detached: bool) -> Result<Arc<Subscription>, Error> {
+    pub(super) fn open(
+        &self,
+        req: SubscribeRequest,
+        detached: bool,
+    ) -> Result<Arc<Subscription>, Error> {
         if req.patterns.is_empty() {
             return Err(Error::InvalidName {
                 what: "pattern",
