@@ -217,7 +217,9 @@ impl Kernel {
         use futures::future::Either;
         match self.check_publish(&p) {
             Ok(()) if self.keeper.get().is_none() => Either::Left(self.broker.publish(p)),
-            Ok(()) => Either::Right(Either::Left(self.publish_unchecked(p))),
+            // Boxed: the keeping path's future is large, and inline it would
+            // make every publish's future as large (moved at each layer).
+            Ok(()) => Either::Right(Either::Left(Box::pin(self.publish_unchecked(p)))),
             Err(e) => Either::Right(Either::Right(std::future::ready(Err(e)))),
         }
     }
