@@ -26,6 +26,8 @@ pub const CALLER: &str = "x-kernel-caller";
 pub const PLUGIN: &str = "x-kernel-plugin";
 /// Dead-letter reason.
 pub const DLQ_REASON: &str = "x-kernel-dlq-reason";
+/// On an event relayed from the outbox: the context it was emitted in.
+pub const EMITTED_IN: &str = "x-kernel-emitted-in";
 /// Dead-letter attempt count.
 pub const DLQ_ATTEMPTS: &str = "x-kernel-dlq-attempts";
 /// The gRPC deadline of a unary request (`TimeoutValue TimeoutUnit`).

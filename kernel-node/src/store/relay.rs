@@ -37,11 +37,6 @@ const CLAIM: &str = "SELECT id, topic, payload, content_type, headers, \
      (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint \
      FROM kernel.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-/// The header that keeps the context an outbox event was emitted in (its
-/// delivery gets a context of its own: the emitting call has usually
-/// ended by the time the row is relayed).
-pub(crate) const EMITTED_IN: &str = "x-kernel-emitted-in";
-
 /// One connection's life: connect, migrate, relay until the node closes
 /// (`Ok`) or the connection fails (`Err`).
 pub(super) struct Session;
@@ -211,7 +206,7 @@ fn transient(e: &Error) -> bool {
 }
 
 /// The row as an event: its stable id, its headers (trace, baggage, the
-/// emitting plugin), the emitting context kept in [`EMITTED_IN`], and a
+/// emitting plugin), the emitting context kept in `x-kernel-emitted-in`, and a
 /// relay span between the emitting trace and the deliveries.
 fn publication(kernel: &Kernel, row: &Row) -> Publication {
     let id: i64 = row.get(0);
@@ -229,7 +224,9 @@ fn publication(kernel: &Kernel, row: &Row) -> Publication {
     };
     let caller = hs.remove(headers::PLUGIN).map(Arc::<str>::from);
     if let Some(path) = hs.remove(headers::CONTEXT) {
-        hs.insert(EMITTED_IN.to_owned(), path);
+        // The delivery gets a context of its own: the emitting call has
+        // usually ended by the time the row is relayed.
+        hs.insert(headers::EMITTED_IN.to_owned(), path);
     }
     let event_id = OUTBOX_ID_BIT | id as u64;
     let span = kernel.telemetry().start(
