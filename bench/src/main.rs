@@ -173,12 +173,12 @@ fn main() {
             Cmd::Count { op, iters } => count::run(op, iters).await,
             Cmd::Outbox => scenarios::outbox_only().await,
             Cmd::Durable => scenarios::durable_only().await,
-            Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count).await {
+            Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count, 256).await {
                 Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),
                 None => println!("nats-server not reachable on 127.0.0.1:4222"),
             },
             Cmd::Events { url, count } => {
-                let (rate, lost) = scenarios::events_grpc(&url, count).await;
+                let (rate, lost) = scenarios::events_grpc(&url, count, 256).await;
                 println!("events: {rate:.0} msg/s, lost {lost}");
             }
         }

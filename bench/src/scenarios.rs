@@ -218,9 +218,9 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let mut ev_runs = Vec::new();
     let mut nats_runs = Vec::new();
     for _ in 0..EVENT_RUNS {
-        ev_runs.push(events_grpc(&url, EVENT_COUNT).await);
+        ev_runs.push(events_grpc(&url, EVENT_COUNT, EVENT_PAYLOAD).await);
         if nats.is_some() {
-            if let Some(r) = nats_pubsub(EVENT_COUNT).await {
+            if let Some(r) = nats_pubsub(EVENT_COUNT, EVENT_PAYLOAD).await {
                 nats_runs.push(r);
             }
         }
@@ -238,6 +238,43 @@ pub(crate) async fn all(secs: u64, samples: usize) {
         ),
         match nats_ev {
             Some((rate, _)) => format!("= {:.2} × NATS pub/sub {rate:.0} msg/s (NATS lost {nats_lost} in all runs) (target ≥ 1.0, zero loss)", ev.0 / rate),
+            None => String::new(),
+        },
+    );
+    // Other sizes, and a fan-out: one run each, kernel then NATS.
+    for (size, count) in [(16usize, 1_000_000usize), (4096, 200_000)] {
+        let (rate, lost) = events_grpc(&url, count, size).await;
+        let peer = match nats {
+            Some(_) => nats_pubsub(count, size).await,
+            None => None,
+        };
+        row(
+            &mut rows,
+            &format!("events publisher→kernel→wildcard subscriber, {size} B (one run of {count})"),
+            format!("{rate:.0} msg/s, lost {lost}"),
+            match peer {
+                Some((r, l)) => format!(
+                    "= {:.2} × NATS pub/sub {r:.0} msg/s (NATS lost {l}) (target ≥ 1.0, zero loss)",
+                    rate / r
+                ),
+                None => String::new(),
+            },
+        );
+    }
+    let (rate, lost) = events_fanout(&url, FANOUT, FANOUT_EVENTS).await;
+    let peer = match nats {
+        Some(_) => nats_fanout(FANOUT, FANOUT_EVENTS).await,
+        None => None,
+    };
+    row(
+        &mut rows,
+        &format!("fan-out: one publisher → {FANOUT} subscribers, 256 B (deliveries/s)"),
+        format!("{rate:.0} deliveries/s, lost {lost}"),
+        match peer {
+            Some((r, l)) => format!(
+                "= {:.2} × NATS {r:.0} deliveries/s (NATS lost {l})",
+                rate / r
+            ),
             None => String::new(),
         },
     );
@@ -322,7 +359,7 @@ async fn wait_ready(client: &Client, service: &str) {
 
 /// Publisher and wildcard subscriber on separate connections through the
 /// kernel process; returns (msg/s, lost).
-pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
+pub(crate) async fn events_grpc(url: &str, n: usize, size: usize) -> (f64, usize) {
     let sub_client = Client::connect(url).expect("client");
     let pub_client = Client::connect(url).expect("client");
     let mut sub = sub_client
@@ -334,7 +371,7 @@ pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
         .await
         .expect("publisher")
         .timeout(Duration::from_secs(30));
-    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let payload = Bytes::from(vec![1u8; size]);
     let start = Instant::now();
     // Every event must be confirmed accepted: a refusal fails the bench.
     let pubs = tokio::spawn(async move {
@@ -359,14 +396,95 @@ pub(crate) async fn events_grpc(url: &str, n: usize) -> (f64, usize) {
     (got as f64 / elapsed.as_secs_f64(), n - got)
 }
 
+/// Subscribers on the fan-out rows.
+const FANOUT: usize = 100;
+/// Events published on the fan-out rows (each delivered `FANOUT` times).
+const FANOUT_EVENTS: usize = 20_000;
+
+/// One bulk publisher, `subs` wildcard subscribers on one connection;
+/// returns (deliveries/s, deliveries lost).
+async fn events_fanout(url: &str, subs: usize, n: usize) -> (f64, usize) {
+    let sub_client = Client::connect(url).expect("client");
+    let pub_client = Client::connect(url).expect("client");
+    let mut readers = Vec::with_capacity(subs);
+    for _ in 0..subs {
+        let mut sub = sub_client
+            .subscriber(SubscribeOptions::new("bench.fan.>"))
+            .await
+            .expect("subscribe");
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < n {
+                match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+                    Ok(Some(_)) => got += 1,
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    let mut publisher = pub_client
+        .bulk_publisher()
+        .await
+        .expect("publisher")
+        .timeout(Duration::from_secs(30));
+    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher
+            .publish("bench.fan.x", payload.clone())
+            .await
+            .expect("publish stream");
+    }
+    assert!(publisher.flush().await.expect("flush").is_empty());
+    let mut got = 0;
+    for r in readers {
+        got += r.await.unwrap_or(0);
+    }
+    (got as f64 / start.elapsed().as_secs_f64(), subs * n - got)
+}
+
+/// NATS core with the fan-out's shape; returns (deliveries/s, lost).
+async fn nats_fanout(subs: usize, n: usize) -> Option<(f64, usize)> {
+    use futures::StreamExt;
+    let sub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
+    let pub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
+    let mut readers = Vec::with_capacity(subs);
+    for _ in 0..subs {
+        let mut sub = sub_c.subscribe("bench.fan.>").await.ok()?;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < n {
+                match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+                    Ok(Some(_)) => got += 1,
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    sub_c.flush().await.ok()?;
+    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let start = Instant::now();
+    for _ in 0..n {
+        let _ = pub_c.publish("bench.fan.x", payload.clone()).await;
+    }
+    let _ = pub_c.flush().await;
+    let mut got = 0;
+    for r in readers {
+        got += r.await.unwrap_or(0);
+    }
+    Some((got as f64 / start.elapsed().as_secs_f64(), subs * n - got))
+}
+
 /// NATS core pub/sub with the same shape; returns (msg/s, lost).
-pub(crate) async fn nats_pubsub(n: usize) -> Option<(f64, usize)> {
+pub(crate) async fn nats_pubsub(n: usize, size: usize) -> Option<(f64, usize)> {
     use futures::StreamExt;
     let sub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
     let pub_c = async_nats::connect("127.0.0.1:4222").await.ok()?;
     let mut sub = sub_c.subscribe("bench.ev.>").await.ok()?;
     sub_c.flush().await.ok()?;
-    let payload = Bytes::from(vec![1u8; EVENT_PAYLOAD]);
+    let payload = Bytes::from(vec![1u8; size]);
     let start = Instant::now();
     let publisher = tokio::spawn(async move {
         for _ in 0..n {
