@@ -169,8 +169,11 @@ impl pb::kernel_server::Kernel for KernelService {
             .ok_or_else(|| {
                 Status::invalid_argument("Charge needs the `x-kernel-context` metadata")
             })?;
+        let caller = metadata::caller_from(req.metadata());
         let body = req.into_inner();
         let contexts = self.kernel.contexts();
+        // Auth on: only the plugin handling the context may charge it.
+        contexts.check_holder(&path, caller.as_deref())?;
         let node = contexts
             .find(&path)
             .ok_or_else(|| match contexts.ended(&path) {

@@ -332,6 +332,25 @@ async fn only_the_plugin_handling_a_context_may_work_under_it() {
         .expect_err("not its context");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains(&path), "{refused:?}");
+    // Charging its budget is refused the same way.
+    let mut charge = tonic::Request::new(pb::ChargeRequest {
+        counter: "sql".into(),
+        amount: 1,
+    });
+    charge.metadata_mut().insert(
+        "authorization",
+        "Bearer rogue-token".parse().expect("ascii"),
+    );
+    charge
+        .metadata_mut()
+        .insert("x-kernel-context", path.parse().expect("ascii"));
+    let refused = node
+        .raw()
+        .await
+        .charge(charge)
+        .await
+        .expect_err("not its context");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     // Publishing under it is refused the same way.
     let mut publish = tonic::Request::new(pb::PublishRequest {
         topic: "order.leaked".into(),
