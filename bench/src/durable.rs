@@ -14,6 +14,7 @@ use kernel_sdk::{Client, SubscribeOptions};
 use tokio::process::Command;
 
 use crate::measure::{row, Row};
+use crate::outbox::BenchDb;
 
 const N: usize = 50_000;
 const PAYLOAD: usize = 256;
@@ -45,21 +46,8 @@ pub(crate) async fn all(rows: &mut Vec<Row>, sibling: impl Fn(&str) -> std::path
 }
 
 async fn kernel_rate(sibling: &impl Fn(&str) -> std::path::PathBuf) -> Option<f64> {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let name = format!("kbench_durable_{}", std::process::id());
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .ok()?;
-    let db = format!("{}/{name}", admin_url.rsplit_once('/')?.0);
+    let bench_db = BenchDb::create("kbench_durable").await.ok()?;
+    let db = bench_db.url.clone();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .ok()?
@@ -118,9 +106,7 @@ async fn kernel_rate(sibling: &impl Fn(&str) -> std::path::PathBuf) -> Option<f6
     let refused = bulk.flush().await.ok()?;
     let (got, end) = consumer.await.ok()?;
     let _ = node.kill().await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    bench_db.drop_it().await;
     if !refused.is_empty() || got != N {
         println!(
             "  (kernel durable: {} refused, {got} of {N} delivered)",

@@ -13,13 +13,6 @@ use tokio::process::Command;
 
 use crate::measure::{row, Row};
 
-/// What the rows are measured against: a URL naming a database to connect
-/// to for `CREATE DATABASE`.
-fn server() -> String {
-    std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -28,30 +21,62 @@ async fn connect(url: &str) -> Option<tokio_postgres::Client> {
     Some(c)
 }
 
+/// A fresh database for one group of rows, on the server
+/// `BENCH_DATABASE_URL` names (default the local server); dropped by
+/// [`BenchDb::drop_it`].
+pub(crate) struct BenchDb {
+    admin: tokio_postgres::Client,
+    name: String,
+    /// Its URL.
+    pub(crate) url: String,
+}
+
+impl BenchDb {
+    /// `<tag>_<pid>`, made anew; Err says why not.
+    pub(crate) async fn create(tag: &str) -> Result<BenchDb, String> {
+        let server = std::env::var("BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = connect(&server)
+            .await
+            .ok_or_else(|| format!("no PostgreSQL at {server}"))?;
+        let name = format!("{tag}_{}", std::process::id());
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(|e| format!("cannot create {name}: {e}"))?;
+        let url = match server.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => server.clone(),
+        };
+        Ok(BenchDb { admin, name, url })
+    }
+
+    pub(crate) async fn drop_it(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
 /// Runs the rows, or says why it cannot (no PostgreSQL).
 pub(crate) async fn all(rows: &mut Vec<Row>, sibling: impl Fn(&str) -> std::path::PathBuf) {
-    let admin_url = server();
-    let Some(admin) = connect(&admin_url).await else {
-        println!("  (outbox rows skipped: no PostgreSQL at {admin_url})");
-        return;
+    let db = match BenchDb::create("kbench").await {
+        Ok(db) => db,
+        Err(why) => {
+            println!("  (outbox rows skipped: {why})");
+            return;
+        }
     };
-    let name = format!("kbench_{}", std::process::id());
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the bench database");
-    let db_url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => admin_url.clone(),
-    };
-    latency(rows, &sibling, &db_url).await;
-    throughput(rows, &sibling, &db_url).await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    latency(rows, &sibling, &db.url).await;
+    throughput(rows, &sibling, &db.url).await;
+    db.drop_it().await;
 }
 
 /// A node on `db` (relay start delay `delay_ms`) and a subscriber on

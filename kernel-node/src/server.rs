@@ -74,16 +74,9 @@ pub struct KernelService {
 }
 
 impl KernelService {
-    /// The service over `kernel`.
-    pub fn new(kernel: Arc<Kernel>) -> Self {
-        KernelService {
-            kernel,
-            store: None,
-        }
-    }
-
-    /// The same with the node's database (durable subscriptions).
-    pub fn with_store(kernel: Arc<Kernel>, store: Option<Arc<crate::store::Store>>) -> Self {
+    /// The service over `kernel`, with the node's database when it has one
+    /// (durable subscriptions).
+    pub fn new(kernel: Arc<Kernel>, store: Option<Arc<crate::store::Store>>) -> Self {
         KernelService { kernel, store }
     }
 }
@@ -258,7 +251,7 @@ pub async fn run(
     let reflection_alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let kernel_svc = KernelServer::new(KernelService::with_store(kernel.clone(), store.clone()))
+    let kernel_svc = KernelServer::new(KernelService::new(kernel.clone(), store.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
     let gate_kernel = kernel.clone();

@@ -149,6 +149,21 @@ impl Store {
     }
 }
 
+/// A `jsonb` headers column as headers: its string members, names in
+/// lower case (as gRPC metadata has them); other members are left out.
+fn headers_of(v: serde_json::Value) -> std::collections::HashMap<String, String> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k.to_ascii_lowercase(), s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
 /// A database error with what the server said (tokio-postgres's own
 /// message is only "db error").
 fn cause(e: &tokio_postgres::Error) -> String {

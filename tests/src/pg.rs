@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::{eventually, http_get, NodeProcess};
 
 /// A database made for one test.
 pub struct TestDb {
@@ -109,29 +109,27 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// GET `path` on an admin HTTP port: (status, body).
-pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Some((status, body))
+/// A node process on database `db`, its admin port at `admin`, with extra
+/// environment `env`; not waiting for it to be ready (see [`ready`]).
+pub async fn node_on(db: &str, admin: &str, env: &[(&str, &str)]) -> NodeProcess {
+    let mut all = vec![
+        ("KERNEL_DATABASE_URL", db),
+        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin),
+    ];
+    all.extend_from_slice(env);
+    NodeProcess::start(&all).await
 }
 
-/// A free loopback address for an admin port.
-pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    format!("127.0.0.1:{port}")
+/// Waits (30 s at most) until the node with admin port `admin` is ready:
+/// its database reached and migrated.
+pub async fn ready(admin: &str) {
+    eventually(Duration::from_secs(30), "the node ready", || async {
+        match http_get(admin, "/readyz").await {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -8,24 +8,14 @@ use std::time::Duration;
 
 use kernel_proto::v1::{self as pb, admin_client::AdminClient};
 use kernel_sdk::{Client, Code, Event, SubscribeOptions, Subscriber};
-use kernel_tests::pg::{free_addr, http_get, TestDb};
-use kernel_tests::{eventually, NodeProcess};
+use kernel_tests::pg::{node_on, ready, TestDb};
+use kernel_tests::{eventually, free_addr, http_get, NodeProcess};
 
 async fn node(db: &str, admin: &str, extra: &[(&str, &str)]) -> NodeProcess {
-    let mut env = vec![
-        ("KERNEL_DATABASE_URL", db),
-        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin),
-        ("KERNEL_OUTBOX__START_DELAY_MS", "0"),
-    ];
+    let mut env = vec![("KERNEL_OUTBOX__START_DELAY_MS", "0")];
     env.extend_from_slice(extra);
-    let node = NodeProcess::start(&env).await;
-    eventually(Duration::from_secs(30), "the node ready", || async {
-        match http_get(admin, "/readyz").await {
-            Some((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let node = node_on(db, admin, &env).await;
+    ready(admin).await;
     node
 }
 

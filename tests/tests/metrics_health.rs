@@ -6,24 +6,11 @@ use std::time::Duration;
 use kernel_proto::v1 as pb;
 use kernel_sdk::{Bytes, Plugin, SubscribeOptions};
 use kernel_tests::Node;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
+    kernel_tests::http_get(&addr.to_string(), path)
         .await
-        .expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+        .expect("the admin port answers")
 }
 
 /// The services server reflection `$version` (`v1`, `v1alpha`: the same

@@ -11,29 +11,21 @@ use bytes::Bytes;
 use kernel_sdk::{
     CancellationToken, Client, Context, Error, Event, Plugin, SubscribeOptions, Subscriber,
 };
-use kernel_tests::pg::{free_addr, http_get, TestDb};
-use kernel_tests::{eventually, NodeProcess};
+use kernel_tests::pg::{node_on, ready, TestDb};
+use kernel_tests::{eventually, free_addr, http_get, NodeProcess};
 
 /// A node on `db` with its admin port at `admin`; `delay` = the relay's
 /// start delay.
 async fn node(db: &str, admin: &str, delay_ms: u64) -> NodeProcess {
     let delay = delay_ms.to_string();
-    NodeProcess::start(&[
-        ("KERNEL_DATABASE_URL", db),
-        ("KERNEL_TELEMETRY__ADMIN_LISTEN", admin),
-        ("KERNEL_OUTBOX__START_DELAY_MS", &delay),
-        ("KERNEL_OUTBOX__POLL_MS", "200"),
-    ])
-    .await
-}
-
-async fn ready(admin: &str) {
-    eventually(Duration::from_secs(30), "the node ready", || async {
-        match http_get(admin, "/readyz").await {
-            Some((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    node_on(
+        db,
+        admin,
+        &[
+            ("KERNEL_OUTBOX__START_DELAY_MS", &delay),
+            ("KERNEL_OUTBOX__POLL_MS", "200"),
+        ],
+    )
     .await
 }
 

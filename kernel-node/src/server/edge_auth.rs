@@ -6,11 +6,11 @@
 //! delivery nodes) works from the verified name. A stream is one request:
 //! its token is checked once, when it opens, not per call on it.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::Ready;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use http::HeaderValue;
 use kernel_proto::headers;
 use tower::{Layer, Service};
@@ -70,7 +70,8 @@ where
 {
     type Response = http::Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    /// The inner future as is, or the refusal: no allocation either way.
+    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -78,10 +79,10 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let Some(ids) = &self.identities else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         if req.uri().path().starts_with(OPEN_PREFIX) {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         let (mut parts, body) = req.into_parts();
         let who = match bearer(&parts) {
@@ -94,11 +95,11 @@ where
         match value {
             Ok(value) => {
                 parts.headers.insert(headers::PLUGIN, value);
-                Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
+                Either::Left(self.inner.call(http::Request::from_parts(parts, body)))
             }
             Err(why) => {
                 tracing::warn!(target: "audit", path = %parts.uri.path(), reason = why, "unauthenticated");
-                Box::pin(std::future::ready(Ok(tonic::Status::unauthenticated(
+                Either::Right(std::future::ready(Ok(tonic::Status::unauthenticated(
                     format!("{why} (auth is on: see docs/OPERATIONS.md, Security)"),
                 )
                 .into_http())))

@@ -13,7 +13,6 @@
 //! slows the relay, it never drops. A row the bus can never accept goes to
 //! `kernel.outbox_rejected` with the reason.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,16 +211,7 @@ fn publication(kernel: &Kernel, row: &Row) -> Publication {
     let id: i64 = row.get(0);
     let topic: String = row.get(1);
     let payload: Vec<u8> = row.get(2);
-    let mut hs: HashMap<String, String> = match row.get::<_, serde_json::Value>(4) {
-        serde_json::Value::Object(m) => m
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some((k.to_ascii_lowercase(), s)),
-                _ => None,
-            })
-            .collect(),
-        _ => HashMap::new(),
-    };
+    let mut hs = super::headers_of(row.get(4));
     let caller = hs.remove(headers::PLUGIN).map(Arc::<str>::from);
     if let Some(path) = hs.remove(headers::CONTEXT) {
         // The delivery gets a context of its own: the emitting call has

@@ -88,23 +88,13 @@ pub(super) async fn feed(
 }
 
 fn stored(row: &tokio_postgres::Row, settled: oneshot::Sender<()>) -> Stored {
-    let headers = match row.get::<_, serde_json::Value>(5) {
-        serde_json::Value::Object(m) => m
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some((k, s)),
-                _ => None,
-            })
-            .collect(),
-        _ => Default::default(),
-    };
     Stored {
         event: Kept {
             id: row.get::<_, i64>(1) as u64,
             topic: row.get(2),
             payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(3)),
             content_type: row.get(4),
-            headers,
+            headers: crate::store::headers_of(row.get(5)),
             publish_time_unix_ns: row.get(6),
         },
         settled,
