@@ -19,9 +19,12 @@ mod count;
 mod durable;
 mod local;
 mod measure;
+mod memory;
 mod outbox;
+mod procs;
 mod scenarios;
 mod supervise;
+mod transport;
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +101,10 @@ enum Cmd {
     Outbox,
     /// Only durable publish → delivery, kernel vs JetStream.
     Durable,
+    /// Only the node's memory rows.
+    Memory,
+    /// Only the transport rows (UDS, unary, raw streams; no peer ratios).
+    Transport,
     /// Exactly `iters` operations of one kind, nothing else (what
     /// `make bench-check` counts instructions of under callgrind).
     Count {
@@ -173,6 +180,14 @@ fn main() {
             Cmd::Count { op, iters } => count::run(op, iters).await,
             Cmd::Outbox => scenarios::outbox_only().await,
             Cmd::Durable => scenarios::durable_only().await,
+            Cmd::Memory => memory::all(&mut Vec::new()).await,
+            Cmd::Transport => {
+                let peers = transport::Peers {
+                    nats: None,
+                    tcp: None,
+                };
+                transport::all(&mut Vec::new(), args.seconds, args.samples, &peers).await;
+            }
             Cmd::NatsEvents { count } => match scenarios::nats_pubsub(count, 256).await {
                 Some((rate, lost)) => println!("nats events: {rate:.0} msg/s, lost {lost}"),
                 None => println!("nats-server not reachable on 127.0.0.1:4222"),

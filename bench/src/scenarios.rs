@@ -1,14 +1,12 @@
 //! The measurements and the report.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kernel_sdk::{Bytes, Client, SubscribeOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::measure::{latency, row, throughput, Latency, Row};
+use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready, worker_threads};
 
 const CALL_PAYLOAD: usize = 64;
 const EVENT_PAYLOAD: usize = 256;
@@ -20,54 +18,6 @@ const EVENT_RUNS: usize = 3;
 fn median_run(runs: &mut [(f64, usize)]) -> (f64, usize) {
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     runs[runs.len() / 2]
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.with_file_name(name)
-}
-
-/// Threads per process: `BENCH_THREADS` (default 1: three processes share
-/// two cores, and one thread each avoids cross-core wake-ups).
-fn worker_threads() -> String {
-    std::env::var("BENCH_THREADS").unwrap_or_else(|_| "1".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn spawn(cmd: &mut Command) -> Child {
-    cmd.env("TOKIO_WORKER_THREADS", worker_threads());
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn child")
-}
-
-async fn wait_line(child: &mut Child, prefix: &str) {
-    let Some(out) = child.stdout.take() else {
-        return;
-    };
-    let mut lines = BufReader::new(out).lines();
-    let limit = tokio::time::sleep(Duration::from_secs(20));
-    tokio::pin!(limit);
-    loop {
-        tokio::select! {
-            l = lines.next_line() => match l {
-                Ok(Some(l)) if l.starts_with(prefix) => break,
-                Ok(Some(_)) => continue,
-                _ => panic!("child exited before `{prefix}`"),
-            },
-            _ = &mut limit => panic!("no `{prefix}` from child"),
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
 pub(crate) async fn all(secs: u64, samples: usize) {
@@ -281,6 +231,12 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let _ = provider.kill().await;
     let _ = node.kill().await;
 
+    let peers = crate::transport::Peers {
+        nats: nats_lat.map(|l| l.p50_us).zip(nats_tput),
+        tcp: Some((kernel_lat.p50_us, kernel_tput)),
+    };
+    crate::transport::all(&mut rows, secs, samples, &peers).await;
+    crate::memory::all(&mut rows).await;
     crate::local::all(&mut rows).await;
     crate::supervise::all(&mut rows).await;
     crate::outbox::all(&mut rows, sibling).await;
@@ -344,17 +300,6 @@ fn table(rows: &[Row]) {
 
 fn us(l: Latency) -> String {
     format!("{:.1} µs (p99 {:.1} µs)", l.p50_us, l.p99_us)
-}
-
-async fn wait_ready(client: &Client, service: &str) {
-    let start = Instant::now();
-    while client.call(service, "ping").await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{service} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Publisher and wildcard subscriber on separate connections through the

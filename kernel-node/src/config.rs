@@ -88,6 +88,11 @@ pub struct ServerConfig {
     pub handshake_timeout_ms: u64,
     /// `[server.tls]`: TLS, and mTLS with `client_ca_file`.
     pub tls: TlsConfig,
+    /// A Unix-domain socket to accept connections on as well as the TCP
+    /// port (co-located plugins connect with `unix:///path`; the same
+    /// services, limits and auth). Created at start with mode 0600 (a stale
+    /// file nobody answers on is replaced), removed at exit. Unset = TCP only.
+    pub unix_socket: Option<std::path::PathBuf>,
 }
 
 /// `[server.tls]`: with `cert_file` and `key_file` the node speaks TLS
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             tls: TlsConfig::default(),
+            unix_socket: None,
         }
     }
 }

@@ -100,6 +100,22 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
+    let unix = match &config.server.unix_socket {
+        None => None,
+        Some(path) => match bind_unix(path) {
+            Ok(l) => {
+                tracing::info!(unix_socket = %path.display(), "also listening on a Unix-domain socket");
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!(
+                    "{name}: cannot listen on server.unix_socket {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+        },
+    };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -186,7 +202,10 @@ async fn serve(
         }
     }
     let out = server::run(
-        listener,
+        server::Listeners {
+            tcp: listener,
+            unix,
+        },
         kernel,
         config.server.clone(),
         hosted.clone(),
@@ -194,6 +213,9 @@ async fn serve(
         shutdown_signal(),
     )
     .await;
+    if let Some(path) = &config.server.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     // Plugins stop after the node drained the calls they were serving.
     if let Some(host) = hosted {
         host.stop().await;
@@ -206,6 +228,22 @@ async fn serve(
             ExitCode::from(1)
         }
     }
+}
+
+/// Binds `server.unix_socket`, owner-only (0600). A file left by a node
+/// that died is replaced; one another process still answers on is an error.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err("another process is listening on it".into());
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot set its mode: {e}"))?;
+    Ok(listener)
 }
 
 async fn shutdown_signal() {

@@ -7,8 +7,8 @@
 //! - `events`: Publish, PublishStream, Subscribe.
 //! - `admin`: the Admin service.
 //! - `admin_http`: `/metrics`, `/healthz`, `/readyz`.
-//! - `incoming`: accepting connections (a cap, and a deadline for the first
-//!   byte).
+//! - `incoming`: accepting connections on the TCP port and the optional
+//!   Unix-domain socket (a cap, and a deadline for the first byte).
 //! - `metadata`: context headers and deadlines out of gRPC metadata.
 //! - `stream_fault`: how a stream ends after an unreadable frame.
 //! - `edge_metrics`, `edge_auth`, `edge_timeout`, `edge_log`: the
@@ -35,13 +35,13 @@ use std::time::Duration;
 
 use futures::Stream;
 use kernel_proto::v1::{self as pb, admin_server::AdminServer, kernel_server::KernelServer};
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 pub use admin::AdminService;
 pub use admin_http::{serve_admin_http, serve_admin_http_with};
+pub use incoming::Listeners;
 
 use kernel_core::Kernel;
 use kernel_proto::headers;
@@ -225,7 +225,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// task is done. `plugins`, the node's supervised plugins when it has
 /// some, are listed and driven through Admin.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     kernel: Arc<Kernel>,
     config: ServerConfig,
     plugins: Option<Arc<plugin_host::Host>>,
@@ -261,7 +261,7 @@ pub async fn run(
     );
 
     let incoming = incoming::guarded(
-        listener,
+        listeners.into(),
         config.max_connections,
         Duration::from_millis(config.handshake_timeout_ms.max(1)),
     );

@@ -41,7 +41,8 @@ _OPTIONS: list[tuple[str, int]] = [
 
 
 def target_of(url: str) -> str:
-    """`http://127.0.0.1:50051`, `https://…` (or a bare `127.0.0.1:50051`) as a grpc target."""
+    """`http://127.0.0.1:50051`, `https://…` (or a bare `127.0.0.1:50051`) as a grpc target;
+    `unix:///run/kernel.sock` (the node's `server.unix_socket`) is one already."""
     for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):
             url = url[len(scheme):]
@@ -108,7 +109,12 @@ def open_channel(url: str, token: str | None = None) -> grpc.aio.Channel:
     if url.startswith("https://"):
         return grpc.aio.secure_channel(target_of(url), tls_credentials(), options=_OPTIONS,
                                        interceptors=interceptors)  # type: ignore[arg-type]
-    return grpc.aio.insecure_channel(target_of(url), options=_OPTIONS,
+    options: list[tuple[str, int | str]] = [*_OPTIONS]
+    if url.startswith("unix:"):
+        # grpc would send the socket's path as the HTTP/2 authority, which
+        # is not a valid one: the node refuses such streams (PROTOCOL_ERROR).
+        options.append(("grpc.default_authority", "localhost"))
+    return grpc.aio.insecure_channel(target_of(url), options=options,
                                      interceptors=interceptors)  # type: ignore[arg-type]
 
 

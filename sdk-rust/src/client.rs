@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
 use crate::wire::Tls;
-pub(crate) use crate::wire::{endpoint, insert_meta, Bearer, Wire};
+pub(crate) use crate::wire::{channel, insert_meta, Bearer, Wire};
 use tonic::Code;
 
 use crate::error::Error;
@@ -166,7 +166,7 @@ impl Client {
 
     /// The same with explicit TLS settings (used for an `https://` URL).
     pub fn connect_tls(url: &str, tls: &Tls) -> Result<Client, Error> {
-        let channel = endpoint(url, tls)?.connect_lazy();
+        let channel = channel(url, tls)?;
         Ok(Client::from_channel(url, channel))
     }
 

@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{endpoint, Client};
+use crate::client::{channel, Client};
 use crate::context::Context;
 use crate::error::Error;
 use crate::wire::Tls;
@@ -226,7 +226,7 @@ impl Plugin {
             Some(t) => t.clone(),
             None => Tls::from_env()?,
         };
-        let channel = endpoint(url, &tls)?.connect_lazy();
+        let channel = channel(url, &tls)?;
         let mut client = Client::from_channel(url, channel).with_plugin(&self.name);
         if let Some(token) = &self.token {
             client = client.with_token(token);

@@ -1,6 +1,7 @@
 //! The SDK's connection to a node: the endpoint settings (no Nagle,
-//! keepalive, flow-control windows), TLS for an `https://` node, and the
-//! bearer token every request carries when the node has auth on.
+//! keepalive, flow-control windows), TLS for an `https://` node, a
+//! Unix-domain socket for a `unix:///path` one, and the bearer token every
+//! request carries when the node has auth on.
 
 use std::time::Duration;
 
@@ -92,7 +93,33 @@ impl Tls {
 
 /// A channel to `url` with the settings the SDK wants (no Nagle,
 /// keepalive), and `tls` when the URL is `https://`.
-pub(crate) fn endpoint(url: &str, tls: &Tls) -> Result<Endpoint, Error> {
+/// The (lazily connected) channel to the node at `url`: `http://`,
+/// `https://` (TLS) or `unix:///path/to/socket` (the node's
+/// `server.unix_socket`, for a plugin on the same host).
+pub(crate) fn channel(url: &str, tls: &Tls) -> Result<Channel, Error> {
+    let Some(path) = url.strip_prefix("unix://") else {
+        return Ok(endpoint(url, tls)?.connect_lazy());
+    };
+    if path.is_empty() {
+        return Err(Error::invalid_argument(format!(
+            "{url}: a unix:// URL names the socket's path (unix:///run/kernel.sock)"
+        )));
+    }
+    let path = std::sync::Arc::<std::path::Path>::from(std::path::Path::new(path));
+    // The authority is never dialled: the connector below opens the socket.
+    let e = endpoint("http://localhost", tls)?;
+    Ok(
+        e.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(&*path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        })),
+    )
+}
+
+fn endpoint(url: &str, tls: &Tls) -> Result<Endpoint, Error> {
     let connect_error = |source| Error::Connect {
         url: url.to_owned(),
         source,

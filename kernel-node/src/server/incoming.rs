@@ -1,4 +1,6 @@
-//! Accepting connections (transport tier, below HTTP/2): at most
+//! Accepting connections (transport tier, below HTTP/2) on the TCP port
+//! and, when `server.unix_socket` is set, on a Unix-domain socket beside it
+//! (co-located plugins skip the TCP/IP stack; one cap covers both): at most
 //! `server.max_connections` open at once (one more is accepted and closed
 //! at once, so the kernel's backlog does not fill), and a connection that
 //! sends nothing within `server.handshake_timeout_ms` of being accepted
@@ -15,15 +17,48 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Where the node accepts connections: its TCP port, and optionally a
+/// Unix-domain socket.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port.
+    pub tcp: TcpListener,
+    /// `server.unix_socket`, bound.
+    pub unix: Option<UnixListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(tcp: TcpListener) -> Listeners {
+        Listeners { tcp, unix: None }
+    }
+}
+
+/// An accepted connection of either kind.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Forwards an I/O method to whichever socket it is.
+macro_rules! either {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Socket::Tcp($s) => $e,
+            Socket::Unix($s) => $e,
+        }
+    };
+}
 
 /// A connection that must say something before its deadline, holding its
 /// place among the open connections until it closes.
 #[derive(Debug)]
 pub(crate) struct Guarded {
-    inner: TcpStream,
+    inner: Socket,
     /// Until the first byte arrives.
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: OwnedSemaphorePermit,
@@ -32,7 +67,13 @@ pub(crate) struct Guarded {
 impl Connected for Guarded {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+        match &self.inner {
+            Socket::Tcp(s) => s.connect_info(),
+            Socket::Unix(_) => TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            },
+        }
     }
 }
 
@@ -43,7 +84,7 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = either!(&mut self.inner, s => Pin::new(s).poll_read(cx, buf));
         let Some(deadline) = self.first_byte.as_mut() else {
             return read;
         };
@@ -67,15 +108,15 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        either!(&mut self.inner, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        either!(&mut self.inner, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        either!(&mut self.inner, s => Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -83,24 +124,35 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        either!(&mut self.inner, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        either!(&self.inner, s => s.is_write_vectored())
     }
 }
 
-/// The connections `listener` accepts, guarded as the module says.
+/// The connections `listeners` accept, guarded as the module says.
 pub(crate) fn guarded(
-    listener: TcpListener,
+    listeners: Listeners,
     max_connections: usize,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Guarded>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    futures::stream::unfold((listener, slots), move |(listener, slots)| async move {
+    futures::stream::unfold((listeners, slots), move |(listeners, slots)| async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = match &listeners.unix {
+                None => listeners
+                    .tcp
+                    .accept()
+                    .await
+                    .map(|(s, p)| (Socket::Tcp(s), Some(p))),
+                Some(unix) => tokio::select! {
+                    t = listeners.tcp.accept() => t.map(|(s, p)| (Socket::Tcp(s), Some(p))),
+                    u = unix.accept() => u.map(|(s, _)| (Socket::Unix(s), None)),
+                },
+            };
+            let (socket, peer) = match accepted {
                 Ok(s) => s,
                 // A transient accept error (out of descriptors): pause, go on.
                 Err(e) => {
@@ -110,17 +162,19 @@ pub(crate) fn guarded(
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max_connections, "connection refused: server.max_connections reached");
-                drop(stream);
+                tracing::warn!(peer = ?peer, max_connections, "connection refused: server.max_connections reached");
+                drop(socket);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            if let Socket::Tcp(s) = &socket {
+                let _ = s.set_nodelay(true);
+            }
             let conn = Guarded {
-                inner: stream,
+                inner: socket,
                 first_byte: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
                 _slot: slot,
             };
-            return Some((Ok(conn), (listener, slots)));
+            return Some((Ok(conn), (listeners, slots)));
         }
     })
 }

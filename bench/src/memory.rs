@@ -1,0 +1,115 @@
+//! The memory rows: the node's resident set idle, with 1,000 connected
+//! providers (one connection each), with 10,000 subscriptions, and after
+//! those close (is the memory given back to the operating system?).
+
+use std::time::Duration;
+
+use kernel_sdk::{Bytes, CancellationToken, Client, Plugin, SubscribeOptions};
+use tokio::process::{Child, Command};
+
+use crate::measure::{row, Row};
+use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready, worker_threads};
+
+const PROVIDERS: usize = 1_000;
+const SUBSCRIPTIONS: usize = 10_000;
+/// Connections the subscriptions are spread over (500 streams each).
+const SUBSCRIBER_CONNECTIONS: usize = 20;
+
+/// The child's resident set in KiB (`VmRSS` in `/proc/PID/status`).
+fn rss_kib(child: &Child) -> f64 {
+    let pid = child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn mb(kib: f64) -> String {
+    format!("{:.1} MB", kib * 1024.0 / 1e6)
+}
+
+/// Lets the node settle (allocator purges run on a timer), then reads.
+async fn settled_rss(child: &Child) -> f64 {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rss_kib(child)
+}
+
+pub(crate) async fn all(rows: &mut Vec<Row>) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = spawn(
+        Command::new(sibling("kernel-node"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+            .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
+    )
+    .await;
+    wait_line(&mut node, "kernel-node listening").await;
+    let idle = settled_rss(&node).await;
+    row(rows, "node RSS, idle", mb(idle), "(target ≤ 12 MB)".into());
+
+    // 1,000 providers, each its own plugin and connection.
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::with_capacity(PROVIDERS);
+    for i in 0..PROVIDERS {
+        let (url, stop) = (url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let plugin = Plugin::new(&format!("mem-{i}"))
+                .provide(&format!("mem.p{i}"), |_ctx, p: Bytes| async move { Ok(p) });
+            let _ = plugin.serve(&url, stop).await;
+        }));
+    }
+    let caller = Client::connect(&url).expect("client");
+    for i in 0..PROVIDERS {
+        wait_ready(&caller, &format!("mem.p{i}")).await;
+    }
+    let with_providers = settled_rss(&node).await;
+    let per_provider = (with_providers - idle) / PROVIDERS as f64;
+    row(
+        rows,
+        "node RSS with 1,000 idle connected providers",
+        format!("{} ({per_provider:.1} KB per provider)", mb(with_providers)),
+        "(target ≤ 16 KB per provider)".into(),
+    );
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let before_subs = settled_rss(&node).await;
+
+    // 10,000 subscriptions over 20 connections.
+    let mut subs = Vec::with_capacity(SUBSCRIPTIONS);
+    let per = SUBSCRIPTIONS / SUBSCRIBER_CONNECTIONS;
+    for c in 0..SUBSCRIBER_CONNECTIONS {
+        let client = Client::connect(&url)
+            .expect("client")
+            .with_plugin(&format!("mem-sub-{c}"));
+        for i in 0..per {
+            let s = client
+                .subscriber(SubscribeOptions::new(&format!("mem.c{c}.t{i}")))
+                .await
+                .expect("subscribe");
+            subs.push(s);
+        }
+    }
+    let with_subs = settled_rss(&node).await;
+    let per_sub = (with_subs - before_subs) / SUBSCRIPTIONS as f64;
+    row(
+        rows,
+        "node RSS with 10,000 idle subscriptions",
+        format!("{} ({per_sub:.1} KB per subscription)", mb(with_subs)),
+        "(target ≤ 4 KB per subscription)".into(),
+    );
+    drop(subs);
+    let after = settled_rss(&node).await;
+    row(
+        rows,
+        "node RSS after the 10,000 subscriptions closed",
+        format!("{} = {:.2} × idle", mb(after), after / idle),
+        "(target ≤ 2 × idle)".into(),
+    );
+    let _ = node.kill().await;
+}

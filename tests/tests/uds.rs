@@ -1,0 +1,224 @@
+//! The Unix-domain socket (`server.unix_socket`): plugins and callers on
+//! `unix:///path` reach the same kernel as TCP ones; a plugin dying
+//! mid-call over the socket fails the call fast; garbage on the socket
+//! harms nothing; the file is owner-only, a stale one is replaced, a live
+//! one is refused, and it is removed at exit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kernel_sdk::Client;
+use kernel_tests::{eventually, NodeProcess, PluginProcess};
+use tokio::io::AsyncWriteExt;
+use tonic::Code;
+
+fn tmp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kernel-uds-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn uds_node(sock: &std::path::Path) -> (NodeProcess, String) {
+    let node = NodeProcess::start(&[(
+        "KERNEL_SERVER__UNIX_SOCKET",
+        sock.to_str().expect("utf-8 path"),
+    )])
+    .await;
+    (node, format!("unix://{}", sock.display()))
+}
+
+/// Calls `service` on `client` until it has a provider.
+async fn reachable(client: &Client, service: &str) {
+    eventually(Duration::from_secs(10), service, || async {
+        match client.call(service, "ping").await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Code::NotFound => Err(e.to_string()),
+            Err(e) => panic!("{service}: {e}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plugins_and_callers_meet_over_the_socket_and_tcp() {
+    let dir = tmp("serve");
+    let sock = dir.join("kernel.sock");
+    let (node, unix) = uds_node(&sock).await;
+    let mode = std::fs::metadata(&sock)
+        .expect("socket file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    let _plugin = PluginProcess::spawn_at(&unix, &["--service", "uds.echo"], &[]);
+    let over_unix = Client::connect(&unix).expect("unix client");
+    let over_tcp = Client::connect(&node.url).expect("tcp client");
+    reachable(&over_unix, "uds.echo").await;
+    assert_eq!(over_unix.call("uds.echo", "a").await.expect("uds"), "a");
+    assert_eq!(over_tcp.call("uds.echo", "b").await.expect("tcp"), "b");
+    // Events cross the two transports too.
+    let mut sub = over_tcp
+        .subscriber(kernel_sdk::SubscribeOptions::new("uds.*"))
+        .await
+        .expect("subscribe");
+    over_unix.publish("uds.ev", "e1").await.expect("publish");
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("delivered in time")
+        .expect("an event");
+    assert_eq!(ev.payload, "e1");
+
+    // Garbage on the socket: the node closes that connection, nothing else.
+    for _ in 0..20 {
+        let mut s = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("connect");
+        let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 13) as u8).collect();
+        let _ = s.write_all(&junk).await;
+    }
+    assert_eq!(over_unix.call("uds.echo", "c").await.expect("still"), "c");
+
+    // A unix:// URL without a path is refused by the SDK, clearly.
+    let Err(err) = Client::connect("unix://") else {
+        panic!("unix:// without a path accepted");
+    };
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    node.terminate().await;
+    let mut child = node.child;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "the socket file is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_plugin_dying_mid_call_over_the_socket_fails_the_call_fast() {
+    let dir = tmp("crash");
+    let sock = dir.join("kernel.sock");
+    let (_node, unix) = uds_node(&sock).await;
+    let mut victim =
+        PluginProcess::spawn_at(&unix, &["--service", "uds.hang", "--mode", "hang"], &[]);
+    let _healthy = PluginProcess::spawn_at(&unix, &["--service", "uds.echo"], &[]);
+    let client = Client::connect(&unix).expect("unix client");
+    reachable(&client, "uds.echo").await;
+    let c = client.clone();
+    // Wait until the hanging provider is registered: a probe that is not
+    // NOT_FOUND but runs out of time reached it (and it printed STARTED).
+    eventually(Duration::from_secs(10), "uds.hang registered", || async {
+        let r = c
+            .call_with(
+                "uds.hang",
+                "",
+                kernel_sdk::CallOptions {
+                    timeout: Some(Duration::from_millis(200)),
+                    ..Default::default()
+                },
+            )
+            .await;
+        match r {
+            Err(e) if e.code() == Code::DeadlineExceeded => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let c = client.clone();
+    let call = tokio::spawn(async move { c.call("uds.hang", "").await });
+    // The probe's STARTED, then this call's.
+    victim.expect_line("STARTED", Duration::from_secs(5)).await;
+    victim.expect_line("STARTED", Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
+    victim.kill().await;
+    let err = call.await.expect("join").expect_err("provider died");
+    let took = killed_at.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(
+        client.call("uds.echo", "after").await.expect("node serves"),
+        "after"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    let dir = tmp("stale");
+    let sock = dir.join("kernel.sock");
+    // A socket file nobody listens on any more (a node that was SIGKILLed).
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+    assert!(sock.exists());
+    let (_node, unix) = uds_node(&sock).await;
+    let client = Client::connect(&unix).expect("unix client");
+    let err = client
+        .call("nobody.here", "x")
+        .await
+        .expect_err("no provider");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+
+    // A second node on the same path: refused at start, naming the key.
+    let out = tokio::process::Command::new(kernel_tests::binary("kernel-node"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+        .env("KERNEL_SERVER__UNIX_SOCKET", &sock)
+        .output()
+        .await
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.unix_socket") && stderr.contains("another process"),
+        "{stderr}"
+    );
+    // The first node still answers on it.
+    let err = client
+        .call("nobody.here", "x")
+        .await
+        .expect_err("no provider");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Python SDK over `unix:///path` (grpc's own Unix-socket support;
+/// needs the environment `make test` prepares).
+#[tokio::test]
+async fn the_python_sdk_connects_over_the_socket() {
+    let Ok(python) = std::env::var("KERNEL_TEST_PYTHON") else {
+        panic!("KERNEL_TEST_PYTHON is not set: run the tests with `make test`");
+    };
+    let dir = tmp("python");
+    let sock = dir.join("kernel.sock");
+    let (_node, unix) = uds_node(&sock).await;
+    let _plugin = PluginProcess::spawn_at(&unix, &["--service", "uds.echo"], &[]);
+    reachable(&Client::connect(&unix).expect("client"), "uds.echo").await;
+    let code = r#"
+import asyncio, sys
+from kernel_sdk import Client
+
+async def main() -> None:
+    client = Client(sys.argv[1])
+    print("reply", (await client.call("uds.echo", b"from python")).decode())
+
+asyncio.run(main())
+"#;
+    let out = tokio::process::Command::new(python)
+        .args(["-c", code, &unix])
+        .env(
+            "PYTHONPATH",
+            std::env::var("KERNEL_TEST_PYTHONPATH").unwrap_or_default(),
+        )
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("reply from python"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
