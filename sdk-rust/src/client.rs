@@ -308,8 +308,17 @@ impl Client {
             #[cfg(feature = "in-process")]
             Transport::Local(kernel) => {
                 let (parent, mut headers) = local_parent(origin);
-                headers.extend(opts.headers);
-                let parent = match headers.remove(h::CONTEXT) {
+                // A plain root call has no headers: skip hashing into an
+                // empty map.
+                if !opts.headers.is_empty() {
+                    headers.extend(opts.headers);
+                }
+                let named = if headers.is_empty() {
+                    None
+                } else {
+                    headers.remove(h::CONTEXT)
+                };
+                let parent = match named {
                     Some(p) if matches!(parent, Parent::None) => Parent::Path(p),
                     _ => parent,
                 };

@@ -38,8 +38,13 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// What a handler returns.
 pub type HandlerResult = Result<Bytes, Error>;
 
+/// A provided service: the user's handler with its panics caught, its
+/// errors made failures and its reply size checked (the argument is the
+/// largest reply allowed), all in one boxed future per call.
 type Handler = Arc<
-    dyn Fn(Context, Bytes) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync,
+    dyn Fn(Context, Bytes, usize) -> Pin<Box<dyn Future<Output = Result<Bytes, Failure>> + Send>>
+        + Send
+        + Sync,
 >;
 
 /// A plugin: a name and the services it provides.
@@ -105,7 +110,9 @@ impl Plugin {
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let h: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        let h: Handler = Arc::new(move |ctx, payload, max_reply| {
+            Box::pin(guarded(handler(ctx.clone(), payload), ctx, max_reply))
+        });
         self.handlers.insert(service.to_owned(), h);
         self.services.push(pb::ServiceDecl {
             name: service.to_owned(),
@@ -438,24 +445,37 @@ fn to_result(call_id: u64, r: Result<Bytes, Failure>) -> pb::CallResult {
 }
 
 /// Runs a handler with panics turned into `INTERNAL` for that call only.
+/// Runs the handler of a call, or says that there is none.
 async fn run_handler(
     handler: Option<Handler>,
     ctx: Context,
     payload: Bytes,
     max_reply: usize,
 ) -> Result<Bytes, Failure> {
-    // The service name is only needed for error messages: read it from a
-    // second handle on the context rather than copying it on every call.
-    let named = ctx.clone();
-    let service = named.service();
-    let Some(handler) = handler else {
-        return Err(Error::new(
-            tonic::Code::Unimplemented,
-            format!("this plugin does not provide `{service}`"),
-        )
-        .into_failure());
-    };
-    match AssertUnwindSafe(handler(ctx, payload)).catch_unwind().await {
+    match handler {
+        Some(handler) => handler(ctx, payload, max_reply).await,
+        None => Err(unprovided(ctx.service())),
+    }
+}
+
+fn unprovided(service: &str) -> Failure {
+    Error::new(
+        tonic::Code::Unimplemented,
+        format!("this plugin does not provide `{service}`"),
+    )
+    .into_failure()
+}
+
+/// A handler's future with its panic caught, its error made a failure and
+/// its reply held to `max_reply` bytes. `ctx` names the service for the
+/// messages.
+async fn guarded(
+    fut: impl Future<Output = HandlerResult>,
+    ctx: Context,
+    max_reply: usize,
+) -> Result<Bytes, Failure> {
+    let service = ctx.service();
+    match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(Ok(bytes)) if bytes.len() > max_reply => Err(Error::new(
             tonic::Code::OutOfRange,
             format!(
@@ -552,34 +572,39 @@ struct LocalAdapter {
 
 #[cfg(feature = "in-process")]
 impl LocalHandler for LocalAdapter {
-    fn invoke(&self, mut call: LocalCall) -> BoxFuture<Result<kernel_core::Reply, Failure>> {
-        let handler = self.handlers.get(&call.service).cloned();
+    fn invoke(&self, mut call: LocalCall) -> BoxFuture<Result<Bytes, Failure>> {
         let payload = std::mem::take(&mut call.payload);
-        let span = if self.telemetry.enabled() {
-            call.headers.insert(
-                kernel_proto::headers::CONTEXT.to_owned(),
-                call.context.path().to_owned(),
-            );
-            let s = handler_span(
-                &self.telemetry,
-                &self.plugin,
-                &call.service,
-                &mut call.headers,
-            );
-            call.headers.remove(kernel_proto::headers::CONTEXT);
-            s
-        } else {
-            None
-        };
+        if !self.telemetry.enabled() {
+            // The handler's own future is the call's: one box in all.
+            return match self.handlers.get(&call.service) {
+                Some(handler) => handler(
+                    Context::local(self.client.clone(), call),
+                    payload,
+                    usize::MAX,
+                ),
+                None => {
+                    let f = unprovided(&call.service);
+                    Box::pin(async move { Err(f) })
+                }
+            };
+        }
+        let handler = self.handlers.get(&call.service).cloned();
+        call.headers.insert(
+            kernel_proto::headers::CONTEXT.to_owned(),
+            call.context.path().to_owned(),
+        );
+        let span = handler_span(
+            &self.telemetry,
+            &self.plugin,
+            &call.service,
+            &mut call.headers,
+        );
+        call.headers.remove(kernel_proto::headers::CONTEXT);
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
             let result = in_span(&span, run_handler(handler, ctx, payload, usize::MAX)).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
-            result.map(|payload| kernel_core::Reply {
-                payload,
-                content_type: String::new(),
-                context: None,
-            })
+            result
         })
     }
 }

@@ -434,3 +434,66 @@ async fn a_provider_failure_without_a_code_becomes_unknown() {
     assert_eq!(err.code(), Code::Unknown, "{err:?}");
     provider.abort();
 }
+
+/// The in-process fast path (a free slot, no span: the handler's future is
+/// held inline by dispatch) keeps the general path's duties: an abandoned
+/// call cancels the handler's context and drops its future, and its slot
+/// and in-flight count are given back.
+#[tokio::test]
+async fn in_process_fast_path_abandoned_call_cancels_and_gives_back_its_slot() {
+    let node = Node::start().await;
+    let held = std::sync::Arc::new(std::sync::Mutex::new(None::<kernel_sdk::Context>));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let keep = held.clone();
+    let _reg = Plugin::new("slow")
+        .max_concurrency(1)
+        .provide("slow.wait", move |ctx, p: Bytes| {
+            let (keep, done) = (keep.clone(), done_tx.clone());
+            async move {
+                if &p[..] == b"fast" {
+                    return Ok(p);
+                }
+                *keep.lock().expect("lock") = Some(ctx);
+                // Deaf to the cancel: only dropping its future stops it.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = done.send(());
+                Ok(p)
+            }
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    let local = Client::in_process(node.kernel.clone());
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = local
+        .call_with("slow.wait", "wait", short)
+        .await
+        .expect_err("times out");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(280),
+        "answered at the deadline, not when the handler ended: {:?}",
+        started.elapsed()
+    );
+    let ctx = held.lock().expect("lock").take().expect("handler ran");
+    assert!(
+        ctx.is_cancelled(),
+        "the abandoned call's context is cancelled"
+    );
+    // The only slot is free again: a call that answers at once gets it.
+    assert_eq!(local.call("slow.wait", "fast").await.expect("slot"), "fast");
+    let instances = node.kernel.registry().instances();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        instances[0]
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the abandoned call left the in-flight count"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(done.try_recv().is_err(), "the abandoned handler ran on");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kernel_core::{BoxFuture, Config, Kernel, LocalCall, LocalHandler, Reply, Request};
+use kernel_core::{BoxFuture, Config, Kernel, LocalCall, LocalHandler, Request};
 use kernel_proto::v1::{Failure, RegisterMode, ServiceDecl};
 use kernel_tests::eventually;
 
@@ -21,7 +21,7 @@ struct Flaky {
 }
 
 impl LocalHandler for Flaky {
-    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<Reply, Failure>> {
+    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<Bytes, Failure>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let fail = n <= self.failures || self.broken.load(Ordering::SeqCst);
         let code = self.code;
@@ -33,11 +33,7 @@ impl LocalHandler for Flaky {
                     causality: Vec::new(),
                 })
             } else {
-                Ok(Reply {
-                    payload: call.payload,
-                    content_type: String::new(),
-                    context: None,
-                })
+                Ok(call.payload)
             }
         })
     }

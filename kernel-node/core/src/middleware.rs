@@ -33,11 +33,9 @@ pub(crate) mod validate;
 use std::sync::Arc;
 
 use kernel_proto::trace::Telemetry;
-use kernel_proto::v1::Failure;
 use tower::layer::util::{Identity, Stack};
 use tower::ServiceBuilder;
 
-use crate::call::{BoxFuture, Reply};
 use crate::capability::Capabilities;
 use crate::config::RouterConfig;
 use crate::context::Contexts;
@@ -103,7 +101,10 @@ pub(crate) struct BareRouter(accounting::AccountingStage<Dispatch>);
 
 impl BareRouter {
     /// Runs one call through accounting and dispatch.
-    pub(crate) fn call(&self, req: crate::call::Request) -> BoxFuture<Result<Reply, Failure>> {
+    pub(crate) fn call(
+        &self,
+        req: crate::call::Request,
+    ) -> accounting::Accounted<<Dispatch as Stage>::Future> {
         self.0.run(Invocation::new(req))
     }
 }
@@ -176,13 +177,13 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::call::Request;
+    use crate::call::{BoxFuture, Reply, Request};
     use crate::config::BudgetConfig;
     use crate::provider::{Instance, Link, LocalCall, LocalHandler};
 
     struct Never;
     impl LocalHandler for Never {
-        fn invoke(&self, _: LocalCall) -> BoxFuture<Result<Reply, Failure>> {
+        fn invoke(&self, _: LocalCall) -> BoxFuture<Result<bytes::Bytes, Failure>> {
             Box::pin(std::future::pending())
         }
     }

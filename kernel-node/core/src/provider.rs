@@ -38,8 +38,9 @@ pub struct LocalCall {
 
 /// An in-process provider.
 pub trait LocalHandler: Send + Sync + 'static {
-    /// Runs one call. Dropping the future cancels it.
-    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<Reply, Failure>>;
+    /// Runs one call; resolves to the reply's payload (an in-process reply
+    /// has no content type of its own). Dropping the future cancels it.
+    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<Bytes, Failure>>;
 }
 
 /// Frames queued for a remote provider's session writer.

@@ -4,7 +4,10 @@
 //! against the deadline and branch cancellation. On failure it appends this
 //! hop (context path, service, provider plugin) to the causality chain.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
 use kernel_proto::failure::push_hop;
@@ -14,7 +17,7 @@ use opentelemetry::trace::TraceContextExt;
 use tower::Layer;
 
 use crate::call::{BoxFuture, Headers, Reply};
-use crate::context::{ChildSpec, Contexts};
+use crate::context::{ChildSpec, Contexts, Node};
 use crate::error::Error;
 use crate::invocation::{Invocation, Stage};
 
@@ -60,10 +63,11 @@ fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
 impl<S> Stage for AccountingStage<S>
 where
     S: Stage,
-    S::Future: Send + 'static,
+    S::Future: Unpin,
 {
-    type Future = BoxFuture<Result<Reply, Failure>>;
+    type Future = Accounted<S::Future>;
 
+    #[inline]
     fn run(&self, inv: Box<Invocation>) -> Self::Future {
         account(&self.contexts, inv, |inv| self.inner.run(inv))
     }
@@ -75,10 +79,7 @@ fn account<F>(
     contexts: &Contexts,
     mut inv: Box<Invocation>,
     inner: impl FnOnce(Box<Invocation>) -> F,
-) -> BoxFuture<Result<Reply, Failure>>
-where
-    F: std::future::Future<Output = Result<Reply, Failure>> + Send + 'static,
-{
+) -> Accounted<F> {
     let parent = std::mem::take(&mut inv.req.parent);
     let created = contexts.child(
         parent,
@@ -98,7 +99,7 @@ where
         Err(e) => {
             let mut f = e.into_failure();
             push_hop(&mut f, "", &inv.req.service, "");
-            return Box::pin(async move { Err(f) });
+            return Accounted::failed(f);
         }
     };
     if let Some(cx) = &inv.trace {
@@ -117,47 +118,137 @@ where
     } else {
         None
     };
-    let fut = match early {
-        Some(f) => None.ok_or(f),
-        None => Ok(inner(inv)),
+    let inner = match early {
+        Some(f) => return Accounted::stopped(node, f),
+        None => inner(inv),
     };
-    Box::pin(async move {
-        let out = match fut {
-            Err(f) => Err(f),
-            Ok(fut) => {
-                let sleep = async {
-                    match node.deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
+    Accounted {
+        inner: Some(inner),
+        early: None,
+        running: Some(Running {
+            node,
+            report,
+            watch: None,
+        }),
+    }
+}
+
+/// The accounting layer's future: the inner future raced against the
+/// deadline and the branch's cancellation, the hop appended on failure.
+///
+/// Held inline by the layers above (no box): a call whose inner future is
+/// ready on its first poll never builds the race; only one that waits
+/// does, boxed once ([`watch`]).
+pub struct Accounted<F> {
+    inner: Option<F>,
+    /// A refusal decided before the inner future was made.
+    early: Option<Failure>,
+    running: Option<Running>,
+}
+
+struct Running {
+    node: Arc<Node>,
+    report: bool,
+    /// The deadline and cancellation, once the inner future has waited.
+    watch: Option<BoxFuture<Failure>>,
+}
+
+impl<F> Accounted<F> {
+    fn failed(f: Failure) -> Self {
+        Accounted {
+            inner: None,
+            early: Some(f),
+            running: None,
+        }
+    }
+
+    fn stopped(node: Arc<Node>, f: Failure) -> Self {
+        Accounted {
+            inner: None,
+            early: Some(f),
+            running: Some(Running {
+                node,
+                report: false,
+                watch: None,
+            }),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for Accounted<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounted").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for Accounted<F>
+where
+    F: Future<Output = Result<Reply, Failure>> + Unpin,
+{
+    type Output = Result<Reply, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let out = match (this.early.take(), this.inner.as_mut()) {
+            (Some(f), _) => Err(f),
+            (None, None) => panic!("Accounted polled after completion"),
+            (None, Some(inner)) => match Pin::new(inner).poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let Some(run) = this.running.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    let watch = run
+                        .watch
+                        .get_or_insert_with(|| Box::pin(watch(run.node.clone())));
+                    match watch.as_mut().poll(cx) {
+                        Poll::Ready(f) => Err(f),
+                        Poll::Pending => return Poll::Pending,
                     }
-                };
-                tokio::select! {
-                    biased;
-                    r = fut => r,
-                    _ = node.cancelled() => Err(node.cancel_reason()),
-                    _ = sleep => Err(deadline_exceeded(node.path(), &node.service)),
                 }
-            }
+            },
         };
-        match out {
+        // Dropping the inner future here, not later: an abandoned dispatch
+        // cancels its branch as it drops.
+        this.inner = None;
+        let Some(run) = this.running.take() else {
+            return Poll::Ready(out);
+        };
+        Poll::Ready(match out {
             Ok(mut reply) => {
-                if report {
-                    reply.context = Some(node);
+                if run.report {
+                    reply.context = Some(run.node);
                 }
                 Ok(reply)
             }
             Err(mut f) => {
-                let plugin = node.plugin();
+                let plugin = run.node.plugin();
                 push_hop(
                     &mut f,
-                    node.path(),
-                    &node.service,
+                    run.node.path(),
+                    &run.node.service,
                     plugin.as_deref().unwrap_or(""),
                 );
                 Err(f)
             }
+        })
+    }
+}
+
+/// Resolves with the failure that ends a call still running: its branch
+/// cancelled, or its deadline passed.
+async fn watch(node: Arc<Node>) -> Failure {
+    let sleep = async {
+        match node.deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
         }
-    })
+    };
+    tokio::select! {
+        biased;
+        _ = node.cancelled() => node.cancel_reason(),
+        _ = sleep => deadline_exceeded(node.path(), &node.service),
+    }
 }
 
 fn deadline_exceeded(path: &str, service: &str) -> Failure {

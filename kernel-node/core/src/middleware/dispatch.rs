@@ -8,10 +8,14 @@
 //! cancel, caller gone: the stages above drop this future) send the
 //! provider a cancel frame and cancel the call's branch.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kernel_proto::headers;
 use kernel_proto::trace::{self, SpanKind, SpanParent, Telemetry};
 use kernel_proto::v1::{self as pb, Failure};
@@ -54,27 +58,148 @@ impl Dispatch {
 }
 
 impl Stage for Dispatch {
-    type Future = BoxFuture<Result<Reply, Failure>>;
+    type Future = Dispatched;
 
-    fn run(&self, inv: Box<Invocation>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.dispatch(inv).await })
+    /// An in-process handler with a free slot, and no span to make, is
+    /// called right here and its future held inline ([`Dispatched`]): no
+    /// box, no task, no lock on the way. Every other call (remote, queued,
+    /// traced) takes the general path, boxed.
+    fn run(&self, mut inv: Box<Invocation>) -> Dispatched {
+        let Some(node) = inv.node.clone() else {
+            return Dispatched::Ready(Some(Err(Error::Protocol {
+                detail: "dispatch without a context (pipeline misassembled)".into(),
+            }
+            .into_failure())));
+        };
+        let got = match self.try_acquire(&inv.req.service, inv.pool.take()) {
+            Ok(got) => got,
+            Err(f) => return Dispatched::Ready(Some(Err(f))),
+        };
+        match got {
+            Some((inst, permit)) if inv.trace.is_none() && matches!(inst.link, Link::Local(_)) => {
+                Dispatched::Local(self.local(inv.req, node, inst, permit))
+            }
+            got => {
+                let this = self.clone();
+                Dispatched::Boxed(Box::pin(async move { this.dispatch(inv, node, got).await }))
+            }
+        }
+    }
+}
+
+/// Dispatch's future: an in-process handler's call held inline, the
+/// general path boxed, or an answer known at once.
+pub enum Dispatched {
+    /// An in-process handler running (the fast path).
+    Local(LocalDispatch),
+    /// The general path.
+    Boxed(BoxFuture<Result<Reply, Failure>>),
+    /// Refused before any hand-over.
+    Ready(Option<Result<Reply, Failure>>),
+}
+
+impl std::fmt::Debug for Dispatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dispatched::Local(_) => "Dispatched::Local",
+            Dispatched::Boxed(_) => "Dispatched::Boxed",
+            Dispatched::Ready(_) => "Dispatched::Ready",
+        })
+    }
+}
+
+impl Future for Dispatched {
+    type Output = Result<Reply, Failure>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Dispatched::Local(l) => l.poll(cx),
+            Dispatched::Boxed(b) => b.as_mut().poll(cx),
+            Dispatched::Ready(r) => {
+                Poll::Ready(r.take().expect("Dispatched::Ready polled after completion"))
+            }
+        }
+    }
+}
+
+/// An in-process handler's call: its slot, its place among the instance's
+/// calls in flight, and, until it answers, the duty to cancel the call's
+/// branch if it is abandoned.
+pub struct LocalDispatch {
+    handler: BoxFuture<Result<Bytes, Failure>>,
+    inst: Arc<Instance>,
+    permit: Option<OwnedSemaphorePermit>,
+    node: Arc<Node>,
+    breaker: (u32, Duration),
+}
+
+impl LocalDispatch {
+    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Reply, Failure>> {
+        let result = std::task::ready!(self.handler.as_mut().poll(cx));
+        if self.permit.take().is_some() {
+            self.inst.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        let failed = matches!(&result, Err(f) if is_instance_failure(f.code));
+        record(&self.inst, failed, self.breaker);
+        Poll::Ready(result.map(local_reply))
+    }
+}
+
+impl Drop for LocalDispatch {
+    fn drop(&mut self) {
+        // Still holding the slot: the handler never answered.
+        if self.permit.take().is_some() {
+            self.inst.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.node.cancel();
+        }
     }
 }
 
 impl Dispatch {
-    async fn dispatch(&self, inv: Box<Invocation>) -> Result<Reply, Failure> {
-        let Some(node) = inv.node.clone() else {
-            return Err(Error::Protocol {
-                detail: "dispatch without a context (pipeline misassembled)".into(),
-            }
-            .into_failure());
+    /// Calls an in-process handler with the slot already taken.
+    fn local(
+        &self,
+        req: crate::call::Request,
+        node: Arc<Node>,
+        inst: Arc<Instance>,
+        permit: OwnedSemaphorePermit,
+    ) -> LocalDispatch {
+        let Link::Local(handler) = &inst.link else {
+            unreachable!("Dispatch::local is given in-process instances only");
         };
+        node.set_plugin(&inst.plugin);
+        inst.in_flight.fetch_add(1, Ordering::Relaxed);
+        let headers = passthrough(req.headers);
+        let handler = handler.invoke(local_call(
+            req.service,
+            req.method,
+            req.payload,
+            req.content_type,
+            headers,
+            &node,
+            req.caller,
+        ));
+        let c = &self.state.config;
+        LocalDispatch {
+            handler,
+            inst,
+            permit: Some(permit),
+            node,
+            breaker: (c.breaker_failures, Duration::from_millis(c.breaker_open_ms)),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        inv: Box<Invocation>,
+        node: Arc<Node>,
+        got: Option<(Arc<Instance>, OwnedSemaphorePermit)>,
+    ) -> Result<Reply, Failure> {
         let req = inv.req;
         let service = req.service;
-        // Fast path without an await: a free slot on the chosen instance.
-        // Only a call that must queue pays for the (boxed, larger) wait.
-        let (inst, permit) = match self.try_acquire(&service, inv.pool)? {
+        // A call that must queue pays for the (boxed, larger) wait.
+        let (inst, permit) = match got {
             Some(got) => got,
             None => Box::pin(self.acquire(&node, &service, None)).await?,
         };
@@ -102,15 +227,15 @@ impl Dispatch {
         }
         let result = match &inst.link {
             Link::Local(handler) => {
-                let call = LocalCall {
+                let call = local_call(
                     service,
-                    method: req.method,
-                    payload: req.payload,
-                    content_type: req.content_type,
+                    req.method,
+                    req.payload,
+                    req.content_type,
                     headers,
-                    context: node.clone(),
-                    caller: req.caller,
-                };
+                    &node,
+                    req.caller,
+                );
                 let mut guard = Abandon {
                     node: &node,
                     remote: None,
@@ -118,7 +243,7 @@ impl Dispatch {
                 };
                 let out = handler.invoke(call).await;
                 guard.done = true;
-                out
+                out.map(local_reply)
             }
             Link::Remote(link) => {
                 let inv = pb::Invocation {
@@ -165,14 +290,11 @@ impl Dispatch {
     /// Tells the instance's breaker how a call went.
     #[inline]
     fn record(&self, inst: &Instance, failed: bool) {
-        if failed {
-            inst.failures.fetch_add(1, Ordering::Relaxed);
-        }
         let c = &self.state.config;
-        inst.breaker.record(
+        record(
+            inst,
             failed,
-            c.breaker_failures,
-            Duration::from_millis(c.breaker_open_ms),
+            (c.breaker_failures, Duration::from_millis(c.breaker_open_ms)),
         );
     }
 
@@ -265,6 +387,46 @@ impl Dispatch {
                 None => continue,
             }
         }
+    }
+}
+
+/// Tells `inst`'s breaker how a call went: (failures to open it, pause).
+#[inline]
+fn record(inst: &Instance, failed: bool, (threshold, pause): (u32, Duration)) {
+    if failed {
+        inst.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    inst.breaker.record(failed, threshold, pause);
+}
+
+/// An in-process handler's answer as a reply.
+#[inline]
+fn local_reply(payload: Bytes) -> Reply {
+    Reply {
+        payload,
+        content_type: String::new(),
+        context: None,
+    }
+}
+
+/// What an in-process handler is given.
+fn local_call(
+    service: String,
+    method: String,
+    payload: Bytes,
+    content_type: String,
+    headers: Headers,
+    node: &Arc<Node>,
+    caller: Option<Arc<str>>,
+) -> LocalCall {
+    LocalCall {
+        service,
+        method,
+        payload,
+        content_type,
+        headers,
+        context: node.clone(),
+        caller,
     }
 }
 
