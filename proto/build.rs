@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // three entries, and a small B-tree costs no hashing to build, to decode
     // or to look up (`get` works the same), where a `HashMap` pays SipHash
     // and a rehash for each event. It also encodes in a stable order.
+    // Every stream's codec starts with small buffers (`src/codec.rs`).
     tonic_prost_build::configure()
+        .codec_path("crate::codec::KernelCodec")
         .bytes(".")
         .btree_map(".kernel.v1.Event.headers")
         .compile_fds(fds)?;

@@ -12,11 +12,14 @@
 //!   `grpc-timeout`.
 //! - [`failure`]: `Failure` ↔ `tonic::Status` (the trailer's
 //!   `google.rpc.Status`) and causality hops.
+//! - [`codec`]: the protobuf codec of every RPC, with small starting
+//!   buffers (idle streams stay cheap).
 //! - [`batch`]: a channel of items → a stream of batched frames.
 //! - [`trace`]: the tracer handle spans are made with, on both sides, and
 //!   the `traceparent` parser.
 
 pub mod batch;
+pub mod codec;
 pub mod failure;
 pub mod headers;
 pub mod trace;
