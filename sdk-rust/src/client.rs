@@ -196,6 +196,8 @@ impl Client {
     /// The same client, presenting `token` (`authorization: Bearer …`) on
     /// every request: with auth on, the node knows the plugin by it.
     pub fn with_token(mut self, token: &str) -> Client {
+        // Irrefutable without the `in-process` feature.
+        #[allow(irrefutable_let_patterns)]
         if let Transport::Remote(r) = &self.transport {
             self.transport =
                 Transport::Remote(Remote::new(&r.url, r.channel.clone(), Bearer::new(token)));

@@ -367,7 +367,7 @@ impl Client {
                 let mut given = e.clone();
                 let span = event_span(&telemetry, &name, &mut given);
                 let out = handler(given).await;
-                crate::plugin::end_span(span, out.as_ref().err().map(|e| e.to_string()));
+                crate::handler::end_span(span, out.as_ref().err().map(|e| e.to_string()));
                 let ok = out.is_ok();
                 if explicit {
                     if ok {

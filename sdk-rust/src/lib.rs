@@ -35,6 +35,7 @@ pub mod client;
 pub mod context;
 pub mod error;
 pub mod events;
+mod handler;
 mod mux;
 mod origin;
 #[cfg(feature = "postgres")]

@@ -6,18 +6,14 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::FutureExt;
 #[cfg(feature = "in-process")]
 use kernel_core::{BoxFuture, Kernel, LocalCall, LocalHandler, LocalRegistration};
-use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
+use kernel_proto::trace::Telemetry;
 use kernel_proto::v1::{self as pb, Failure, RegisterMode};
-use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
@@ -35,17 +31,11 @@ const DRAIN_FLUSH: Duration = Duration::from_secs(5);
 /// How long a cancelled handler may run on before its task is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// What a handler returns.
-pub type HandlerResult = Result<Bytes, Error>;
-
-/// A provided service: the user's handler with its panics caught, its
-/// errors made failures and its reply size checked (the argument is the
-/// largest reply allowed), all in one boxed future per call.
-type Handler = Arc<
-    dyn Fn(Context, Bytes, usize) -> Pin<Box<dyn Future<Output = Result<Bytes, Failure>> + Send>>
-        + Send
-        + Sync,
->;
+#[cfg(feature = "in-process")]
+use crate::handler::unprovided;
+pub use crate::handler::HandlerResult;
+use crate::handler::{end_span, in_span};
+use crate::handler::{guarded, handler_span, run_handler, Handler};
 
 /// A plugin: a name and the services it provides.
 #[derive(Clone)]
@@ -441,121 +431,6 @@ fn to_result(call_id: u64, r: Result<Bytes, Failure>) -> pb::CallResult {
             error: Some(f),
             ..Default::default()
         },
-    }
-}
-
-/// Runs a handler with panics turned into `INTERNAL` for that call only.
-/// Runs the handler of a call, or says that there is none.
-async fn run_handler(
-    handler: Option<Handler>,
-    ctx: Context,
-    payload: Bytes,
-    max_reply: usize,
-) -> Result<Bytes, Failure> {
-    match handler {
-        Some(handler) => handler(ctx, payload, max_reply).await,
-        None => Err(unprovided(ctx.service())),
-    }
-}
-
-fn unprovided(service: &str) -> Failure {
-    Error::new(
-        tonic::Code::Unimplemented,
-        format!("this plugin does not provide `{service}`"),
-    )
-    .into_failure()
-}
-
-/// A handler's future with its panic caught, its error made a failure and
-/// its reply held to `max_reply` bytes. `ctx` names the service for the
-/// messages.
-async fn guarded(
-    fut: impl Future<Output = HandlerResult>,
-    ctx: Context,
-    max_reply: usize,
-) -> Result<Bytes, Failure> {
-    let service = ctx.service();
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(Ok(bytes)) if bytes.len() > max_reply => Err(Error::new(
-            tonic::Code::OutOfRange,
-            format!(
-                "reply of {} bytes exceeds the limit of {max_reply} bytes",
-                bytes.len()
-            ),
-        )
-        .into_failure()),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(e.into_failure()),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(service, cause = %msg, "handler panicked");
-            Err(Error::internal(format!("handler of `{service}` panicked: {msg}")).into_failure())
-        }
-    }
-}
-
-/// Starts the handler span under the invocation's `traceparent` and points
-/// the context's `traceparent` at it, so nested calls are its children.
-fn handler_span(
-    telemetry: &Telemetry,
-    plugin: &str,
-    service: &str,
-    headers: &mut HashMap<String, String>,
-) -> Option<opentelemetry::Context> {
-    if !telemetry.enabled() {
-        return None;
-    }
-    let tp = headers.get(kernel_proto::headers::TRACEPARENT).cloned();
-    let path = headers
-        .get(kernel_proto::headers::CONTEXT)
-        .cloned()
-        .unwrap_or_default();
-    let cx = telemetry.start(
-        "plugin.handle",
-        SpanKind::Server,
-        SpanParent::Header(tp.as_deref()),
-        || {
-            vec![
-                KeyValue::new("kernel.service", service.to_owned()),
-                KeyValue::new("kernel.plugin", plugin.to_owned()),
-                KeyValue::new("kernel.context", path),
-            ]
-        },
-    )?;
-    headers.insert(
-        kernel_proto::headers::TRACEPARENT.to_owned(),
-        kernel_proto::trace::traceparent(&cx),
-    );
-    Some(cx)
-}
-
-/// Runs `fut` with the handler span as the current OpenTelemetry context,
-/// so spans the handler opens itself (`tracing` through
-/// [`crate::telemetry::tracing_layer`]) hang under it.
-pub(crate) async fn in_span<F: std::future::Future>(
-    span: &Option<opentelemetry::Context>,
-    fut: F,
-) -> F::Output {
-    use opentelemetry::context::FutureExt as _;
-    match span {
-        Some(cx) => fut.with_context(cx.clone()).await,
-        None => fut.await,
-    }
-}
-
-/// Ends a handler's span, with an error status when `error` is set.
-pub(crate) fn end_span(span: Option<opentelemetry::Context>, error: Option<String>) {
-    use opentelemetry::trace::TraceContextExt;
-    if let Some(cx) = span {
-        if let Some(message) = error {
-            cx.span()
-                .set_status(opentelemetry::trace::Status::error(message));
-        }
-        cx.span().end();
     }
 }
 
