@@ -26,8 +26,7 @@ TOLERANCE = 0.05
 # The counts are far apart so that the setup, which varies by a few million
 # instructions from one process to the next (quanta times its clock at
 # start, slowed by valgrind), is a small share of the difference.
-OPS = [("call", 2_000, 42_000), ("call-handle", 2_000, 42_000), ("emit", 2_000, 42_000),
-       ("trie", 20_000, 420_000)]
+OPS = [("call", 2_000, 42_000), ("emit", 2_000, 42_000), ("trie", 20_000, 420_000)]
 
 
 def instructions(binary: str, op: str, iters: int) -> int:

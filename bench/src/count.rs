@@ -13,8 +13,6 @@ use crate::local::{echo_kernel, CALL_PAYLOAD, EVENT_PAYLOAD};
 pub(crate) enum Op {
     /// An in-process call through the full pipeline to an echo handler.
     Call,
-    /// The same through a service handle (`Client::service`).
-    CallHandle,
     /// An in-process publish and its wildcard subscriber taking it.
     Emit,
     /// A trie match finding 2 of 1,000 subscriptions.
@@ -31,14 +29,6 @@ pub(crate) async fn run(op: Op, iters: usize) {
                     .call("bench.echo", payload.clone())
                     .await
                     .expect("in-process call");
-            }
-        }
-        Op::CallHandle => {
-            let (_kernel, _reg, local) = echo_kernel();
-            let echo = local.service("bench.echo").expect("handle");
-            let payload = Bytes::from(vec![7u8; CALL_PAYLOAD]);
-            for _ in 0..iters {
-                echo.call(payload.clone()).await.expect("in-process call");
             }
         }
         Op::Emit => {

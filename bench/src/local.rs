@@ -150,21 +150,6 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
         format!("{inproc:.0} ns"),
         "(target ≤ 260 ns)".into(),
     );
-    let echo = local.service("bench.echo").expect("handle");
-    let p = payload.clone();
-    let handled = mean_ns(1_000_000, || {
-        let (e, p) = (&echo, p.clone());
-        async move {
-            e.call(p).await.expect("in-process call");
-        }
-    })
-    .await;
-    row(
-        rows,
-        "in-process call through a service handle (Client::service)",
-        format!("{handled:.0} ns"),
-        "(target ≤ 260 ns)".into(),
-    );
 
     // The shares: the full pipeline vs the minimum that still works
     // (accounting + dispatch: no trace, metrics or validation), and a

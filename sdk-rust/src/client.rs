@@ -24,15 +24,6 @@ use crate::mux::Mux;
 use crate::origin::local_parent;
 pub(crate) use crate::origin::Origin;
 use crate::origin::{earliest, origin_deadline, origin_headers};
-
-/// A service resolved by the kernel ([`crate::Service`]); only an
-/// in-process client has one.
-#[cfg(feature = "in-process")]
-pub(crate) type Handle = kernel_core::ServiceHandle;
-/// A service resolved by the kernel: never, without the `in-process`
-/// feature.
-#[cfg(not(feature = "in-process"))]
-pub(crate) type Handle = std::convert::Infallible;
 use kernel_proto::batch::batched;
 
 /// Per-call options.
@@ -260,7 +251,6 @@ impl Client {
         self.call_in(
             &Origin::Root,
             service,
-            None,
             payload.into(),
             CallOptions::default(),
         )
@@ -275,7 +265,7 @@ impl Client {
         payload: impl Into<Bytes>,
         opts: CallOptions,
     ) -> Result<Reply, Error> {
-        self.call_in(&Origin::Root, service, None, payload.into(), opts)
+        self.call_in(&Origin::Root, service, payload.into(), opts)
             .await
     }
 
@@ -309,13 +299,10 @@ impl Client {
         self.publish_in(&Origin::Root, topic, payload.into(), Some(timeout))
     }
 
-    /// Calls `service` (resolved in `handle` when the caller has one: an
-    /// in-process call then skips the kernel's name lookup).
     pub(crate) async fn call_in(
         &self,
         origin: &Origin,
         service: &str,
-        handle: Option<&Handle>,
         payload: Bytes,
         opts: CallOptions,
     ) -> Result<Reply, Error> {
@@ -337,33 +324,25 @@ impl Client {
                     Some(p) if matches!(parent, Parent::None) => Parent::Path(p),
                     _ => parent,
                 };
-                let req = kernel_core::Request {
-                    service: String::new(),
-                    method: opts.method,
-                    payload,
-                    content_type: opts.content_type,
-                    headers,
-                    parent,
-                    deadline: opts.timeout.map(|t| Instant::now() + t),
-                    caller: self.plugin.clone(),
-                    report_context: false,
-                };
-                let r = match handle {
-                    Some(h) => kernel.call_service(h, req),
-                    None => kernel.call(kernel_core::Request {
+                let r = kernel
+                    .call(kernel_core::Request {
                         service: service.to_owned(),
-                        ..req
-                    }),
-                }
-                .await?;
+                        method: opts.method,
+                        payload,
+                        content_type: opts.content_type,
+                        headers,
+                        parent,
+                        deadline: opts.timeout.map(|t| Instant::now() + t),
+                        caller: self.plugin.clone(),
+                        report_context: false,
+                    })
+                    .await?;
                 Ok(Reply {
                     payload: r.payload,
                     content_type: r.content_type,
                 })
             }
             Transport::Remote(remote) => {
-                // Over the network the name is the handle.
-                let _ = handle;
                 let mut headers = origin_headers(origin);
                 headers.extend(opts.headers);
                 let deadline = earliest(

@@ -185,7 +185,7 @@ impl Context {
         }
         self.inner
             .client
-            .call_in(&self.inner.origin, service, None, payload.into(), opts)
+            .call_in(&self.inner.origin, service, payload.into(), opts)
             .await
     }
 

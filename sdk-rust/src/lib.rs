@@ -20,15 +20,11 @@
 //! # Layout
 //! - [`client`]: [`Client`]: calls and publishes, remote (multiplexed
 //!   CallStream) or in-process.
-//! - [`service`]: [`Service`]: a service name resolved once, for repeated
-//!   calls (in process they skip the kernel's name lookup).
 //! - [`plugin`]: [`Plugin`]: providing services; sessions, drain, reconnect.
 //! - [`context`]: [`Context`]: a handler's place in the context tree, deadline,
 //!   cancellation, nested calls, emits, budget charges.
 //! - [`events`]: [`Subscriber`], [`Publisher`], [`SubscribeOptions`].
 //! - [`bulk`]: [`BulkPublisher`]: many events in flight, confirmed in bulk.
-//! - `handler`: a provided handler as the SDK runs it (panic, error and
-//!   reply-size guard, span).
 //! - [`transaction`]: [`Transaction`]: emits buffered until commit.
 //! - [`error`]: the SDK error type, [`Error`].
 //! - `wire`: the connection's settings and the bearer token.
@@ -45,7 +41,6 @@ mod origin;
 #[cfg(feature = "postgres")]
 pub mod outbox;
 pub mod plugin;
-pub mod service;
 pub mod telemetry;
 pub mod transaction;
 mod wire;
@@ -65,7 +60,6 @@ pub use kernel_proto::trace::Telemetry;
 #[cfg(feature = "postgres")]
 pub use outbox::PgTransaction;
 pub use plugin::{Plugin, SessionEnd};
-pub use service::Service;
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::Code;
 pub use transaction::Transaction;

@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, NodeFigures};
 use crate::middleware::{self, BareRouter};
 use crate::provider::{Instance, Link, LocalHandler};
 use crate::rate::PublishRate;
-use crate::registry::{Registry, ServiceHandle};
+use crate::registry::Registry;
 use crate::router::{CallFuture, Router};
 use crate::stats::Stats;
 
@@ -131,21 +131,6 @@ impl Kernel {
     /// Routes one call.
     pub fn call(&self, req: Request) -> CallFuture {
         self.router.call(req)
-    }
-
-    /// A handle on the service `name` (checked once, here) for calls that
-    /// skip the name lookup: see [`ServiceHandle`].
-    pub fn service(&self, name: &str) -> Result<ServiceHandle, Error> {
-        self.registry.handle(name)
-    }
-
-    /// Routes one call to `service`'s provider: the same pipeline as
-    /// [`Kernel::call`], without looking the name up while the registry is
-    /// unchanged. `req.service` is set from the handle.
-    pub fn call_service(&self, service: &ServiceHandle, mut req: Request) -> CallFuture {
-        let pool = service.pool(&self.registry);
-        req.service = service.name().to_owned();
-        self.router.call_in_pool(req, pool)
     }
 
     /// Routes one call through accounting and dispatch only, skipping the

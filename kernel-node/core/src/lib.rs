@@ -64,7 +64,7 @@ pub use lifecycle::{Drained, Lifecycle, Work};
 pub use metrics::{EdgeRequest, EdgeSeries, Metrics, NodeFigures};
 pub use names::{validate_pattern, validate_service, validate_topic, MAX_NAME_BYTES, MAX_TOKENS};
 pub use provider::{Down, Instance, Link, LocalCall, LocalHandler, RemoteLink};
-pub use registry::{Absence, Pool, Registry, ServiceHandle};
+pub use registry::{Absence, Pool, Registry};
 pub use router::CallFuture;
 pub use stats::Stats;
 

@@ -7,7 +7,7 @@
 //! which a caller sees neither the old nor the new instance.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -111,61 +111,10 @@ pub trait Absence: Send + Sync + 'static {
     fn why_absent(&self, service: &str) -> Option<(String, String)>;
 }
 
-/// A service name resolved once: calls through it skip the registry's
-/// name lookup, like a syscall number instead of a name.
-///
-/// It stays valid across every registry change (hot swap, reload, a
-/// provider leaving or arriving): it remembers the registry generation its
-/// pool was read at, and a call that finds the registry changed since reads
-/// the pool again. A handle to a name nobody provides is fine too: its
-/// calls fail `NOT_FOUND` (or `UNAVAILABLE` naming the plugin that is down)
-/// until someone does.
-#[derive(Debug)]
-pub struct ServiceHandle {
-    name: Arc<str>,
-    resolved: arc_swap::ArcSwapOption<Resolved>,
-}
-
-/// A pool and the registry generation it was read at.
-#[derive(Debug)]
-struct Resolved {
-    generation: u64,
-    pool: Option<Arc<Pool>>,
-}
-
-impl ServiceHandle {
-    /// The service name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The name's pool now: the one remembered while the registry has not
-    /// changed, else read again (and remembered).
-    #[inline]
-    pub(crate) fn pool(&self, registry: &Registry) -> Option<Arc<Pool>> {
-        let now = registry.generation.load(Ordering::Acquire);
-        if let Some(r) = &*self.resolved.load() {
-            if r.generation == now {
-                return r.pool.clone();
-            }
-        }
-        // Read after the generation: the pool is at least that new.
-        let pool = registry.pool(&self.name);
-        self.resolved.store(Some(Arc::new(Resolved {
-            generation: now,
-            pool: pool.clone(),
-        })));
-        pool
-    }
-}
-
 /// Names to pools, plus every connected instance.
 #[derive(Default)]
 pub struct Registry {
     services: ArcSwap<Snapshot>,
-    /// Bumped after every change of `services`: what [`ServiceHandle`]s
-    /// compare against.
-    generation: AtomicU64,
     instances: Mutex<Vec<Arc<Instance>>>,
     absence: arc_swap::ArcSwapOption<Box<dyn Absence>>,
 }
@@ -207,22 +156,6 @@ impl Registry {
         }
     }
 
-    /// A handle on `name` (checked as a service name), resolved on its
-    /// first call.
-    pub fn handle(&self, name: &str) -> Result<ServiceHandle, Error> {
-        names::validate_service(name)?;
-        Ok(ServiceHandle {
-            name: name.into(),
-            resolved: arc_swap::ArcSwapOption::empty(),
-        })
-    }
-
-    /// Publishes a new name → pool snapshot, and tells handles.
-    fn publish(&self, next: Snapshot) {
-        self.services.store(Arc::new(next));
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
     /// The pool for a name, if anyone provides it.
     #[inline]
     pub fn pool(&self, service: &str) -> Option<Arc<Pool>> {
@@ -256,7 +189,7 @@ impl Registry {
             members.push(inst.clone());
             next.insert(s.name.clone(), Arc::new(Pool::with(&s.name, members)));
         }
-        self.publish(next);
+        self.services.store(Arc::new(next));
         all.push(inst.clone());
         let still_listed = |i: &Arc<Instance>| {
             self.services
@@ -324,7 +257,7 @@ impl Registry {
                 next.insert(name.clone(), pool.clone());
             }
         }
-        self.publish(next);
+        self.services.store(Arc::new(next));
         inst.permits.close();
     }
 

@@ -76,13 +76,8 @@ fn traced<F>(
     mut inv: Box<Invocation>,
     inner: impl FnOnce(Box<Invocation>) -> F,
 ) -> Traced<F> {
-    // The pool lookup serves the layers below too (validate, dispatch); a
-    // call through a service handle comes with its pool already.
-    let pool = match inv.pool.take() {
-        Some(p) => Some(p),
-        None => layer.registry.pool(&inv.req.service),
-    };
-    let series = match pool {
+    // The pool lookup serves the layers below too (validate, dispatch).
+    let series = match layer.registry.pool(&inv.req.service) {
         Some(pool) => {
             let s = pool.series(|| layer.metrics.series(&inv.req.service));
             inv.pool = Some(pool);
