@@ -11,31 +11,6 @@ use kernel_node::{node, telemetry};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`,
-/// `mimalloc.h` of the v3 sources libmimalloc-sys builds).
-const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Memory the node frees goes back to the operating system at once: by
-/// default mimalloc purges free pages a second later, and only while the
-/// thread keeps allocating, so a node that had 10,000 subscriptions and
-/// then went idle kept their memory for good (`make bench`, memory rows;
-/// docs/PERFORMANCE.md). The same run measured no cost on the call and event
-/// rows. An operator's `MIMALLOC_PURGE_DELAY` still wins.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // The one unsafe call in the workspace: mimalloc's option API is C.
-    // Setting an option is allowed at any time; the value is read when
-    // pages are freed.
-    #[allow(unsafe_code)]
-    // SAFETY: `mi_option_set` takes a plain enum value and a long; it
-    // touches only mimalloc's option table, which is made for this.
-    unsafe {
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
-    }
-}
-
 /// A microkernel runtime delivered as a gRPC node.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -48,7 +23,6 @@ fn main() -> ExitCode {
     // A supervised plugin's shim is this executable run again: it must
     // not parse flags or start a node.
     plugin_host::shim::run_if_requested();
-    purge_freed_memory_at_once();
     telemetry::init();
     let cli = Cli::parse();
     if cli.node.hash_token {
