@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use kernel_sdk::{Bytes, CancellationToken, Client, Plugin, SubscribeOptions};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::measure::{row, Row};
-use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready, worker_threads};
+use crate::procs::{start_node, wait_ready};
 
 const PROVIDERS: usize = 1_000;
 const SUBSCRIPTIONS: usize = 10_000;
@@ -37,23 +37,8 @@ async fn settled_rss(child: &Child) -> f64 {
     rss_kib(child)
 }
 
-/// A fresh node process and its URL.
-async fn fresh_node() -> (Child, String) {
-    let port = free_port();
-    let mut node = spawn(
-        Command::new(sibling("kernel-node"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-            .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
-    )
-    .await;
-    wait_line(&mut node, "kernel-node listening").await;
-    (node, format!("http://127.0.0.1:{port}"))
-}
-
 pub(crate) async fn all(rows: &mut Vec<Row>) {
-    let (mut node, url) = fresh_node().await;
+    let (mut node, url) = start_node(&[]).await;
     let idle = settled_rss(&node).await;
     row(rows, "node RSS, idle", mb(idle), "(target ≤ 12 MB)".into());
 
@@ -86,7 +71,7 @@ pub(crate) async fn all(rows: &mut Vec<Row>) {
     }
     let _ = node.kill().await;
 
-    let (mut node, url) = fresh_node().await;
+    let (mut node, url) = start_node(&[]).await;
     let before_subs = settled_rss(&node).await;
 
     // 10,000 subscriptions over 20 connections.

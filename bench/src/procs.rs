@@ -69,3 +69,21 @@ pub(crate) async fn wait_ready(client: &Client, service: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The release `kernel-node` on a free loopback port (admin HTTP off,
+/// `BENCH_THREADS` workers) with extra environment `env`, once it listens;
+/// and its URL.
+pub(crate) async fn start_node(env: &[(&str, &std::path::Path)]) -> (Child, String) {
+    let port = free_port();
+    let mut cmd = Command::new(sibling("kernel-node"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+        .env("KERNEL_SERVER__WORKER_THREADS", worker_threads());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut node = spawn(&mut cmd).await;
+    wait_line(&mut node, "kernel-node listening").await;
+    (node, format!("http://127.0.0.1:{port}"))
+}

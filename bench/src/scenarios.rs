@@ -6,7 +6,7 @@ use kernel_sdk::{Bytes, Client, SubscribeOptions};
 use tokio::process::Command;
 
 use crate::measure::{latency, row, throughput, Latency, Row};
-use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready, worker_threads};
+use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready};
 
 const CALL_PAYLOAD: usize = 64;
 const EVENT_PAYLOAD: usize = 256;
@@ -56,17 +56,7 @@ pub(crate) async fn all(secs: u64, samples: usize) {
     let _ = echo.kill().await;
 
     // --- kernel between two out-of-process plugins -------------------------
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut node = spawn(
-        Command::new(sibling("kernel-node"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "127.0.0.1:0")
-            .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
-    )
-    .await;
-    wait_line(&mut node, "kernel-node listening").await;
+    let (mut node, url) = crate::procs::start_node(&[]).await;
     let mut provider =
         spawn(Command::new(sibling("kernel-bench")).args(["provider", "--url", &url])).await;
     let caller = Client::connect(&url)

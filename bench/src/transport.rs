@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::local::CALL_PAYLOAD;
 use crate::measure::{latency, row, throughput, Latency, Row};
-use crate::procs::{free_port, sibling, spawn, wait_line, wait_ready, worker_threads};
+use crate::procs::{free_port, sibling, spawn, start_node, wait_ready};
 
 /// The peers' figures measured earlier in the same run.
 pub(crate) struct Peers {
@@ -30,19 +30,8 @@ pub(crate) async fn all(rows: &mut Vec<Row>, secs: u64, samples: usize, peers: &
     let dir = std::env::temp_dir().join(format!("kernel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let sock = dir.join("kernel.sock");
-    let port = free_port();
-    let tcp = format!("http://127.0.0.1:{port}");
     let unix = format!("unix://{}", sock.display());
-    let mut node = spawn(
-        Command::new(sibling("kernel-node"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-            .env("KERNEL_SERVER__UNIX_SOCKET", &sock)
-            .env("KERNEL_SERVER__WORKER_THREADS", worker_threads()),
-    )
-    .await;
-    wait_line(&mut node, "kernel-node listening").await;
+    let (mut node, tcp) = start_node(&[("KERNEL_SERVER__UNIX_SOCKET", &sock)]).await;
 
     // --- both plugins on the socket -----------------------------------------
     let mut provider =

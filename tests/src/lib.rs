@@ -435,3 +435,30 @@ pub fn free_addr() -> String {
         .port();
     format!("127.0.0.1:{port}")
 }
+
+/// Runs `code` with the Python `make test` prepares (`KERNEL_TEST_PYTHON`,
+/// the SDK on `KERNEL_TEST_PYTHONPATH`), with `args` and extra `env`, and
+/// panics with both of its outputs unless its stdout contains `expect`.
+pub async fn python_prints(code: &str, args: &[&str], env: &[(&str, &str)], expect: &str) {
+    let Ok(python) = std::env::var("KERNEL_TEST_PYTHON") else {
+        panic!("KERNEL_TEST_PYTHON is not set: run the tests with `make test`");
+    };
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .envs(env.iter().copied())
+        .env(
+            "PYTHONPATH",
+            std::env::var("KERNEL_TEST_PYTHONPATH").unwrap_or_default(),
+        )
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(expect),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -211,9 +211,6 @@ async fn half_a_tls_config_is_refused_at_start_naming_the_key() {
 /// (needs the environment `make test` prepares).
 #[tokio::test]
 async fn the_python_sdk_connects_over_tls() {
-    let Ok(python) = std::env::var("KERNEL_TEST_PYTHON") else {
-        panic!("KERNEL_TEST_PYTHON is not set: run the tests with `make test`");
-    };
     let dir = tmp("python");
     make_pki(&dir);
     let (_node, https) = tls_node(&dir, false).await;
@@ -236,21 +233,14 @@ async def main() -> None:
 
 asyncio.run(main())
 "#;
-    let out = tokio::process::Command::new(python)
-        .args(["-c", code, &https])
-        .env("KERNEL_TLS_CA", dir.join("ca.pem"))
-        .env(
-            "PYTHONPATH",
-            std::env::var("KERNEL_TEST_PYTHONPATH").unwrap_or_default(),
-        )
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("reached NOT_FOUND"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().expect("utf-8 path");
+    kernel_tests::python_prints(
+        code,
+        &[&https],
+        &[("KERNEL_TLS_CA", ca)],
+        "reached NOT_FOUND",
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,9 +187,6 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
 /// needs the environment `make test` prepares).
 #[tokio::test]
 async fn the_python_sdk_connects_over_the_socket() {
-    let Ok(python) = std::env::var("KERNEL_TEST_PYTHON") else {
-        panic!("KERNEL_TEST_PYTHON is not set: run the tests with `make test`");
-    };
     let dir = tmp("python");
     let sock = dir.join("kernel.sock");
     let (_node, unix) = uds_node(&sock).await;
@@ -205,20 +202,6 @@ async def main() -> None:
 
 asyncio.run(main())
 "#;
-    let out = tokio::process::Command::new(python)
-        .args(["-c", code, &unix])
-        .env(
-            "PYTHONPATH",
-            std::env::var("KERNEL_TEST_PYTHONPATH").unwrap_or_default(),
-        )
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("reply from python"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kernel_tests::python_prints(code, &[&unix], &[], "reply from python").await;
     let _ = std::fs::remove_dir_all(&dir);
 }

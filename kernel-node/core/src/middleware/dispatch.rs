@@ -22,7 +22,7 @@ use kernel_proto::v1::{self as pb, Failure};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::breaker::is_instance_failure;
-use crate::call::{BoxFuture, Headers, Reply};
+use crate::call::{BoxFuture, Headers, Reply, Request};
 use crate::config::RouterConfig;
 use crate::context::Node;
 use crate::error::Error;
@@ -160,7 +160,7 @@ impl Dispatch {
     /// Calls an in-process handler with the slot already taken.
     fn local(
         &self,
-        req: crate::call::Request,
+        req: Request,
         node: Arc<Node>,
         inst: Arc<Instance>,
         permit: OwnedSemaphorePermit,
@@ -170,16 +170,7 @@ impl Dispatch {
         };
         node.set_plugin(&inst.plugin);
         inst.in_flight.fetch_add(1, Ordering::Relaxed);
-        let headers = passthrough(req.headers);
-        let handler = handler.invoke(local_call(
-            req.service,
-            req.method,
-            req.payload,
-            req.content_type,
-            headers,
-            &node,
-            req.caller,
-        ));
+        let handler = handler.invoke(local_call(req, &node));
         let c = &self.state.config;
         LocalDispatch {
             handler,
@@ -196,12 +187,11 @@ impl Dispatch {
         node: Arc<Node>,
         got: Option<(Arc<Instance>, OwnedSemaphorePermit)>,
     ) -> Result<Reply, Failure> {
-        let req = inv.req;
-        let service = req.service;
+        let mut req = inv.req;
         // A call that must queue pays for the (boxed, larger) wait.
         let (inst, permit) = match got {
             Some(got) => got,
-            None => Box::pin(self.acquire(&node, &service, None)).await?,
+            None => Box::pin(self.acquire(&node, &req.service, None)).await?,
         };
         node.set_plugin(&inst.plugin);
         let _busy = Busy::enter(&inst);
@@ -213,7 +203,7 @@ impl Dispatch {
                 SpanParent::Span(cx),
                 || {
                     vec![
-                        opentelemetry::KeyValue::new("kernel.service", service.clone()),
+                        opentelemetry::KeyValue::new("kernel.service", req.service.clone()),
                         opentelemetry::KeyValue::new("kernel.plugin", inst.plugin.to_string()),
                         opentelemetry::KeyValue::new("kernel.instance", inst.id.to_string()),
                         opentelemetry::KeyValue::new("kernel.context", node.path().to_owned()),
@@ -221,21 +211,13 @@ impl Dispatch {
                 },
             )
         });
-        let mut headers = passthrough(req.headers);
         if let Some(cx) = &span {
-            headers.insert(headers::TRACEPARENT.to_owned(), trace::traceparent(cx));
+            req.headers
+                .insert(headers::TRACEPARENT.to_owned(), trace::traceparent(cx));
         }
         let result = match &inst.link {
             Link::Local(handler) => {
-                let call = local_call(
-                    service,
-                    req.method,
-                    req.payload,
-                    req.content_type,
-                    headers,
-                    &node,
-                    req.caller,
-                );
+                let call = local_call(req, &node);
                 let mut guard = Abandon {
                     node: &node,
                     remote: None,
@@ -246,10 +228,11 @@ impl Dispatch {
                 out.map(local_reply)
             }
             Link::Remote(link) => {
+                let headers = passthrough(std::mem::take(&mut req.headers));
                 let inv = pb::Invocation {
                     call_id: 0,
                     headers: provider_headers(&node, headers, req.caller.as_deref()),
-                    service: service.clone(),
+                    service: req.service.clone(),
                     method: req.method,
                     payload: req.payload,
                     content_type: req.content_type,
@@ -257,7 +240,7 @@ impl Dispatch {
                 };
                 let Some((id, rx)) = link.send(inv) else {
                     self.record(&inst, true);
-                    return Err(gone(&inst, &service).into_failure());
+                    return Err(gone(&inst, &req.service).into_failure());
                 };
                 // Armed until the provider answered: if the layers above drop
                 // this future (deadline, cancel, caller gone), the provider
@@ -268,7 +251,7 @@ impl Dispatch {
                     done: false,
                 };
                 rx.await
-                    .unwrap_or_else(|_| Err(gone(&inst, &service).into_failure()))
+                    .unwrap_or_else(|_| Err(gone(&inst, &req.service).into_failure()))
             }
         };
         drop(permit);
@@ -409,24 +392,17 @@ fn local_reply(payload: Bytes) -> Reply {
     }
 }
 
-/// What an in-process handler is given.
-fn local_call(
-    service: String,
-    method: String,
-    payload: Bytes,
-    content_type: String,
-    headers: Headers,
-    node: &Arc<Node>,
-    caller: Option<Arc<str>>,
-) -> LocalCall {
+/// What an in-process handler is given: the request, with only the
+/// headers a caller may pass on.
+fn local_call(req: Request, node: &Arc<Node>) -> LocalCall {
     LocalCall {
-        service,
-        method,
-        payload,
-        content_type,
-        headers,
+        service: req.service,
+        method: req.method,
+        payload: req.payload,
+        content_type: req.content_type,
+        headers: passthrough(req.headers),
         context: node.clone(),
-        caller,
+        caller: req.caller,
     }
 }
 
