@@ -58,10 +58,10 @@ pub(crate) async fn all(rows: &mut Vec<Row>, secs: u64, samples: usize, peers: &
         }
     })
     .await;
-    let vs_tcp = |mine: f64, i: usize| match peers.tcp {
-        Some(t) => format!("{:.2} × the TCP path", mine / [t.0, t.1][i]),
-        None => String::new(),
+    let vs_tcp = |mine: f64, tcp: Option<f64>| {
+        tcp.map_or(String::new(), |t| format!("{:.2} × the TCP path", mine / t))
     };
+    let (tcp_p50, tcp_tput) = (peers.tcp.map(|t| t.0), peers.tcp.map(|t| t.1));
     row(
         rows,
         "kernel call over the Unix socket (plugin→kernel→plugin) p50",
@@ -70,9 +70,9 @@ pub(crate) async fn all(rows: &mut Vec<Row>, secs: u64, samples: usize, peers: &
             Some((n, _)) => format!(
                 "= {:.2} × NATS req-reply p50 (target ≤ 0.8); {}",
                 lat.p50_us / n,
-                vs_tcp(lat.p50_us, 0)
+                vs_tcp(lat.p50_us, tcp_p50)
             ),
-            None => vs_tcp(lat.p50_us, 0),
+            None => vs_tcp(lat.p50_us, tcp_p50),
         },
     );
     row(
@@ -80,8 +80,12 @@ pub(crate) async fn all(rows: &mut Vec<Row>, secs: u64, samples: usize, peers: &
         "kernel call over the Unix socket, 32 callers",
         format!("{tput:.0} calls/s"),
         match peers.nats {
-            Some((_, n)) => format!("= {:.2} × NATS req-reply; {}", tput / n, vs_tcp(tput, 1)),
-            None => vs_tcp(tput, 1),
+            Some((_, n)) => format!(
+                "= {:.2} × NATS req-reply; {}",
+                tput / n,
+                vs_tcp(tput, tcp_tput)
+            ),
+            None => vs_tcp(tput, tcp_tput),
         },
     );
     let _ = provider.kill().await;

@@ -36,7 +36,8 @@ use kernel_proto::trace::{SpanKind, SpanParent, Telemetry};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use span::DeliverySpan;
-use stamp::{event_context, hex_id, now_unix_ns};
+pub(crate) use stamp::now_unix_ns;
+use stamp::{event_context, hex_id};
 use subscription::{DeadLetter, EventData, Queued, Settle, SubOptions, Subscription};
 use trie::Interest;
 

@@ -294,9 +294,7 @@ impl Kernel {
                 payload,
                 content_type,
                 headers,
-                publish_time_unix_ns: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as i64),
+                publish_time_unix_ns: crate::broker::now_unix_ns(),
             });
             Ok((accepted, Some(keeping)))
         })

@@ -19,7 +19,8 @@ pub(super) fn event_context(event_id: u64, i: usize) -> String {
     root_path(event_id, i as u64 + 1)
 }
 
-pub(super) fn now_unix_ns() -> i64 {
+/// Now, in nanoseconds since the Unix epoch (an event's publish time).
+pub(crate) fn now_unix_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -99,7 +99,7 @@ fn account<F>(
         Err(e) => {
             let mut f = e.into_failure();
             push_hop(&mut f, "", &inv.req.service, "");
-            return Accounted::failed(f);
+            return Accounted(State::Done(Some(Err(f))));
         }
     };
     if let Some(cx) = &inv.trace {
@@ -118,19 +118,15 @@ fn account<F>(
     } else {
         None
     };
-    let inner = match early {
-        Some(f) => return Accounted::stopped(node, f),
-        None => inner(inv),
-    };
-    Accounted {
-        inner: Some(inner),
-        early: None,
-        running: Some(Running {
-            node,
-            report,
-            watch: None,
-        }),
+    if let Some(f) = early {
+        return Accounted(State::Done(Some(finish(Err(f), node, false))));
     }
+    Accounted(State::Running {
+        inner: inner(inv),
+        node,
+        report,
+        watch: None,
+    })
 }
 
 /// The accounting layer's future: the inner future raced against the
@@ -139,40 +135,18 @@ fn account<F>(
 /// Held inline by the layers above (no box): a call whose inner future is
 /// ready on its first poll never builds the race; only one that waits
 /// does, boxed once ([`watch`]).
-pub struct Accounted<F> {
-    inner: Option<F>,
-    /// A refusal decided before the inner future was made.
-    early: Option<Failure>,
-    running: Option<Running>,
-}
+pub struct Accounted<F>(State<F>);
 
-struct Running {
-    node: Arc<Node>,
-    report: bool,
-    /// The deadline and cancellation, once the inner future has waited.
-    watch: Option<BoxFuture<Failure>>,
-}
-
-impl<F> Accounted<F> {
-    fn failed(f: Failure) -> Self {
-        Accounted {
-            inner: None,
-            early: Some(f),
-            running: None,
-        }
-    }
-
-    fn stopped(node: Arc<Node>, f: Failure) -> Self {
-        Accounted {
-            inner: None,
-            early: Some(f),
-            running: Some(Running {
-                node,
-                report: false,
-                watch: None,
-            }),
-        }
-    }
+enum State<F> {
+    Running {
+        inner: F,
+        node: Arc<Node>,
+        report: bool,
+        /// The deadline and cancellation, once the inner future has waited.
+        watch: Option<BoxFuture<Failure>>,
+    },
+    /// Decided: refused before the inner future was made, or answered.
+    Done(Option<Result<Reply, Failure>>),
 }
 
 impl<F> std::fmt::Debug for Accounted<F> {
@@ -188,50 +162,53 @@ where
     type Output = Result<Reply, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let out = match (this.early.take(), this.inner.as_mut()) {
-            (Some(f), _) => Err(f),
-            (None, None) => panic!("Accounted polled after completion"),
-            (None, Some(inner)) => match Pin::new(inner).poll(cx) {
-                Poll::Ready(r) => r,
-                Poll::Pending => {
-                    let Some(run) = this.running.as_mut() else {
-                        return Poll::Pending;
-                    };
-                    let watch = run
-                        .watch
-                        .get_or_insert_with(|| Box::pin(watch(run.node.clone())));
-                    match watch.as_mut().poll(cx) {
-                        Poll::Ready(f) => Err(f),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            },
-        };
-        // Dropping the inner future here, not later: an abandoned dispatch
-        // cancels its branch as it drops.
-        this.inner = None;
-        let Some(run) = this.running.take() else {
-            return Poll::Ready(out);
-        };
-        Poll::Ready(match out {
-            Ok(mut reply) => {
-                if run.report {
-                    reply.context = Some(run.node);
-                }
-                Ok(reply)
+        let (inner, node, race) = match &mut self.0 {
+            State::Running {
+                inner, node, watch, ..
+            } => (inner, node, watch),
+            State::Done(out) => {
+                return Poll::Ready(out.take().expect("Accounted polled after completion"))
             }
-            Err(mut f) => {
-                let plugin = run.node.plugin();
-                push_hop(
-                    &mut f,
-                    run.node.path(),
-                    &run.node.service,
-                    plugin.as_deref().unwrap_or(""),
-                );
-                Err(f)
+        };
+        let out = match Pin::new(inner).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let race = race.get_or_insert_with(|| Box::pin(watch(node.clone())));
+                match race.as_mut().poll(cx) {
+                    Poll::Ready(f) => Err(f),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-        })
+        };
+        // The inner future is dropped here, not later: an abandoned
+        // dispatch cancels its branch as it drops.
+        match std::mem::replace(&mut self.0, State::Done(None)) {
+            State::Running { node, report, .. } => Poll::Ready(finish(out, node, report)),
+            State::Done(_) => Poll::Ready(out),
+        }
+    }
+}
+
+/// A call's outcome as the caller gets it: the node named on the reply
+/// when it asked (`report`), this hop appended to a failure's chain.
+fn finish(out: Result<Reply, Failure>, node: Arc<Node>, report: bool) -> Result<Reply, Failure> {
+    match out {
+        Ok(mut reply) => {
+            if report {
+                reply.context = Some(node);
+            }
+            Ok(reply)
+        }
+        Err(mut f) => {
+            let plugin = node.plugin();
+            push_hop(
+                &mut f,
+                node.path(),
+                &node.service,
+                plugin.as_deref().unwrap_or(""),
+            );
+            Err(f)
+        }
     }
 }
 

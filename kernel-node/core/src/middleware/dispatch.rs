@@ -42,16 +42,30 @@ struct DispatchState {
     registry: Arc<Registry>,
     config: RouterConfig,
     telemetry: Telemetry,
+    /// When an instance's breaker opens, from `config`.
+    trip: Trip,
+}
+
+/// When a breaker opens: after `failures` in a row, for `pause`.
+#[derive(Debug, Clone, Copy)]
+struct Trip {
+    failures: u32,
+    pause: Duration,
 }
 
 impl Dispatch {
     /// Dispatch over `registry`.
     pub fn new(registry: Arc<Registry>, config: RouterConfig, telemetry: Telemetry) -> Dispatch {
+        let trip = Trip {
+            failures: config.breaker_failures,
+            pause: Duration::from_millis(config.breaker_open_ms),
+        };
         Dispatch {
             state: Arc::new(DispatchState {
                 registry,
                 config,
                 telemetry,
+                trip,
             }),
         }
     }
@@ -131,7 +145,7 @@ pub struct LocalDispatch {
     inst: Arc<Instance>,
     permit: Option<OwnedSemaphorePermit>,
     node: Arc<Node>,
-    breaker: (u32, Duration),
+    trip: Trip,
 }
 
 impl LocalDispatch {
@@ -141,7 +155,7 @@ impl LocalDispatch {
             self.inst.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         let failed = matches!(&result, Err(f) if is_instance_failure(f.code));
-        record(&self.inst, failed, self.breaker);
+        record(&self.inst, failed, self.trip);
         Poll::Ready(result.map(local_reply))
     }
 }
@@ -171,13 +185,12 @@ impl Dispatch {
         node.set_plugin(&inst.plugin);
         inst.in_flight.fetch_add(1, Ordering::Relaxed);
         let handler = handler.invoke(local_call(req, &node));
-        let c = &self.state.config;
         LocalDispatch {
             handler,
             inst,
             permit: Some(permit),
             node,
-            breaker: (c.breaker_failures, Duration::from_millis(c.breaker_open_ms)),
+            trip: self.state.trip,
         }
     }
 
@@ -239,7 +252,7 @@ impl Dispatch {
                     timeout_us: node.remaining().map_or(0, |d| d.as_micros().max(1) as u64),
                 };
                 let Some((id, rx)) = link.send(inv) else {
-                    self.record(&inst, true);
+                    record(&inst, true, self.state.trip);
                     return Err(gone(&inst, &req.service).into_failure());
                 };
                 // Armed until the provider answered: if the layers above drop
@@ -255,9 +268,10 @@ impl Dispatch {
             }
         };
         drop(permit);
-        self.record(
+        record(
             &inst,
             matches!(&result, Err(f) if is_instance_failure(f.code)),
+            self.state.trip,
         );
         if let Some(cx) = span {
             use opentelemetry::trace::TraceContextExt;
@@ -268,17 +282,6 @@ impl Dispatch {
             cx.span().end();
         }
         result
-    }
-
-    /// Tells the instance's breaker how a call went.
-    #[inline]
-    fn record(&self, inst: &Instance, failed: bool) {
-        let c = &self.state.config;
-        record(
-            inst,
-            failed,
-            (c.breaker_failures, Duration::from_millis(c.breaker_open_ms)),
-        );
     }
 
     /// Picks an instance and takes a free slot on it, if there is one now.
@@ -373,13 +376,13 @@ impl Dispatch {
     }
 }
 
-/// Tells `inst`'s breaker how a call went: (failures to open it, pause).
+/// Tells `inst`'s breaker how a call went.
 #[inline]
-fn record(inst: &Instance, failed: bool, (threshold, pause): (u32, Duration)) {
+fn record(inst: &Instance, failed: bool, trip: Trip) {
     if failed {
         inst.failures.fetch_add(1, Ordering::Relaxed);
     }
-    inst.breaker.record(failed, threshold, pause);
+    inst.breaker.record(failed, trip.failures, trip.pause);
 }
 
 /// An in-process handler's answer as a reply.
