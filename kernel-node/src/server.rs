@@ -306,6 +306,7 @@ pub async fn run(
             .tls_config(tls)
             .map_err(|e| ServerError::Tls(format!("{e}: {:?}", std::error::Error::source(&e))))?;
     }
+    let drain_life = kernel.lifecycle().clone();
     let serve = builder
         .tcp_nodelay(true)
         // Limits: streams per connection and per-connection concurrency
@@ -327,7 +328,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight calls");
-            // Health watchers and checks on open connections hear it first.
+            // Streams refuse new calls before anyone can hear of the
+            // shutdown; then health watchers and checks on open
+            // connections hear it, before the drain waits on anything.
+            drain_life.begin_drain();
             health_reporter
                 .set_not_serving::<KernelServer<KernelService>>()
                 .await;

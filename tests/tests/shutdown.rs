@@ -191,14 +191,22 @@ async fn caller(url: String, service: &'static str, window: u64, sent: Arc<Atomi
 #[tokio::test]
 async fn sigterm_under_call_stream_load_refuses_new_calls_and_answers_every_call() {
     let (mut node, _plugin, _client) = node_with_provider("load.echo", "2").await;
+    const CALLERS: u64 = 16;
+    const WINDOW: u64 = 4;
     let sent = Arc::new(AtomicU64::new(0));
-    let callers: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(caller(node.url.clone(), "load.echo", 4, sent.clone())))
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| tokio::spawn(caller(node.url.clone(), "load.echo", WINDOW, sent.clone())))
         .collect();
-    // Load running: a few hundred calls answered before the signal.
+    // Load running: more than 500 calls answered before the signal (a
+    // caller sends one call per reply beyond its window, so the answered
+    // ones are the sent ones less the windows).
     eventually(Duration::from_secs(20), "calls flowing", || {
         let n = sent.load(Ordering::Relaxed);
-        async move { (n > 500).then_some(()).ok_or(format!("{n} sent")) }
+        async move {
+            (n > 500 + CALLERS * WINDOW)
+                .then_some(())
+                .ok_or(format!("{n} sent"))
+        }
     })
     .await;
     let signalled = Instant::now();

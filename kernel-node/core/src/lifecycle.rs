@@ -87,6 +87,14 @@ impl Lifecycle {
         self.draining.is_cancelled()
     }
 
+    /// Marks shutdown as begun (step 1) without waiting for anything:
+    /// from now on streams refuse new calls. [`Lifecycle::shut_down`] does
+    /// it too; the server calls it first so that nothing it announces
+    /// afterwards (health `NOT_SERVING`) can be seen before the refusals.
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
     /// Resolves when shutdown begins.
     pub fn draining(&self) -> WaitForCancellationFuture<'_> {
         self.draining.cancelled()
@@ -114,7 +122,7 @@ impl Lifecycle {
     pub async fn shut_down(&self, grace: Duration, linger: Duration) -> Drained {
         let start = Instant::now();
         let until = start + grace;
-        self.draining.cancel();
+        self.begin_drain();
         self.calls.close();
         self.sessions.close();
         let calls_done = tokio::time::timeout_at(until, self.calls.wait())
