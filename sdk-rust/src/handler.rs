@@ -30,7 +30,6 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// Runs a handler with panics turned into `INTERNAL` for that call only.
 /// Runs the handler of a call, or says that there is none.
 pub(crate) async fn run_handler(
     handler: Option<Handler>,
@@ -52,16 +51,21 @@ pub(crate) fn unprovided(service: &str) -> Failure {
     .into_failure()
 }
 
-/// A handler's future with its panic caught, its error made a failure and
-/// its reply held to `max_reply` bytes. `ctx` names the service for the
+/// A handler's future (or the panic that stopped the handler before it
+/// returned one) with its panic caught, its error made a failure and its
+/// reply held to `max_reply` bytes. `ctx` names the service for the
 /// messages.
 pub(crate) async fn guarded(
-    fut: impl Future<Output = HandlerResult>,
+    started: std::thread::Result<impl Future<Output = HandlerResult>>,
     ctx: Context,
     max_reply: usize,
 ) -> Result<Bytes, Failure> {
     let service = ctx.service();
-    match AssertUnwindSafe(fut).catch_unwind().await {
+    let outcome = match started {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    match outcome {
         Ok(Ok(bytes)) if bytes.len() > max_reply => Err(Error::new(
             tonic::Code::OutOfRange,
             format!(

@@ -101,7 +101,13 @@ impl Plugin {
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         let h: Handler = Arc::new(move |ctx, payload, max_reply| {
-            Box::pin(guarded(handler(ctx.clone(), payload), ctx, max_reply))
+            // A handler that panics before it returns its future (say,
+            // indexing an empty payload) is caught here, inside the call,
+            // like one that panics while it runs.
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler(ctx.clone(), payload)
+            }));
+            Box::pin(guarded(started, ctx, max_reply))
         });
         self.handlers.insert(service.to_owned(), h);
         self.services.push(pb::ServiceDecl {

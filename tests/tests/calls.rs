@@ -497,3 +497,43 @@ async fn in_process_fast_path_abandoned_call_cancels_and_gives_back_its_slot() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(done.try_recv().is_err(), "the abandoned handler ran on");
 }
+
+/// A handler that panics before it returns its future (here: indexing an
+/// empty payload) fails that call `INTERNAL`, like one that panics while
+/// it runs, and leaves nothing held: the provider's one slot, the caller's
+/// one place under `router.max_in_flight_per_plugin` and the instance's
+/// in-flight count are all free for the next call.
+#[tokio::test]
+async fn a_handler_panicking_before_its_future_fails_that_call_and_holds_nothing() {
+    let mut config = Config::default();
+    config.router.max_in_flight_per_plugin = 1;
+    let node = Node::start_with(config).await;
+    let _reg = Plugin::new("eager")
+        .max_concurrency(1)
+        .provide("eager.first", |_ctx, p: Bytes| {
+            let first = p[0];
+            async move { Ok::<_, Error>(Bytes::from(vec![first])) }
+        })
+        .attach(&node.kernel)
+        .expect("attach");
+    let caller = Client::in_process(node.kernel.clone()).with_plugin("caller");
+    for _ in 0..3 {
+        let err = caller.call("eager.first", "").await.expect_err("panics");
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert!(err.message().contains("panicked"), "{err}");
+    }
+    assert_eq!(
+        &caller
+            .call("eager.first", "ok")
+            .await
+            .expect("a slot and a place")[..],
+        b"o"
+    );
+    let instances = node.kernel.registry().instances();
+    assert_eq!(
+        instances[0]
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

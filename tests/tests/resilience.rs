@@ -194,3 +194,61 @@ async fn a_breaker_opens_after_consecutive_failures_fails_fast_and_closes_after_
             .expect("closed again");
     }
 }
+
+/// Panics in `invoke` itself, before it returns a future, while `panics`
+/// is set (a handler that is not the SDK's, which catches its own).
+struct Eager {
+    panics: Arc<AtomicBool>,
+}
+
+impl LocalHandler for Eager {
+    fn invoke(&self, call: LocalCall) -> BoxFuture<Result<Bytes, Failure>> {
+        assert!(!self.panics.load(Ordering::SeqCst), "invoke panicked");
+        Box::pin(async move { Ok(call.payload) })
+    }
+}
+
+/// A panic out of an in-process handler's `invoke` reaches the caller, and
+/// holds nothing: the provider's one slot, the caller's one place under
+/// `router.max_in_flight_per_plugin` and the instance's in-flight count
+/// are free for the next call.
+#[tokio::test]
+async fn a_panic_in_invoke_leaves_no_slot_place_or_count_held() {
+    use futures::FutureExt;
+    let mut config = Config::default();
+    config.router.max_in_flight_per_plugin = 1;
+    let kernel = Kernel::new(config);
+    let panics = Arc::new(AtomicBool::new(true));
+    let decl = ServiceDecl {
+        name: "eager.echo".into(),
+        ..Default::default()
+    };
+    let handler = Eager {
+        panics: panics.clone(),
+    };
+    let _reg = kernel
+        .register_local(
+            "eager",
+            vec![decl],
+            Arc::new(handler),
+            RegisterMode::Pool,
+            1,
+            &Default::default(),
+        )
+        .expect("register");
+    let call = || Request {
+        caller: Some("caller".into()),
+        ..request("eager.echo", "", Duration::from_secs(5))
+    };
+    for _ in 0..3 {
+        let out = std::panic::AssertUnwindSafe(async { kernel.call(call()).await })
+            .catch_unwind()
+            .await;
+        assert!(out.is_err(), "the panic reaches the caller");
+    }
+    panics.store(false, Ordering::SeqCst);
+    let reply = kernel.call(call()).await.expect("a slot and a place");
+    assert_eq!(&reply.payload[..], b"ping");
+    let instances = kernel.registry().instances();
+    assert_eq!(instances[0].in_flight.load(Ordering::Relaxed), 0);
+}

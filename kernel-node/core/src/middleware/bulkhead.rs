@@ -121,9 +121,12 @@ impl<S: Stage> Stage for BulkheadStage<S> {
             push_hop(&mut f, "", &inv.req.service, "");
             return Either::Left(Either::Left(futures::future::ready(Err(f))));
         }
+        // The place is held before the inner stages run: a panic in one
+        // (an in-process handler's synchronous part) gives it back.
+        let place = Place(count);
         Either::Right(Held {
             inner: self.inner.run(inv),
-            place: Place(count),
+            place,
         })
     }
 }

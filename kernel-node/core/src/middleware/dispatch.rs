@@ -183,8 +183,11 @@ impl Dispatch {
             unreachable!("Dispatch::local is given in-process instances only");
         };
         node.set_plugin(&inst.plugin);
-        inst.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted once the handler's future exists: a handler that panics
+        // before it returns one leaves no count behind (the permit, a
+        // local here, is given back by the unwind).
         let handler = handler.invoke(local_call(req, &node));
+        inst.in_flight.fetch_add(1, Ordering::Relaxed);
         LocalDispatch {
             handler,
             inst,
