@@ -13,6 +13,7 @@
 //! - [`plugins`]: plugins the node supervises itself (`plugin-host`).
 //! - [`store`]: PostgreSQL when `database_url` is set: migrations and the
 //!   outbox relay.
+//! - [`socket_file`]: the node's Unix-domain socket file (`server.unix_socket`).
 //! - [`node`]: a whole node process (what `main` runs after flags and config).
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod identity;
 pub mod node;
 pub mod plugins;
 pub mod server;
+pub mod socket_file;
 pub mod store;
 pub mod telemetry;
 

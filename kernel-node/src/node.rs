@@ -14,7 +14,7 @@ use kernel_core::Kernel;
 
 use crate::config::Config;
 use crate::store::Store;
-use crate::{plugins, server, telemetry};
+use crate::{plugins, server, socket_file, telemetry};
 
 /// The flags every node binary takes.
 #[derive(Debug, clap::Args)]
@@ -100,12 +100,13 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
-    let unix = match &config.server.unix_socket {
-        None => None,
-        Some(path) => match bind_unix(path) {
-            Ok(l) => {
+    // Dropped (and the file removed, if still this node's) on every way out.
+    let (unix, socket_file) = match &config.server.unix_socket {
+        None => (None, None),
+        Some(path) => match socket_file::bind(path) {
+            Ok((l, file)) => {
                 tracing::info!(unix_socket = %path.display(), "also listening on a Unix-domain socket");
-                Some(l)
+                (Some(l), Some(file))
             }
             Err(e) => {
                 eprintln!(
@@ -129,6 +130,13 @@ async fn serve(
     if reachable && !config.auth.enabled {
         tracing::warn!(listen = %addr, "listening beyond loopback with auth off: any client that reaches this port may register, call, publish and subscribe to anything; set auth.enabled (docs/OPERATIONS.md, Security)");
     }
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: cannot hook SIGTERM and SIGINT: {e}");
+            return ExitCode::from(1);
+        }
+    };
     println!("{name} listening on {addr}");
     let telemetry = match telemetry::from_config(&config.telemetry) {
         Ok(t) => t,
@@ -210,12 +218,10 @@ async fn serve(
         config.server.clone(),
         hosted.clone(),
         store.clone(),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
-    if let Some(path) = &config.server.unix_socket {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(socket_file);
     // Plugins stop after the node drained the calls they were serving.
     if let Some(host) = hosted {
         host.stop().await;
@@ -230,39 +236,17 @@ async fn serve(
     }
 }
 
-/// Binds `server.unix_socket`, owner-only (0600). A file left by a node
-/// that died is replaced; one another process still answers on is an error.
-fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err("another process is listening on it".into());
-        }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot set its mode: {e}"))?;
-    Ok(listener)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// SIGTERM or SIGINT (Ctrl-C). Both are hooked when this is called, not
+/// when the future is first polled, so a signal that arrives once the node
+/// has said it listens starts a graceful shutdown instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }

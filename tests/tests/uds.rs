@@ -2,7 +2,8 @@
 //! `unix:///path` reach the same kernel as TCP ones; a plugin dying
 //! mid-call over the socket fails the call fast; garbage on the socket
 //! harms nothing; the file is owner-only, a stale one is replaced, a live
-//! one is refused, and it is removed at exit.
+//! one or a file that is not a socket is refused, and it is removed at
+//! exit unless a newer node's socket has taken its place.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -161,20 +162,63 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     assert_eq!(err.code(), Code::NotFound, "{err}");
 
     // A second node on the same path: refused at start, naming the key.
+    let stderr = refused_start(&sock).await;
+    assert!(stderr.contains("another process"), "{stderr}");
+    // The first node still answers on it.
+    let err = client
+        .call("nobody.here", "x")
+        .await
+        .expect_err("no provider");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts a node on `sock` expecting it to refuse; returns its stderr.
+async fn refused_start(sock: &std::path::Path) -> String {
     let out = tokio::process::Command::new(kernel_tests::binary("kernel-node"))
         .args(["--listen", "127.0.0.1:0"])
         .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-        .env("KERNEL_SERVER__UNIX_SOCKET", &sock)
+        .env("KERNEL_SERVER__UNIX_SOCKET", sock)
         .output()
         .await
         .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("server.unix_socket") && stderr.contains("another process"),
-        "{stderr}"
-    );
-    // The first node still answers on it.
+    assert!(stderr.contains("server.unix_socket"), "{stderr}");
+    stderr
+}
+
+/// A path that holds something other than a socket (a mistyped config
+/// key pointing at a real file) is refused and left as it was.
+#[tokio::test]
+async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+    let dir = tmp("notsock");
+    let path = dir.join("kernel.toml");
+    std::fs::write(&path, "keep me").expect("write");
+    let stderr = refused_start(&path).await;
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node exiting removes the socket only while it is its own: one a newer
+/// node put at the path (here after the file was removed under the first)
+/// stays, and that node still answers on it.
+#[tokio::test]
+async fn an_exiting_node_leaves_a_newer_nodes_socket_alone() {
+    let dir = tmp("handover");
+    let sock = dir.join("kernel.sock");
+    let (mut old, _) = uds_node(&sock).await;
+    std::fs::remove_file(&sock).expect("remove the old node's file");
+    let (_new, unix) = uds_node(&sock).await;
+    old.terminate().await;
+    let status = tokio::time::timeout(Duration::from_secs(15), old.child.wait())
+        .await
+        .expect("the old node exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(sock.exists(), "the newer node's socket was removed");
+    let client = Client::connect(&unix).expect("unix client");
     let err = client
         .call("nobody.here", "x")
         .await
