@@ -268,13 +268,11 @@ impl NodeProcess {
     /// Starts `program` (a node binary next to the tests, such as the
     /// examples' `kernel-system`) with `args` and extra environment `env`.
     pub async fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        // The node picks its own port and names it in its first line, so no
+        // other test can take the port between picking and binding.
         let mut cmd = Command::new(binary(program));
         cmd.args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -289,12 +287,15 @@ impl NodeProcess {
             .expect("node starts")
             .expect("read")
             .expect("a line");
-        assert!(first.contains("listening"), "{first}");
+        let addr = first
+            .split_once("listening on ")
+            .map(|(_, addr)| addr.trim().to_owned())
+            .unwrap_or_else(|| panic!("not a listening line: {first}"));
         // Keep reading, so the node never writes into a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         NodeProcess {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{addr}"),
         }
     }
 

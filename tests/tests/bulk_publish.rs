@@ -160,9 +160,17 @@ async fn a_full_subscriber_turns_into_refusals_and_nothing_accepted_is_lost() {
     assert!(accepted.len() >= 16, "the buffer's worth was accepted");
     // Every accepted event is delivered, in order; no refused one is.
     let mut got = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+    while got.len() < accepted.len() {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {got:?} of {accepted:?} delivered"))
+            .expect("subscription open");
         got.push(number(&e));
         sub.ack(&e);
+    }
+    // And nothing more.
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        panic!("a refused event was delivered: {}", number(&e));
     }
     assert_eq!(got, accepted);
 }

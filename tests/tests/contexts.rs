@@ -264,11 +264,11 @@ async fn caller_cancel_mid_chain_reaches_every_hop() {
     let cancelled_at = Instant::now();
     call.abort();
     bottom
-        .expect_line("CANCELLED", Duration::from_secs(2))
+        .expect_line("CANCELLED", Duration::from_secs(5))
         .await;
     let bottom_after = cancelled_at.elapsed();
     kernel_tests::wait_until(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "both in-process hops cancelled",
         || seen.cancelled.lock().len() == 2,
     )
@@ -282,7 +282,9 @@ async fn caller_cancel_mid_chain_reaches_every_hop() {
         .unwrap_or_default()
         .max(bottom_after);
     eprintln!("caller cancel reached every hop in {worst:?}");
-    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    // Prompt (the calls have no deadline to end them otherwise); the bound
+    // leaves room for a loaded machine, the figure is printed above.
+    assert!(worst < Duration::from_secs(3), "{worst:?}");
 }
 
 #[tokio::test]

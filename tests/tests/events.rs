@@ -178,15 +178,24 @@ async fn slow_subscriber_loses_nothing_and_publisher_waits_then_fails_on_short_d
         assert_eq!(n, expected, "events arrive complete and in order");
         expected += 1;
         if expected.is_multiple_of(2_000) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let b = kernel
-                .broker()
-                .subscriptions()
-                .iter()
-                .map(|s| s.buffered())
-                .max()
-                .unwrap_or(0);
-            max_buffered = max_buffered.max(b);
+            // Pause; until the buffer was once seen full, for as long as
+            // the publisher takes to fill it (at most a second: on a loaded
+            // machine it may need more than one tick).
+            let ticks = if max_buffered >= 500 { 1 } else { 50 };
+            for _ in 0..ticks {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let b = kernel
+                    .broker()
+                    .subscriptions()
+                    .iter()
+                    .map(|s| s.buffered())
+                    .max()
+                    .unwrap_or(0);
+                max_buffered = max_buffered.max(b);
+                if b >= 500 {
+                    break;
+                }
+            }
         }
     }
     pub_task.await.expect("publisher finished");
@@ -227,7 +236,9 @@ async fn nack_and_ack_timeout_redeliver_then_dead_letter() {
         .subscriber(
             SubscribeOptions::new("pay.*")
                 .explicit_ack()
-                .ack_wait(Duration::from_millis(150))
+                // Long enough that an ack or nack always beats the
+                // redelivery, on a loaded machine too.
+                .ack_wait(Duration::from_secs(1))
                 .max_deliver(3),
         )
         .await

@@ -66,8 +66,10 @@ async fn replace_during_1000_calls_in_flight_loses_none() {
             "whoami",
             "--instance",
             "old",
+            // Long enough that all 1,000 are seen in flight at once, even
+            // on a loaded machine.
             "--delay-ms",
-            "500",
+            "3000",
             "--concurrency",
             "2000",
         ],
@@ -151,7 +153,8 @@ async fn killed_provider_fails_in_flight_calls_fast_and_node_keeps_serving() {
     let err = call.await.expect("join").expect_err("provider died");
     let took = killed_at.elapsed();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // Fast: at the disconnect, not at a deadline (the call has none).
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(err.message().contains("disconnected"), "{err}");
     // Gone from the registry; others unaffected.
     let err = client
@@ -326,12 +329,13 @@ async fn a_silent_provider_is_deregistered_after_the_heartbeat_timeout() {
     let node = Node::start_with(config).await;
     // A hand-written provider that says hello and then never sends a frame
     // again (hung, but its TCP connection stays up).
+    // Timed from before the hello: the node cannot have heard it earlier.
+    let registering = Instant::now();
     let (up_tx, _down) = node.raw_provider("silent", "silent.svc").await;
     node.wait_providers("silent.svc", 1).await;
-    let registered = Instant::now();
     node.wait_providers("silent.svc", 0).await;
     assert!(
-        registered.elapsed() >= Duration::from_millis(300),
+        registering.elapsed() >= Duration::from_millis(400),
         "not before the timeout"
     );
     let err = node

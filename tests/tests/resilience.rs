@@ -154,7 +154,7 @@ async fn retries_stay_within_the_callers_deadline() {
 
 #[tokio::test]
 async fn a_breaker_opens_after_consecutive_failures_fails_fast_and_closes_after_a_good_probe() {
-    let kernel = kernel(3, 200);
+    let kernel = kernel(3, 1_000);
     let (h, calls, broken) = flaky(0, tonic::Code::Internal);
     broken.store(true, Ordering::SeqCst);
     let _reg = provide(&kernel, "pay.charge", &[], h);
@@ -177,15 +177,19 @@ async fn a_breaker_opens_after_consecutive_failures_fails_fast_and_closes_after_
     // its success closes the breaker.
     broken.store(false, Ordering::SeqCst);
     let k = kernel.clone();
-    eventually(Duration::from_secs(5), "a probe closes the breaker", || {
-        let k = k.clone();
-        async move {
-            k.call(request("pay.charge", "", Duration::from_secs(2)))
-                .await
-                .map(|_| ())
-                .map_err(|f| f.message)
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a probe closes the breaker",
+        || {
+            let k = k.clone();
+            async move {
+                k.call(request("pay.charge", "", Duration::from_secs(2)))
+                    .await
+                    .map(|_| ())
+                    .map_err(|f| f.message)
+            }
+        },
+    )
     .await;
     for _ in 0..5 {
         kernel

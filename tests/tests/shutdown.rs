@@ -249,7 +249,7 @@ async fn sigterm_under_call_stream_load_refuses_new_calls_and_answers_every_call
 
 #[tokio::test]
 async fn a_call_stream_open_at_sigterm_refuses_new_calls_and_finishes_the_running_one() {
-    let (mut node, _plugin, _client) = node_with_provider("slow.echo", "1500").await;
+    let (mut node, _plugin, _client) = node_with_provider("slow.echo", "4000").await;
     let mut raw = KernelClient::connect(node.url.clone())
         .await
         .expect("connect");

@@ -68,7 +68,7 @@ async fn a_down_plugin_fails_its_calls_at_once_naming_it_and_only_a_critical_one
         .await
         .expect_err("flaky is down");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );

@@ -138,7 +138,7 @@ async fn a_plugin_dying_mid_call_over_the_socket_fails_the_call_fast() {
     let err = call.await.expect("join").expect_err("provider died");
     let took = killed_at.elapsed();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(
         client.call("uds.echo", "after").await.expect("node serves"),
         "after"
