@@ -158,11 +158,29 @@ async fn serve(
     } else {
         "http"
     };
-    let local = match listener.local_addr() {
+    let tcp = match listener.local_addr() {
         Ok(a) if a.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", a.port()),
         Ok(a) => format!("{scheme}://{a}"),
         Err(_) => format!("{scheme}://{}", config.listen),
     };
+    // The socket, for plugins whose manifest says `transport = "unix"`
+    // (not with TLS on: the socket then speaks TLS, which `unix://` URLs
+    // do not).
+    let urls = plugin_host::KernelUrls {
+        tcp,
+        unix: config
+            .server
+            .unix_socket
+            .as_ref()
+            .filter(|_| !config.server.tls.enabled())
+            .map(|p| format!("unix://{}", p.display())),
+    };
+    for m in &manifests {
+        if let Err(e) = urls.get(m.transport) {
+            eprintln!("{name}: plugin `{}`: {e}", m.name);
+            return ExitCode::from(2);
+        }
+    }
     let _attached = match attach(&kernel) {
         Ok(a) => a,
         Err(e) => {
@@ -185,7 +203,7 @@ async fn serve(
         },
         None => None,
     };
-    let hosted = plugins::start(manifests, &kernel, &local);
+    let hosted = plugins::start(manifests, &kernel, urls);
     if !admin_listen.is_empty() {
         match tokio::net::TcpListener::bind(&admin_listen).await {
             Ok(l) => {

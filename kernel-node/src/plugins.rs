@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use kernel_core::{Absence, Kernel};
-use plugin_host::{Host, Manifest, Readiness};
+use plugin_host::{Host, KernelUrls, Manifest, Readiness};
 
 use crate::config::Config;
 
@@ -89,15 +89,19 @@ pub fn issue_tokens(manifests: &mut [Manifest], auth: &mut kernel_core::AuthConf
     }
 }
 
-/// Starts supervising `manifests` against the node at `url` (none: no
+/// Starts supervising `manifests` against the node at `urls` (none: no
 /// host).
-pub fn start(manifests: Vec<Manifest>, kernel: &Arc<Kernel>, url: &str) -> Option<Arc<Host>> {
+pub fn start(
+    manifests: Vec<Manifest>,
+    kernel: &Arc<Kernel>,
+    urls: KernelUrls,
+) -> Option<Arc<Host>> {
     if manifests.is_empty() {
         return None;
     }
     tracing::info!(plugins = manifests.len(), "supervising plugins");
     let readiness: Arc<dyn Readiness> = Arc::new(Registered(kernel.clone()));
-    let host = Arc::new(Host::start(manifests, url, Some(readiness)));
+    let host = Arc::new(Host::start(manifests, urls, Some(readiness)));
     kernel.registry().set_absence(Box::new(Down(host.clone())));
     Some(host)
 }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::status::{Event, PluginStatus, State};
 use crate::supervisor::{self, Order, Readiness, Shared};
+use crate::transport::KernelUrls;
 
 /// Supervised plugins. Dropping it does not stop them: call
 /// [`Host::stop`] (the shims still take them down when the process exits).
@@ -75,13 +76,15 @@ async fn watch(
 
 impl Host {
     /// Starts a supervisor for each manifest; plugins connect to the kernel
-    /// at `kernel_url`. With `readiness`, a plugin is running once every
-    /// service its manifest lists is provided.
+    /// at the one of `urls` their manifest's transport names. With
+    /// `readiness`, a plugin is running once every service its manifest
+    /// lists is provided.
     pub fn start(
         manifests: Vec<Manifest>,
-        kernel_url: &str,
+        urls: KernelUrls,
         readiness: Option<Arc<dyn Readiness>>,
     ) -> Host {
+        let urls = Arc::new(urls);
         let (events, rx) = mpsc::unbounded_channel();
         let plugins = manifests
             .into_iter()
@@ -120,7 +123,7 @@ impl Host {
                 }
                 let task = tokio::spawn(supervisor::supervise(
                     m,
-                    kernel_url.to_owned(),
+                    urls.clone(),
                     readiness.clone(),
                     status.clone(),
                     rx,

@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`manifest`]: the manifest, its checks and loading (a list, a directory).
+//! - [`transport`]: a manifest's `transport` and the kernel address for each.
 //! - [`shim`]: the process between the host and a plugin.
 //! - `supervisor`: one plugin's start / watch / restart loop.
 //! - [`status`]: what the host knows about each plugin.
@@ -23,9 +24,11 @@ pub mod manifest;
 pub mod shim;
 pub mod status;
 mod supervisor;
+pub mod transport;
 
 pub use error::Error;
 pub use host::Host;
 pub use manifest::Manifest;
 pub use status::{Event, Exit, PluginStatus, State};
 pub use supervisor::{instance_id, Readiness};
+pub use transport::{KernelUrls, Transport};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::Error;
+pub use crate::transport::Transport;
 
 /// One supervised plugin.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -32,6 +33,11 @@ pub struct Manifest {
     /// Variables set for the plugin, beside the allowed ones.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// How the plugin reaches the kernel: over its TCP port (`tcp`, the
+    /// default) or its Unix-domain socket (`unix`: `server.unix_socket`,
+    /// faster on one host). `KERNEL_URL` is that address.
+    #[serde(default)]
+    pub transport: Transport,
     /// When a critical plugin is down, the node is not ready.
     #[serde(default)]
     pub critical: bool,
@@ -363,24 +369,50 @@ fn from_value(value: toml::Value, at: &str) -> Result<Manifest, Error> {
         .unwrap_or(at)
         .to_owned();
     let m: Manifest = value
+        .clone()
         .try_into()
         .map_err(|e: toml::de::Error| Error::Manifest {
             plugin: name,
-            key: key_of(&e),
+            key: key_of(&e, &value),
             reason: e.message().to_owned(),
         })?;
     m.check()?;
     Ok(m)
 }
 
-/// The key a TOML error is about, as far as the message tells.
-fn key_of(e: &toml::de::Error) -> String {
+/// The key a TOML error is about, as far as the message and the manifest
+/// tell.
+fn key_of(e: &toml::de::Error, manifest: &toml::Value) -> String {
     let msg = e.message();
-    // serde's "unknown field `x`" and "missing field `x`".
-    msg.split('`')
-        .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(value)".into())
+    let quoted = msg.split('`').nth(1);
+    match quoted {
+        // serde's "unknown field `x`" and "missing field `x`".
+        Some(key) if msg.contains(" field `") => key.to_owned(),
+        // "unknown variant `v`": the key (top level, or one table down)
+        // whose value is `v`.
+        Some(v) if msg.starts_with("unknown variant") => holding(manifest, v, "")
+            .or_else(|| {
+                manifest
+                    .as_table()?
+                    .iter()
+                    .find_map(|(k, t)| holding(t, v, k))
+            })
+            .unwrap_or_else(|| "(value)".into()),
+        _ => "(value)".into(),
+    }
+}
+
+/// The key of `table` (prefixed `prefix.`) whose value is the string `v`.
+fn holding(table: &toml::Value, v: &str, prefix: &str) -> Option<String> {
+    let (key, _) = table
+        .as_table()?
+        .iter()
+        .find(|(_, value)| value.as_str() == Some(v))?;
+    Some(if prefix.is_empty() {
+        key.clone()
+    } else {
+        format!("{prefix}.{key}")
+    })
 }
 
 #[cfg(test)]
@@ -412,13 +444,30 @@ mod tests {
             name = "tiny"
             command = "sh"
             limits = { address_space_bytes = 10 }
+
+            [[plugins]]
+            name = "near"
+            command = "sh"
+            transport = "unix"
+
+            [[plugins]]
+            name = "wrongway"
+            command = "sh"
+            transport = "udp"
             "#,
         );
-        assert_eq!(good.len(), 1);
+        assert_eq!(good.len(), 2);
         assert_eq!(good[0].name, "ok");
         assert_eq!(good[0].restart, Restart::OnFailure);
+        assert_eq!(good[0].transport, Transport::Tcp);
+        assert_eq!(good[1].transport, Transport::Unix);
         let text: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
-        assert_eq!(text.len(), 4, "{text:?}");
+        assert_eq!(text.len(), 5, "{text:?}");
+        assert!(
+            text[4].contains("`wrongway`") && text[4].contains("`transport`"),
+            "{}",
+            text[4]
+        );
         assert!(
             text[0].contains("`typo`") && text[0].contains("restart_policy"),
             "{}",

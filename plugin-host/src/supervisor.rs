@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::manifest::{Manifest, Restart};
 use crate::shim;
 use crate::status::{Event, Exit, PluginStatus, Run, State, HISTORY};
+use crate::transport::KernelUrls;
 
 /// What the host asks of the kernel it serves (the node's registry, when
 /// the host is embedded); nothing else of the kernel is needed.
@@ -89,7 +90,7 @@ impl Shared {
 /// Runs `manifest` until ordered to stop.
 pub(crate) async fn supervise(
     mut manifest: Manifest,
-    kernel_url: String,
+    urls: Arc<KernelUrls>,
     readiness: Option<Arc<dyn Readiness>>,
     status: Shared,
     mut orders: mpsc::UnboundedReceiver<Order>,
@@ -103,11 +104,11 @@ pub(crate) async fn supervise(
         instance += 1;
         set_state(&status, State::Starting);
         let started = Instant::now();
-        let exit = match start(&manifest, &kernel_url, instance) {
+        let exit = match start(&manifest, &urls, instance) {
             Ok(child) => {
                 match run(
                     &mut manifest,
-                    &kernel_url,
+                    &urls,
                     readiness.as_deref(),
                     &status,
                     child,
@@ -264,7 +265,8 @@ fn record_end(status: &Shared, exit: Exit) {
 
 /// Starts the plugin through the shim, in a process group of its own,
 /// with a cleared environment.
-fn start(m: &Manifest, kernel_url: &str, instance: u64) -> Result<Child, String> {
+fn start(m: &Manifest, urls: &KernelUrls, instance: u64) -> Result<Child, String> {
+    let kernel_url = urls.get(m.transport)?;
     let program = crate::manifest::resolve(&m.command, m.cwd.as_deref())
         .ok_or_else(|| format!("`{}` is not an executable file (nor on PATH)", m.command))?;
     let me =
@@ -303,7 +305,7 @@ enum Outcome {
 /// `instance` follows the run through reloads.
 async fn run(
     m: &mut Manifest,
-    kernel_url: &str,
+    urls: &KernelUrls,
     readiness: Option<&dyn Readiness>,
     status: &Shared,
     mut child: Child,
@@ -353,7 +355,7 @@ async fn run(
                 Some(Order::Reload(new)) => {
                     let next = *instance + 1;
                     let by = new.as_deref().unwrap_or(m);
-                    match reload(by, kernel_url, readiness, status, &mut child, pid, next).await {
+                    match reload(by, urls, readiness, status, &mut child, pid, next).await {
                         Ok(new_child) => {
                             child = new_child;
                             pid = child.id().unwrap_or_default();
@@ -398,14 +400,14 @@ fn reload_failed(status: &Shared, instance: u64, why: String) {
 /// gets ready, it is stopped and the old one keeps serving (rollback).
 async fn reload(
     m: &Manifest,
-    kernel_url: &str,
+    urls: &KernelUrls,
     readiness: Option<&dyn Readiness>,
     status: &Shared,
     old: &mut Child,
     old_pid: u32,
     next: u64,
 ) -> Result<Child, String> {
-    let mut new = start(m, kernel_url, next)?;
+    let mut new = start(m, urls, next)?;
     let new_pid = new.id().unwrap_or_default();
     forward_logs(&m.name, next, &mut new);
     tracing::info!(plugin = %m.name, instance = next, pid = new_pid, "reload: new instance started");

@@ -227,6 +227,66 @@ async fn an_exiting_node_leaves_a_newer_nodes_socket_alone() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A supervised plugin whose manifest says `transport = "unix"` is given
+/// the socket's URL as `KERNEL_URL` and serves through it; on a node
+/// without a socket such a manifest stops the node at start, naming the
+/// plugin and the setting.
+#[tokio::test]
+async fn a_supervised_plugin_reaches_the_node_over_the_socket_when_its_manifest_says_so() {
+    let dir = tmp("supervised");
+    let sock = dir.join("kernel.sock");
+    let seen = dir.join("kernel_url");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let manifest = format!(
+        r#"
+        name = "near"
+        command = "sh"
+        args = ["-c", "printf %s \"$KERNEL_URL\" > {seen}; exec {plugin} --service uds.near"]
+        transport = "unix"
+        services = ["uds.near"]
+        "#,
+        seen = seen.display(),
+        plugin = kernel_tests::binary("test-plugin").display(),
+    );
+    std::fs::write(plugins.join("near.toml"), manifest).expect("manifest");
+    let plugins_dir = plugins.to_str().expect("utf-8 path");
+    let node = NodeProcess::start(&[
+        (
+            "KERNEL_SERVER__UNIX_SOCKET",
+            sock.to_str().expect("utf-8 path"),
+        ),
+        ("KERNEL_PLUGINS_DIR", plugins_dir),
+    ])
+    .await;
+    let client = Client::connect(&node.url).expect("tcp client");
+    eventually(Duration::from_secs(20), "uds.near answering", || {
+        let c = client.clone();
+        async move { c.call("uds.near", "hi").await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("the plugin wrote its KERNEL_URL"),
+        format!("unix://{}", sock.display())
+    );
+    drop(node);
+
+    let out = tokio::process::Command::new(kernel_tests::binary("kernel-node"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
+        .env("KERNEL_PLUGINS_DIR", plugins_dir)
+        .output()
+        .await
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`near`") && stderr.contains("server.unix_socket"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The Python SDK over `unix:///path` (grpc's own Unix-socket support;
 /// needs the environment `make test` prepares).
 #[tokio::test]

@@ -56,7 +56,11 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let host = std::sync::Arc::new(plugin_host::Host::start(manifests, &flags.kernel, None));
+        let host = std::sync::Arc::new(plugin_host::Host::start(
+            manifests,
+            plugin_host::KernelUrls::tcp(&flags.kernel),
+            None,
+        ));
         println!("plugin-host supervising {} plugins", host.status().len());
         let started = std::time::Instant::now();
         if let Some(mut events) = host.take_events() {
