@@ -252,7 +252,7 @@ async fn emit(rows: &mut Vec<Row>, local: &Client) {
         rows,
         "in-process emit → wildcard delivery (median of 15 blocks)",
         format!("{ns:.0} ns"),
-        "(target ≤ 500 ns)".into(),
+        "(target ≤ 400 ns, 0.05 × Moleculer)".into(),
     );
 }
 
