@@ -383,36 +383,19 @@ fn from_value(value: toml::Value, at: &str) -> Result<Manifest, Error> {
 /// The key a TOML error is about, as far as the message and the manifest
 /// tell.
 fn key_of(e: &toml::de::Error, manifest: &toml::Value) -> String {
+    /// The keys that take one of a few words (serde says "unknown
+    /// variant" without naming the key).
+    const WORD_KEYS: [&str; 2] = ["restart", "transport"];
     let msg = e.message();
-    let quoted = msg.split('`').nth(1);
-    match quoted {
+    match msg.split('`').nth(1) {
         // serde's "unknown field `x`" and "missing field `x`".
         Some(key) if msg.contains(" field `") => key.to_owned(),
-        // "unknown variant `v`": the key (top level, or one table down)
-        // whose value is `v`.
-        Some(v) if msg.starts_with("unknown variant") => holding(manifest, v, "")
-            .or_else(|| {
-                manifest
-                    .as_table()?
-                    .iter()
-                    .find_map(|(k, t)| holding(t, v, k))
-            })
-            .unwrap_or_else(|| "(value)".into()),
+        Some(word) if msg.starts_with("unknown variant") => WORD_KEYS
+            .iter()
+            .find(|k| manifest.get(**k).and_then(|v| v.as_str()) == Some(word))
+            .map_or_else(|| "(value)".into(), |k| (*k).to_owned()),
         _ => "(value)".into(),
     }
-}
-
-/// The key of `table` (prefixed `prefix.`) whose value is the string `v`.
-fn holding(table: &toml::Value, v: &str, prefix: &str) -> Option<String> {
-    let (key, _) = table
-        .as_table()?
-        .iter()
-        .find(|(_, value)| value.as_str() == Some(v))?;
-    Some(if prefix.is_empty() {
-        key.clone()
-    } else {
-        format!("{prefix}.{key}")
-    })
 }
 
 #[cfg(test)]
@@ -451,7 +434,7 @@ mod tests {
             transport = "unix"
 
             [[plugins]]
-            name = "wrongway"
+            name = "udp"
             command = "sh"
             transport = "udp"
             "#,
@@ -464,7 +447,7 @@ mod tests {
         let text: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
         assert_eq!(text.len(), 5, "{text:?}");
         assert!(
-            text[4].contains("`wrongway`") && text[4].contains("`transport`"),
+            text[4].starts_with("plugin `udp`: `transport`"),
             "{}",
             text[4]
         );
