@@ -162,7 +162,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     assert_eq!(err.code(), Code::NotFound, "{err}");
 
     // A second node on the same path: refused at start, naming the key.
-    let stderr = refused_start(&sock).await;
+    let stderr = refused_start(("KERNEL_SERVER__UNIX_SOCKET", &sock), 1).await;
     assert!(stderr.contains("another process"), "{stderr}");
     // The first node still answers on it.
     let err = client
@@ -173,17 +173,19 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts a node on `sock` expecting it to refuse; returns its stderr.
-async fn refused_start(sock: &std::path::Path) -> String {
+/// Starts a node with extra environment `env`, expecting it to refuse to
+/// start with exit `code` and a message naming `server.unix_socket`;
+/// returns its stderr.
+async fn refused_start(env: (&str, &std::path::Path), code: i32) -> String {
     let out = tokio::process::Command::new(kernel_tests::binary("kernel-node"))
         .args(["--listen", "127.0.0.1:0"])
         .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-        .env("KERNEL_SERVER__UNIX_SOCKET", sock)
+        .env(env.0, env.1)
         .output()
         .await
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
     assert!(stderr.contains("server.unix_socket"), "{stderr}");
     stderr
 }
@@ -195,7 +197,7 @@ async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
     let dir = tmp("notsock");
     let path = dir.join("kernel.toml");
     std::fs::write(&path, "keep me").expect("write");
-    let stderr = refused_start(&path).await;
+    let stderr = refused_start(("KERNEL_SERVER__UNIX_SOCKET", &path), 1).await;
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
     let _ = std::fs::remove_dir_all(&dir);
@@ -271,19 +273,8 @@ async fn a_supervised_plugin_reaches_the_node_over_the_socket_when_its_manifest_
     );
     drop(node);
 
-    let out = tokio::process::Command::new(kernel_tests::binary("kernel-node"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("KERNEL_TELEMETRY__ADMIN_LISTEN", "")
-        .env("KERNEL_PLUGINS_DIR", plugins_dir)
-        .output()
-        .await
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("`near`") && stderr.contains("server.unix_socket"),
-        "{stderr}"
-    );
+    let stderr = refused_start(("KERNEL_PLUGINS_DIR", &plugins), 2).await;
+    assert!(stderr.contains("`near`"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
