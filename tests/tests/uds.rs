@@ -6,20 +6,13 @@
 //! exit unless a newer node's socket has taken its place.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kernel_sdk::Client;
+use kernel_tests::supervision::TempDir;
 use kernel_tests::{eventually, NodeProcess, PluginProcess};
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
-
-fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kernel-uds-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 async fn uds_node(sock: &std::path::Path) -> (NodeProcess, String) {
     let node = NodeProcess::start(&[(
@@ -44,8 +37,8 @@ async fn reachable(client: &Client, service: &str) {
 
 #[tokio::test]
 async fn plugins_and_callers_meet_over_the_socket_and_tcp() {
-    let dir = tmp("serve");
-    let sock = dir.join("kernel.sock");
+    let dir = TempDir::new("uds-serve");
+    let sock = dir.0.join("kernel.sock");
     let (node, unix) = uds_node(&sock).await;
     let mode = std::fs::metadata(&sock)
         .expect("socket file")
@@ -95,13 +88,12 @@ async fn plugins_and_callers_meet_over_the_socket_and_tcp() {
         .expect("status");
     assert!(status.success(), "{status}");
     assert!(!sock.exists(), "the socket file is removed at exit");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_plugin_dying_mid_call_over_the_socket_fails_the_call_fast() {
-    let dir = tmp("crash");
-    let sock = dir.join("kernel.sock");
+    let dir = TempDir::new("uds-crash");
+    let sock = dir.0.join("kernel.sock");
     let (_node, unix) = uds_node(&sock).await;
     let mut victim =
         PluginProcess::spawn_at(&unix, &["--service", "uds.hang", "--mode", "hang"], &[]);
@@ -143,13 +135,12 @@ async fn a_plugin_dying_mid_call_over_the_socket_fails_the_call_fast() {
         client.call("uds.echo", "after").await.expect("node serves"),
         "after"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
-    let dir = tmp("stale");
-    let sock = dir.join("kernel.sock");
+    let dir = TempDir::new("uds-stale");
+    let sock = dir.0.join("kernel.sock");
     // A socket file nobody listens on any more (a node that was SIGKILLed).
     drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
     assert!(sock.exists());
@@ -170,7 +161,6 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
         .await
         .expect_err("no provider");
     assert_eq!(err.code(), Code::NotFound, "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Starts a node with extra environment `env`, expecting it to refuse to
@@ -194,13 +184,12 @@ async fn refused_start(env: (&str, &std::path::Path), code: i32) -> String {
 /// key pointing at a real file) is refused and left as it was.
 #[tokio::test]
 async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
-    let dir = tmp("notsock");
-    let path = dir.join("kernel.toml");
+    let dir = TempDir::new("uds-notsock");
+    let path = dir.0.join("kernel.toml");
     std::fs::write(&path, "keep me").expect("write");
     let stderr = refused_start(("KERNEL_SERVER__UNIX_SOCKET", &path), 1).await;
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A node exiting removes the socket only while it is its own: one a newer
@@ -208,8 +197,8 @@ async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
 /// stays, and that node still answers on it.
 #[tokio::test]
 async fn an_exiting_node_leaves_a_newer_nodes_socket_alone() {
-    let dir = tmp("handover");
-    let sock = dir.join("kernel.sock");
+    let dir = TempDir::new("uds-handover");
+    let sock = dir.0.join("kernel.sock");
     let (mut old, _) = uds_node(&sock).await;
     std::fs::remove_file(&sock).expect("remove the old node's file");
     let (_new, unix) = uds_node(&sock).await;
@@ -226,7 +215,6 @@ async fn an_exiting_node_leaves_a_newer_nodes_socket_alone() {
         .await
         .expect_err("no provider");
     assert_eq!(err.code(), Code::NotFound, "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A supervised plugin whose manifest says `transport = "unix"` is given
@@ -235,10 +223,10 @@ async fn an_exiting_node_leaves_a_newer_nodes_socket_alone() {
 /// plugin and the setting.
 #[tokio::test]
 async fn a_supervised_plugin_reaches_the_node_over_the_socket_when_its_manifest_says_so() {
-    let dir = tmp("supervised");
-    let sock = dir.join("kernel.sock");
-    let seen = dir.join("kernel_url");
-    let plugins = dir.join("plugins");
+    let dir = TempDir::new("uds-supervised");
+    let sock = dir.0.join("kernel.sock");
+    let seen = dir.0.join("kernel_url");
+    let plugins = dir.0.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
     let manifest = format!(
         r#"
@@ -275,15 +263,14 @@ async fn a_supervised_plugin_reaches_the_node_over_the_socket_when_its_manifest_
 
     let stderr = refused_start(("KERNEL_PLUGINS_DIR", &plugins), 2).await;
     assert!(stderr.contains("`near`"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Python SDK over `unix:///path` (grpc's own Unix-socket support;
 /// needs the environment `make test` prepares).
 #[tokio::test]
 async fn the_python_sdk_connects_over_the_socket() {
-    let dir = tmp("python");
-    let sock = dir.join("kernel.sock");
+    let dir = TempDir::new("uds-python");
+    let sock = dir.0.join("kernel.sock");
     let (_node, unix) = uds_node(&sock).await;
     let _plugin = PluginProcess::spawn_at(&unix, &["--service", "uds.echo"], &[]);
     reachable(&Client::connect(&unix).expect("client"), "uds.echo").await;
@@ -298,5 +285,4 @@ async def main() -> None:
 asyncio.run(main())
 "#;
     kernel_tests::python_prints(code, &[&unix], &[], "reply from python").await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
