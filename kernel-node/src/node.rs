@@ -173,11 +173,16 @@ async fn serve(
             .unix_socket
             .as_ref()
             .filter(|_| !config.server.tls.enabled())
+            // Absolute: a plugin resolves it from its own directory.
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
             .map(|p| format!("unix://{}", p.display())),
     };
     for m in &manifests {
         if let Err(e) = urls.get(m.transport) {
-            eprintln!("{name}: plugin `{}`: {e}", m.name);
+            eprintln!(
+                "{name}: plugin `{}`: {e} (set server.unix_socket, with TLS off)",
+                m.name
+            );
             return ExitCode::from(2);
         }
     }

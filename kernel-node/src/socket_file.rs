@@ -1,5 +1,6 @@
 //! The node's Unix-domain socket file (`server.unix_socket`): owner-only
-//! from the moment it can be reached, a file left there replaced only when
+//! from the moment it can be reached (bound under a private name, then
+//! linked into place), a file left there replaced only when
 //! it is a socket nobody answers on, and removed at exit only while it is
 //! still the one this node bound.
 
@@ -20,46 +21,58 @@ pub struct SocketFile {
 }
 
 /// Listens on `path`, mode 0600. The socket is bound under a private name
-/// beside it, made owner-only, then renamed into place, so nobody connects
-/// through the process's umask in between, and a stale socket is replaced
-/// in one step.
+/// beside it (`.k<pid>`: short, as socket paths are limited to about 107
+/// bytes), made owner-only, then linked into place, so nobody connects
+/// through the process's umask in between; the link fails if another
+/// process took the path meanwhile (two nodes starting at once), where a
+/// rename would silently replace its socket.
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), String> {
-    check_free(path)?;
-    let name = path
-        .file_name()
-        .ok_or("it names no file")?
-        .to_string_lossy();
-    let staging = path.with_file_name(format!(".{name}.{}.binding", std::process::id()));
+    if check_free(path)? == Found::Stale {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove the stale socket: {e}")),
+        }
+    }
+    let staging = path.with_file_name(format!(".k{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)
-        .map_err(|e| format!("cannot bind {}: {e}", staging.display()))?;
+        .map_err(|e| format!("cannot bind {} (beside it): {e}", staging.display()))?;
     let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot set its mode: {e}"))
         .and_then(|()| {
-            std::fs::rename(&staging, path).map_err(|e| format!("cannot move it into place: {e}"))
+            std::fs::hard_link(&staging, path).map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => "another process took the path meanwhile".to_owned(),
+                _ => format!("cannot link it into place: {e}"),
+            })
         })
         .and_then(|()| std::fs::symlink_metadata(path).map_err(|e| e.to_string()));
-    match placed {
-        Ok(meta) => Ok((
-            listener,
-            SocketFile {
-                path: path.to_owned(),
-                id: (meta.dev(), meta.ino()),
-            },
-        )),
-        Err(e) => {
-            let _ = std::fs::remove_file(&staging);
-            Err(e)
-        }
-    }
+    // The private name goes either way; the listener stays bound.
+    let _ = std::fs::remove_file(&staging);
+    let meta = placed?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        },
+    ))
 }
 
-/// Ok when nothing is at `path` or a socket nobody listens on (a node that
-/// died left it); an error for anything else, which is never removed.
-fn check_free(path: &Path) -> Result<(), String> {
+/// What [`check_free`] found at the path.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    /// A socket nobody listens on.
+    Stale,
+}
+
+/// Nothing at `path`, or a socket nobody listens on (a node that died left
+/// it); an error for anything else, which is never removed.
+fn check_free(path: &Path) -> Result<Found, String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Found::Nothing),
         Err(e) => return Err(format!("cannot look at it: {e}")),
     };
     if !meta.file_type().is_socket() {
@@ -67,7 +80,7 @@ fn check_free(path: &Path) -> Result<(), String> {
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err("another process is listening on it".into()),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Found::Stale),
         Err(e) => Err(format!(
             "cannot tell whether another process listens on it ({e}); remove it if none does"
         )),

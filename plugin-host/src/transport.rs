@@ -25,11 +25,13 @@ pub struct KernelUrls {
 }
 
 impl KernelUrls {
-    /// One address for every plugin (`transport = "unix"` is refused).
-    pub fn tcp(url: &str) -> KernelUrls {
+    /// One address, given to every plugin: a `unix://` one serves
+    /// `transport = "unix"` too, any other refuses it (the `plugin-host`
+    /// binary's `--kernel`).
+    pub fn one(url: &str) -> KernelUrls {
         KernelUrls {
             tcp: url.to_owned(),
-            unix: None,
+            unix: url.starts_with("unix://").then(|| url.to_owned()),
         }
     }
 
@@ -38,10 +40,24 @@ impl KernelUrls {
         match transport {
             Transport::Tcp => Ok(&self.tcp),
             Transport::Unix => self.unix.as_deref().ok_or_else(|| {
-                "transport = \"unix\" but the kernel has no Unix-domain socket for plugins \
-                 (server.unix_socket unset, or TLS on)"
-                    .to_owned()
+                "transport = \"unix\" but no unix:// address of the kernel is known here".to_owned()
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_serves_unix_plugins_only_when_it_is_a_unix_one() {
+        let sock = KernelUrls::one("unix:///run/kernel.sock");
+        assert_eq!(sock.get(Transport::Unix), Ok("unix:///run/kernel.sock"));
+        assert_eq!(sock.get(Transport::Tcp), Ok("unix:///run/kernel.sock"));
+        let tcp = KernelUrls::one("http://127.0.0.1:50051");
+        assert_eq!(tcp.get(Transport::Tcp), Ok("http://127.0.0.1:50051"));
+        let err = tcp.get(Transport::Unix).expect_err("no unix address");
+        assert!(err.contains("unix://"), "{err}");
     }
 }

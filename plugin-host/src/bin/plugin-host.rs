@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let host = std::sync::Arc::new(plugin_host::Host::start(
             manifests,
-            plugin_host::KernelUrls::tcp(&flags.kernel),
+            plugin_host::KernelUrls::one(&flags.kernel),
             None,
         ));
         println!("plugin-host supervising {} plugins", host.status().len());
