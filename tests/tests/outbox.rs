@@ -210,6 +210,9 @@ async fn sigkill_mid_relay_loses_no_committed_event() {
     let admin = free_addr();
     let mut node_a = node(&db.url, &admin, 0).await;
     ready(&admin).await;
+    // Subscribed before the first commit: the relay starts at once, and an
+    // event published before anyone subscribes is settled unseen.
+    let mut sub = subscriber(&node_a.url, "load.>").await;
     let pg = db.connect().await;
     let writer = tokio::spawn(async move {
         let mut committed = HashSet::new();
@@ -233,7 +236,6 @@ async fn sigkill_mid_relay_loses_no_committed_event() {
         committed
     });
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut sub = subscriber(&node_a.url, "load.>").await;
     for round in 0..3 {
         let mut session: HashMap<String, Vec<u32>> = HashMap::new();
         let want = if round < 2 { 2_000 } else { usize::MAX };
@@ -268,7 +270,8 @@ async fn sigkill_mid_relay_loses_no_committed_event() {
         }
         if round < 2 {
             node_a.child.kill().await.expect("SIGKILL");
-            node_a = node(&db.url, &admin, 500).await;
+            // The relay waits 1.5 s, so the new subscription is open first.
+            node_a = node(&db.url, &admin, 1_500).await;
             sub = subscriber(&node_a.url, "load.>").await;
         }
     }
