@@ -91,7 +91,8 @@ pub struct ServerConfig {
     /// A Unix-domain socket to accept connections on as well as the TCP
     /// port (co-located plugins connect with `unix:///path`; the same
     /// services, limits and auth). Created at start with mode 0600 (a stale
-    /// file nobody answers on is replaced), removed at exit. Unset = TCP only.
+    /// socket nobody answers on is replaced), removed at exit while still
+    /// this node's (`socket_file`). Unset = TCP only.
     pub unix_socket: Option<std::path::PathBuf>,
 }
 

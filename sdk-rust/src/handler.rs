@@ -30,25 +30,24 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// Runs the handler of a call, or says that there is none.
-pub(crate) async fn run_handler(
-    handler: Option<Handler>,
+/// The call's future: its handler's, or an answer that there is none.
+pub(crate) fn run_handler(
+    handler: Option<&Handler>,
     ctx: Context,
     payload: Bytes,
     max_reply: usize,
-) -> Result<Bytes, Failure> {
+) -> Pin<Box<dyn Future<Output = Result<Bytes, Failure>> + Send>> {
     match handler {
-        Some(handler) => handler(ctx, payload, max_reply).await,
-        None => Err(unprovided(ctx.service())),
+        Some(handler) => handler(ctx, payload, max_reply),
+        None => {
+            let f = Error::new(
+                tonic::Code::Unimplemented,
+                format!("this plugin does not provide `{}`", ctx.service()),
+            )
+            .into_failure();
+            Box::pin(std::future::ready(Err(f)))
+        }
     }
-}
-
-pub(crate) fn unprovided(service: &str) -> Failure {
-    Error::new(
-        tonic::Code::Unimplemented,
-        format!("this plugin does not provide `{service}`"),
-    )
-    .into_failure()
 }
 
 /// A handler's future (or the panic that stopped the handler before it

@@ -31,8 +31,6 @@ const DRAIN_FLUSH: Duration = Duration::from_secs(5);
 /// How long a cancelled handler may run on before its task is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-#[cfg(feature = "in-process")]
-use crate::handler::unprovided;
 pub use crate::handler::HandlerResult;
 use crate::handler::{end_span, in_span};
 use crate::handler::{guarded, handler_span, run_handler, Handler};
@@ -385,7 +383,7 @@ impl Plugin {
         let max = self.max_reply_bytes;
         let mut guard = running.lock();
         let task = tokio::spawn(async move {
-            let result = in_span(&span, run_handler(handler, ctx, inv.payload, max)).await;
+            let result = in_span(&span, run_handler(handler.as_ref(), ctx, inv.payload, max)).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             let still_wanted = map.lock().remove(&id).is_some();
             if still_wanted {
@@ -457,17 +455,9 @@ impl LocalHandler for LocalAdapter {
         let payload = std::mem::take(&mut call.payload);
         if !self.telemetry.enabled() {
             // The handler's own future is the call's: one box in all.
-            return match self.handlers.get(&call.service) {
-                Some(handler) => handler(
-                    Context::local(self.client.clone(), call),
-                    payload,
-                    usize::MAX,
-                ),
-                None => {
-                    let f = unprovided(&call.service);
-                    Box::pin(async move { Err(f) })
-                }
-            };
+            let handler = self.handlers.get(&call.service);
+            let ctx = Context::local(self.client.clone(), call);
+            return run_handler(handler, ctx, payload, usize::MAX);
         }
         let handler = self.handlers.get(&call.service).cloned();
         call.headers.insert(
@@ -483,7 +473,8 @@ impl LocalHandler for LocalAdapter {
         call.headers.remove(kernel_proto::headers::CONTEXT);
         let ctx = Context::local(self.client.clone(), call);
         Box::pin(async move {
-            let result = in_span(&span, run_handler(handler, ctx, payload, usize::MAX)).await;
+            let call = run_handler(handler.as_ref(), ctx, payload, usize::MAX);
+            let result = in_span(&span, call).await;
             end_span(span, result.as_ref().err().map(|f| f.message.clone()));
             result
         })

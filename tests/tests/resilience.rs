@@ -53,6 +53,17 @@ fn provide(
     idempotent: &[&str],
     handler: Flaky,
 ) -> kernel_core::LocalRegistration {
+    provide_with(kernel, service, idempotent, handler, 0)
+}
+
+/// The same with any handler and `max_concurrency` slots (0: the default).
+fn provide_with(
+    kernel: &Arc<Kernel>,
+    service: &str,
+    idempotent: &[&str],
+    handler: impl LocalHandler,
+    max_concurrency: u32,
+) -> kernel_core::LocalRegistration {
     let decl = ServiceDecl {
         name: service.into(),
         idempotent_methods: idempotent.iter().map(|m| m.to_string()).collect(),
@@ -64,7 +75,7 @@ fn provide(
             vec![decl],
             Arc::new(handler),
             RegisterMode::Pool,
-            0,
+            max_concurrency,
             &Default::default(),
         )
         .expect("register")
@@ -223,23 +234,10 @@ async fn a_panic_in_invoke_leaves_no_slot_place_or_count_held() {
     config.router.max_in_flight_per_plugin = 1;
     let kernel = Kernel::new(config);
     let panics = Arc::new(AtomicBool::new(true));
-    let decl = ServiceDecl {
-        name: "eager.echo".into(),
-        ..Default::default()
-    };
     let handler = Eager {
         panics: panics.clone(),
     };
-    let _reg = kernel
-        .register_local(
-            "eager",
-            vec![decl],
-            Arc::new(handler),
-            RegisterMode::Pool,
-            1,
-            &Default::default(),
-        )
-        .expect("register");
+    let _reg = provide_with(&kernel, "eager.echo", &[], handler, 1);
     let call = || Request {
         caller: Some("caller".into()),
         ..request("eager.echo", "", Duration::from_secs(5))

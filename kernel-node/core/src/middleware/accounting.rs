@@ -182,10 +182,11 @@ where
         };
         // The inner future is dropped here, not later: an abandoned
         // dispatch cancels its branch as it drops.
-        match std::mem::replace(&mut self.0, State::Done(None)) {
-            State::Running { node, report, .. } => Poll::Ready(finish(out, node, report)),
-            State::Done(_) => Poll::Ready(out),
-        }
+        let State::Running { node, report, .. } = std::mem::replace(&mut self.0, State::Done(None))
+        else {
+            unreachable!("matched as running above");
+        };
+        Poll::Ready(finish(out, node, report))
     }
 }
 

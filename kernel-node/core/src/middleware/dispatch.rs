@@ -128,7 +128,7 @@ impl Future for Dispatched {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Dispatched::Local(l) => l.poll(cx),
+            Dispatched::Local(l) => Pin::new(l).poll(cx),
             Dispatched::Boxed(b) => b.as_mut().poll(cx),
             Dispatched::Ready(r) => {
                 Poll::Ready(r.take().expect("Dispatched::Ready polled after completion"))
@@ -148,8 +148,11 @@ pub struct LocalDispatch {
     trip: Trip,
 }
 
-impl LocalDispatch {
-    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Reply, Failure>> {
+impl Future for LocalDispatch {
+    type Output = Result<Reply, Failure>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(self.handler.as_mut().poll(cx));
         if self.permit.take().is_some() {
             self.inst.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -210,7 +213,6 @@ impl Dispatch {
             None => Box::pin(self.acquire(&node, &req.service, None)).await?,
         };
         node.set_plugin(&inst.plugin);
-        let _busy = Busy::enter(&inst);
         // The dispatch span: the provider's handler span becomes its child.
         let span = inv.trace.as_ref().and_then(|cx| {
             self.state.telemetry.start(
@@ -232,50 +234,11 @@ impl Dispatch {
                 .insert(headers::TRACEPARENT.to_owned(), trace::traceparent(cx));
         }
         let result = match &inst.link {
-            Link::Local(handler) => {
-                let call = local_call(req, &node);
-                let mut guard = Abandon {
-                    node: &node,
-                    remote: None,
-                    done: false,
-                };
-                let out = handler.invoke(call).await;
-                guard.done = true;
-                out.map(local_reply)
-            }
-            Link::Remote(link) => {
-                let headers = passthrough(std::mem::take(&mut req.headers));
-                let inv = pb::Invocation {
-                    call_id: 0,
-                    headers: provider_headers(&node, headers, req.caller.as_deref()),
-                    service: req.service.clone(),
-                    method: req.method,
-                    payload: req.payload,
-                    content_type: req.content_type,
-                    timeout_us: node.remaining().map_or(0, |d| d.as_micros().max(1) as u64),
-                };
-                let Some((id, rx)) = link.send(inv) else {
-                    record(&inst, true, self.state.trip);
-                    return Err(gone(&inst, &req.service).into_failure());
-                };
-                // Armed until the provider answered: if the layers above drop
-                // this future (deadline, cancel, caller gone), the provider
-                // gets a cancel frame.
-                let _guard = Abandon {
-                    node: &node,
-                    remote: Some((link, id)),
-                    done: false,
-                };
-                rx.await
-                    .unwrap_or_else(|_| Err(gone(&inst, &req.service).into_failure()))
-            }
+            // The fast path's own future, awaited: the same slot, count,
+            // breaker and cancel duties.
+            Link::Local(_) => self.local(req, node, inst.clone(), permit).await,
+            Link::Remote(link) => self.remote(req, &node, &inst, link, permit).await,
         };
-        drop(permit);
-        record(
-            &inst,
-            matches!(&result, Err(f) if is_instance_failure(f.code)),
-            self.state.trip,
-        );
         if let Some(cx) = span {
             use opentelemetry::trace::TraceContextExt;
             if let Err(f) = &result {
@@ -284,6 +247,46 @@ impl Dispatch {
             }
             cx.span().end();
         }
+        result
+    }
+
+    /// Sends the call to a remote provider and waits for its answer.
+    async fn remote(
+        &self,
+        mut req: Request,
+        node: &Arc<Node>,
+        inst: &Arc<Instance>,
+        link: &RemoteLink,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Reply, Failure> {
+        let _busy = Busy::enter(inst);
+        let headers = passthrough(std::mem::take(&mut req.headers));
+        let inv = pb::Invocation {
+            call_id: 0,
+            headers: provider_headers(node, headers, req.caller.as_deref()),
+            service: req.service.clone(),
+            method: req.method,
+            payload: req.payload,
+            content_type: req.content_type,
+            timeout_us: node.remaining().map_or(0, |d| d.as_micros().max(1) as u64),
+        };
+        let Some((id, rx)) = link.send(inv) else {
+            record(inst, true, self.state.trip);
+            return Err(gone(inst, &req.service).into_failure());
+        };
+        // Armed until the provider answered: if the layers above drop
+        // this future (deadline, cancel, caller gone), the provider gets a
+        // cancel frame and the branch is cancelled.
+        let _abandon = Abandon { node, link, id };
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err(gone(inst, &req.service).into_failure()));
+        drop(permit);
+        record(
+            inst,
+            matches!(&result, Err(f) if is_instance_failure(f.code)),
+            self.state.trip,
+        );
         result
     }
 
@@ -466,22 +469,18 @@ impl Drop for Waiting {
     }
 }
 
-/// Makes an abandoned call cancel its branch and, for a remote provider
-/// still working on it, send a cancel frame.
+/// Makes a remote call abandoned before its provider answered send a
+/// cancel frame and cancel its branch.
 struct Abandon<'a> {
     node: &'a Arc<Node>,
-    remote: Option<(&'a RemoteLink, u64)>,
-    done: bool,
+    link: &'a RemoteLink,
+    id: u64,
 }
 
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
-        let abandoned = match self.remote {
-            // Still pending means the provider never answered.
-            Some((link, id)) => link.cancel(id),
-            None => !self.done,
-        };
-        if abandoned {
+        // Still pending means the provider never answered.
+        if self.link.cancel(self.id) {
             self.node.cancel();
         }
     }
