@@ -392,6 +392,22 @@ impl PluginProcess {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// SIGKILLs this provider while `call`, already running on it, hangs:
+    /// the call must fail `UNAVAILABLE`, promptly (at the disconnect, not
+    /// at a deadline: the call has none). Returns its error.
+    pub async fn kill_mid_call(
+        &mut self,
+        call: tokio::task::JoinHandle<Result<bytes::Bytes, kernel_sdk::Error>>,
+    ) -> kernel_sdk::Error {
+        let killed_at = Instant::now();
+        self.kill().await;
+        let err = call.await.expect("join").expect_err("provider died");
+        let took = killed_at.elapsed();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        err
+    }
 }
 
 /// The `test-plugin` binary: cargo builds it next to the test binaries'
